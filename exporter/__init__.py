@@ -1,0 +1,1 @@
+"""GPU energy sampling, span intake, attribution and export."""

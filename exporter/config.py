@@ -1,0 +1,121 @@
+"""Exporter configuration: every option is a flag and a `JOULETRACE_*` environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+def address(text: str) -> tuple[str, int] | None:
+    """`host:port` (IPv6 as `[::1]:port`); empty or `off` disables the listener."""
+    text = text.strip()
+    if text.lower() in ("", "off", "none"):
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected host:port, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def sim_load(text: str) -> str | float:
+    if text == "wave":
+        return text
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"sim load is `wave` or a fraction in [0, 1], got {text!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    name: str
+    type: Callable[[str], Any]
+    default: str
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "JOULETRACE_" + self.name.upper()
+
+
+OPTIONS = (
+    Option("gpu", str, "auto", "GPU backend: auto (NVML where the NVIDIA driver exists, else simulated), nvml, sim"),
+    Option("gpus", str, "all", "GPUs to sample: all, or indices/UUIDs separated by commas; `all` honours "
+                               "CUDA_VISIBLE_DEVICES, then NVIDIA_VISIBLE_DEVICES"),
+    Option("sim_gpus", positive(int), "1", "number of simulated GPUs (sim backend)"),
+    Option("sim_load", sim_load, "wave", "simulated GPU load: a fraction 0-1, or `wave` (idle to full and back every 5 min)"),
+    Option("sim_seed", int, "0", "seed of the simulated GPUs' power noise"),
+    Option("metrics_addr", address, "0.0.0.0:9464", "Prometheus /metrics, /healthz, /readyz listener"),
+    Option("otlp_grpc_addr", address, "127.0.0.1:4317", "OTLP/gRPC span listener (`off` disables)"),
+    Option("otlp_http_addr", address, "127.0.0.1:4318", "OTLP/HTTP span listener, POST /v1/traces (`off` disables)"),
+    Option("max_message_bytes", positive(int), str(4 << 20), "largest OTLP message accepted, bytes (after gunzip)"),
+    Option("max_pending", positive(int), "100000", "requests held for attribution at most; beyond, senders are told to retry"),
+    Option("max_models", positive(int), "50", "distinct model labels at most; later ones fold into `other`"),
+    Option("default_model", str, "unknown", "model label for spans that name no model and no service"),
+    Option("settle_delay", positive(float), "60", "seconds energy waits for late spans before it is split (set above "
+                                                  "your p99 request latency plus the span export delay)"),
+    Option("retention", positive(float), "600", "seconds of energy timeline kept per GPU"),
+    Option("window", positive(float), "60", "sliding window of the energy-per-token and throughput-per-watt gauges, seconds"),
+    Option("power_interval", positive(float), "0.1", "power sampling period, seconds (the timeline's resolution)"),
+    Option("counter_interval", positive(float), "2", "energy counter read period, seconds (each read costs ~4 ms CPU on H100)"),
+    Option("status_interval", positive(float), "1", "clocks/utilization/memory/temperature/GPM period, seconds"),
+    Option("log_level", str, "info", "debug, info, warning or error"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for opt in OPTIONS:
+        env_value = os.environ.get(opt.env)
+        parser.add_argument(opt.flag, dest=opt.name, type=opt.type,
+                            default=env_value if env_value is not None else opt.default,
+                            help=f"{opt.help} [env {opt.env}; default {opt.default}]")
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterConfig:
+    gpu: str
+    gpus: str
+    sim_gpus: int
+    sim_load: str | float
+    sim_seed: int
+    metrics_addr: tuple[str, int] | None
+    otlp_grpc_addr: tuple[str, int] | None
+    otlp_http_addr: tuple[str, int] | None
+    max_message_bytes: int
+    max_pending: int
+    max_models: int
+    default_model: str
+    settle_delay: float
+    retention: float
+    window: float
+    power_interval: float
+    counter_interval: float
+    status_interval: float
+    log_level: str
+
+    @classmethod
+    def from_namespace(cls, ns: argparse.Namespace) -> "ExporterConfig":
+        cfg = cls(**{opt.name: getattr(ns, opt.name) for opt in OPTIONS})
+        if cfg.gpu not in ("auto", "nvml", "sim"):
+            raise ValueError(f"--gpu must be auto, nvml or sim, not {cfg.gpu!r}")
+        if cfg.settle_delay >= cfg.retention:
+            raise ValueError(f"--settle-delay ({cfg.settle_delay}s) must be shorter than --retention ({cfg.retention}s)")
+        if cfg.counter_interval < cfg.power_interval:
+            raise ValueError("--counter-interval must not be shorter than --power-interval")
+        return cfg

@@ -1,0 +1,142 @@
+"""The exporter daemon: GPU samplers, span intake, the ledger and the Prometheus endpoint, wired."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from . import gpu, simgpu
+from .config import ExporterConfig
+from .intake import IntakeStats, start_grpc_intake, start_http_intake
+from .ledger import Ledger
+from .metrics import JouletraceCollector
+from .sampler import GPUSampler
+
+log = logging.getLogger(__name__)
+
+ATTRIBUTION_PERIOD_S = 1.0
+
+
+def open_configured_devices(cfg: ExporterConfig) -> list[gpu.GPUDevice]:
+    load = simgpu.wave_load if cfg.sim_load == "wave" else float(cfg.sim_load)
+    selection = gpu.Selection.from_environment(cfg.gpus)
+    return gpu.open_devices(cfg.gpu, selection,
+                            sim_options={"count": cfg.sim_gpus, "seed": cfg.sim_seed, "load": load})
+
+
+class Exporter:
+    """Start with `await start()`, stop with `await stop()`; `ports` holds the bound ports."""
+
+    def __init__(self, cfg: ExporterConfig, devices: list[gpu.GPUDevice] | None = None):
+        self.cfg = cfg
+        self.devices = devices if devices is not None else open_configured_devices(cfg)
+        if not self.devices:
+            raise RuntimeError("no GPU selected")
+        self.samplers = [GPUSampler(d, retention_s=cfg.retention, power_interval_s=cfg.power_interval,
+                                    counter_interval_s=cfg.counter_interval, status_interval_s=cfg.status_interval)
+                         for d in self.devices]
+        self.ledger = Ledger(self.samplers, settle_delay_s=cfg.settle_delay, window_s=cfg.window,
+                             max_pending=cfg.max_pending, max_models=cfg.max_models)
+        self.intake_stats = IntakeStats()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(JouletraceCollector(self.samplers, self.ledger, self.intake_stats.snapshot))
+        self.attribution_errors = 0
+        self.ports: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._runners: list[web.AppRunner] = []
+        self._grpc = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        for d in self.devices:
+            log.info("GPU %d: %s %s (backend %s)", d.index, d.uuid, d.name, d.backend)
+        for s in self.samplers:
+            self._spawn(f"sampler-gpu{s.device.index}", s.run, self._stop)
+        self._spawn("attribution", self._attribute)
+        cfg = self.cfg
+        if cfg.metrics_addr:
+            self.ports["metrics"] = await self._serve_metrics(*cfg.metrics_addr)
+        if cfg.otlp_http_addr:
+            runner = await start_http_intake(*cfg.otlp_http_addr, self.ledger, self.intake_stats,
+                                             max_bytes=cfg.max_message_bytes, default_model=cfg.default_model)
+            self._runners.append(runner)
+            self.ports["otlp_http"] = _bound_port(runner)
+        if cfg.otlp_grpc_addr:
+            self._grpc = await start_grpc_intake(*cfg.otlp_grpc_addr, self.ledger, self.intake_stats,
+                                                 max_bytes=cfg.max_message_bytes, default_model=cfg.default_model)
+            self.ports["otlp_grpc"] = self._grpc.bound_port
+        log.info("listening: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
+
+    async def stop(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop(grace=2.0)
+        for runner in self._runners:
+            await runner.cleanup()
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5.0)
+
+    def _spawn(self, name: str, target, *args) -> None:
+        t = threading.Thread(target=target, args=args, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _attribute(self) -> None:
+        while not self._stop.wait(ATTRIBUTION_PERIOD_S):
+            try:
+                self.ledger.settle()
+            except Exception:  # never let one bad pass stop attribution
+                self.attribution_errors += 1
+                log.exception("attribution pass failed")
+
+    # -- HTTP: metrics and health ---------------------------------------------------------
+    async def _serve_metrics(self, host: str, port: int) -> int:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        self._runners.append(runner)
+        return _bound_port(runner)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        body = encoder(self.registry)
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        alive = all(t.is_alive() for t in self._threads)
+        return web.Response(status=200 if alive else 503, text="ok\n" if alive else "a worker thread died\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        waiting = [str(s.device.index) for s in self.samplers if not s.timeline.started]
+        if waiting:
+            return web.Response(status=503, text=f"waiting for the first energy reading of GPU {','.join(waiting)}\n")
+        return web.Response(text="ready\n")
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    return runner.addresses[0][1]
+
+
+async def serve(cfg: ExporterConfig) -> None:
+    """Run the exporter until SIGINT or SIGTERM."""
+    exporter = Exporter(cfg)
+    await exporter.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await exporter.stop()
+

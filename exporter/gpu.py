@@ -1,0 +1,153 @@
+"""The GPU device interface shared by every backend, and GPU selection.
+
+A backend opens devices; a device answers cheap reads (power, status) and the costly cumulative
+energy counter. Units: watts, millijoules (counter), hertz, bytes, degrees Celsius, ratios 0-1.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+#: Clocks-event reasons exported, by NVML bit value.
+CLOCKS_EVENT_REASONS = {
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x20: "sw_thermal",
+    0x40: "hw_thermal",
+    0x80: "hw_power_brake",
+}
+
+
+class GPUError(Exception):
+    """A device read failed. `code` is a short stable name (e.g. "gpu_lost", "unknown")."""
+
+    def __init__(self, call: str, code: str, message: str = ""):
+        super().__init__(f"{call}: {code}{': ' + message if message else ''}")
+        self.call = call
+        self.code = code
+
+
+class NotSupported(GPUError):
+    """The device does not offer this read (NVML_ERROR_NOT_SUPPORTED)."""
+
+    def __init__(self, call: str):
+        super().__init__(call, "not_supported")
+
+
+class BackendUnavailable(Exception):
+    """The backend's library or driver is absent altogether (only then may `auto` fall back)."""
+
+
+@dataclass(slots=True)
+class GPUStatus:
+    """Cheap readings taken about once a second; a field is None when the device lacks it."""
+
+    power_limit_w: float | None = None
+    sm_clock_hz: float | None = None
+    utilization: float | None = None
+    memory_used_bytes: int | None = None
+    memory_total_bytes: int | None = None
+    temperature_c: float | None = None
+    clocks_event_reasons: dict[str, bool] = field(default_factory=dict)
+    sm_occupancy: float | None = None
+    tensor_activity: float | None = None
+    dram_bandwidth_utilization: float | None = None
+
+
+class GPUDevice(abc.ABC):
+    """One GPU. Reads raise GPUError (NotSupported where the device lacks the read)."""
+
+    backend: str
+    index: int
+    uuid: str
+    name: str
+
+    @abc.abstractmethod
+    def energy_mj(self) -> int:
+        """Cumulative energy counter in millijoules (costly on real hardware: ~4 ms of CPU)."""
+
+    @abc.abstractmethod
+    def power_w(self) -> float:
+        """Current power draw in watts (cheap)."""
+
+    @abc.abstractmethod
+    def status(self) -> GPUStatus:
+        """Limit, clocks, utilization, memory, temperature, clocks-event reasons, GPM ratios."""
+
+    def reopen(self) -> None:
+        """Re-acquire the device after errors (a GPU that comes back is picked up again)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which GPUs to sample: `all`, or a list of indices and/or UUIDs (prefixes allowed)."""
+
+    items: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> "Selection":
+        text = (text or "all").strip()
+        if text.lower() == "all":
+            return cls(())
+        items = tuple(p.strip() for p in text.split(",") if p.strip())
+        if not items:
+            raise ValueError(f"empty GPU selection {text!r}")
+        return cls(items)
+
+    @classmethod
+    def from_environment(cls, explicit: str, environ=os.environ) -> "Selection":
+        """The explicit selection if given, else CUDA_VISIBLE_DEVICES, else NVIDIA_VISIBLE_DEVICES."""
+        if explicit and explicit.strip().lower() != "all":
+            return cls.parse(explicit)
+        for var in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
+            value = environ.get(var)
+            if value is None or value.strip().lower() in ("", "all"):
+                continue
+            if value.strip().lower() in ("none", "void", "-1"):
+                raise ValueError(f"{var}={value!r} makes no GPU visible")
+            return cls.parse(value)
+        return cls(())
+
+    def choose(self, devices: list[tuple[int, str]]) -> list[int]:
+        """Indices chosen among `devices`, given as (index, uuid); unknown items raise ValueError."""
+        if not self.items:
+            return [i for i, _ in devices]
+        chosen: list[int] = []
+        for item in self.items:
+            if item.isdigit():
+                match = [i for i, _ in devices if i == int(item)]
+            else:
+                match = [i for i, uuid in devices if uuid.lower().startswith(item.lower())]
+            if len(match) != 1:
+                known = ", ".join(f"{i}:{u}" for i, u in devices) or "none"
+                raise ValueError(f"GPU {item!r} matches {len(match)} devices (present: {known})")
+            if match[0] not in chosen:
+                chosen.append(match[0])
+        return chosen
+
+
+def open_devices(backend: str, selection: Selection, *, sim_options: dict | None = None) -> list[GPUDevice]:
+    """Open the selected GPUs of `backend` ("auto", "nvml" or "sim").
+
+    `auto` uses NVML wherever the NVIDIA library is present and raises if it is present but
+    broken; only where no NVIDIA driver exists at all does it fall back to the simulated GPU.
+    """
+    from . import nvml, simgpu
+
+    if backend in ("auto", "nvml"):
+        try:
+            return nvml.open_devices(selection)
+        except BackendUnavailable as exc:
+            if backend == "nvml":
+                raise
+            log.warning("no NVIDIA driver found (%s): using SIMULATED GPUs; every GPU series carries backend=\"sim\"", exc)
+    elif backend != "sim":
+        raise ValueError(f"unknown GPU backend {backend!r} (auto, nvml, sim)")
+    else:
+        log.warning("using SIMULATED GPUs as asked; every GPU series carries backend=\"sim\"")
+    return simgpu.open_devices(selection, **(sim_options or {}))

@@ -1,0 +1,52 @@
+"""The `jouletrace` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from . import __version__
+
+
+def _exporter(args: argparse.Namespace) -> int:
+    from jouletrace.exporter.config import ExporterConfig
+    from jouletrace.exporter.daemon import serve
+
+    try:
+        cfg = ExporterConfig.from_namespace(args)
+    except ValueError as exc:
+        print(f"jouletrace exporter: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(cfg))
+    except (RuntimeError, ValueError, OSError) as exc:
+        logging.getLogger("jouletrace").error("cannot run: %s", exc)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from jouletrace.exporter.config import add_arguments
+
+    parser = argparse.ArgumentParser(prog="jouletrace", description="Where an inference fleet's joules go.")
+    parser.add_argument("--version", action="version", version=f"jouletrace {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    exporter = sub.add_parser("exporter", help="run the daemon: sample GPU energy, take OTLP spans, serve /metrics",
+                              description="Samples GPU energy, receives OTLP spans, attributes energy to requests "
+                                          "and serves Prometheus metrics. Every option can also be set by the "
+                                          "environment variable named in its help.")
+    add_arguments(exporter)
+    exporter.set_defaults(func=_exporter)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

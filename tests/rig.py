@@ -1,0 +1,68 @@
+"""A simulated rig for ledger tests: N simulated GPUs, their samplers and a ledger on one fake clock."""
+
+from __future__ import annotations
+
+from jouletrace.exporter.ledger import Ledger
+from jouletrace.exporter.records import RequestRecord
+from jouletrace.exporter.sampler import GPUSampler
+from jouletrace.exporter.simgpu import SimulatedGPU, wave_load
+
+
+class Rig:
+    def __init__(self, clock, gpus: int = 1, settle_delay_s: float = 5.0, load=None, seed: int = 1, **ledger_kwargs):
+        self.clock = clock
+        self.t0 = clock.t
+        load = load if load is not None else (lambda t: wave_load(t, 30.0))
+        self.devices = [SimulatedGPU(i, seed=seed, load=load, clock=clock) for i in range(gpus)]
+        self.samplers = [GPUSampler(d, clock=clock, counter_interval_s=2.0) for d in self.devices]
+        self.ledger = Ledger(self.samplers, settle_delay_s=settle_delay_s, clock=clock, **ledger_kwargs)
+
+    def run(self, seconds: float, step: float = 0.1) -> None:
+        """Sample every `step` seconds and attribute every second, for `seconds` of fake time."""
+        n = int(round(seconds / step))
+        per_pass = int(round(1.0 / step))
+        for i in range(n):
+            for s in self.samplers:
+                s.step()
+            if i % per_pass == 0:
+                self.ledger.settle()
+            self.clock.advance(step)
+        for s in self.samplers:
+            s.step()
+        self.ledger.settle()
+
+    def measured_j(self) -> float:
+        """Energy the timelines measured from their origin to what the ledger finalized."""
+        total = 0.0
+        for s, g in zip(self.samplers, self.ledger.gpus):
+            if g.finalized_until is not None:
+                total += s.timeline.energy(s.timeline.origin, g.finalized_until)
+        return total
+
+    def true_j(self) -> float:
+        """What a perfect meter says over the same intervals."""
+        total = 0.0
+        for d, s, g in zip(self.devices, self.samplers, self.ledger.gpus):
+            if g.finalized_until is not None:
+                total += d.true_energy_j(g.finalized_until) - d.true_energy_j(s.timeline.origin)
+        return total
+
+    def attributed_j(self) -> float:
+        return sum(m.energy_j for m in self.ledger.models)
+
+    def idle_j(self) -> float:
+        return sum(g.idle_j for g in self.ledger.gpus)
+
+    def request(self, start: float, duration: float, *, prompt: int = 100, completion: int = 200,
+                queue: float = 0.0, prefill: float | None = None, model: str = "m", rid: str | None = None,
+                span_id: int | None = None, **kw) -> RequestRecord:
+        """A vLLM-like record starting `start` seconds after the rig's start."""
+        s = self.t0 + start
+        e = s + duration
+        if prefill is None:
+            prefill = min(0.05, (duration - queue) / 4)
+        decode = duration - queue - prefill
+        sid = (span_id if span_id is not None else abs(hash((start, duration, rid, model))) % 2**63).to_bytes(8, "big")
+        return RequestRecord(request_id=rid or f"r{start:.3f}", model=model, start=s, end=e, prompt_tokens=prompt,
+                             completion_tokens=completion, queue_s=queue, prefill_s=prefill, decode_s=decode,
+                             trace_id=b"\x01" * 16, span_id=sid, **kw)

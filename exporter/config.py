@@ -73,7 +73,7 @@ OPTIONS = (
     Option("retention", positive(float), "600", "seconds of energy timeline kept per GPU"),
     Option("window", positive(float), "60", "sliding window of the energy-per-token and throughput-per-watt gauges, seconds"),
     Option("power_interval", positive(float), "0.1", "power sampling period, seconds (the timeline's resolution)"),
-    Option("counter_interval", positive(float), "2", "energy counter read period, seconds (each read costs ~4 ms CPU on H100)"),
+    Option("counter_interval", positive(float), "5", "energy counter read period, seconds (each read costs ~4 ms CPU on H100)"),
     Option("status_interval", positive(float), "1", "clocks/utilization/memory/temperature/GPM period, seconds"),
     Option("log_level", str, "info", "debug, info, warning or error"),
 )

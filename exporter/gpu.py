@@ -68,12 +68,15 @@ class GPUDevice(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def energy_mj(self) -> int:
-        """Cumulative energy counter in millijoules (costly on real hardware: ~4 ms of CPU)."""
+    def energy_mj(self) -> tuple[int, float | None]:
+        """The cumulative energy counter (mJ) and when the device measured it (Unix s), if it says.
+
+        Costly on real hardware: ~4 ms of CPU per read on an H100.
+        """
 
     @abc.abstractmethod
-    def power_w(self) -> float:
-        """Current power draw in watts (cheap)."""
+    def power_w(self) -> tuple[float, float | None]:
+        """Current power draw (W) and when the device measured it (Unix s), if it says. Cheap."""
 
     @abc.abstractmethod
     def status(self) -> GPUStatus:

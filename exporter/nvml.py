@@ -61,6 +61,7 @@ class NVMLDevice(GPUDevice):
         self.name = pynvml.nvmlDeviceGetName(self._handle)
         self._gpm_samples = None
         self._gpm_supported: bool | None = None
+        self._instant_power = True  # field POWER_INSTANT where the driver has it, else the 1 s average
 
     def _call(self, name: str, fn, *args):
         try:
@@ -71,11 +72,29 @@ class NVMLDevice(GPUDevice):
                 raise NotSupported(name) from exc
             raise GPUError(name, code, str(exc)) from exc
 
-    def energy_mj(self) -> int:
-        return int(self._call("energy", self._nvml.nvmlDeviceGetTotalEnergyConsumption))
+    def _field(self, name: str, field_id: int) -> tuple[int, float]:
+        """One field value and the driver's timestamp of it (Unix s)."""
+        value = self._call(name, self._nvml.nvmlDeviceGetFieldValues, [field_id])[0]
+        if value.nvmlReturn != self._nvml.NVML_SUCCESS:
+            exc = self._nvml.NVMLError(value.nvmlReturn)
+            code = _code(exc)
+            if code == "not_supported":
+                raise NotSupported(name)
+            raise GPUError(name, code, str(exc))
+        raw = value.value.ullVal if value.valueType == self._nvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG else value.value.uiVal
+        return int(raw), value.timestamp / 1e6
 
-    def power_w(self) -> float:
-        return self._call("power", self._nvml.nvmlDeviceGetPowerUsage) / 1000.0
+    def energy_mj(self) -> tuple[int, float | None]:
+        return self._field("energy", self._nvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION)
+
+    def power_w(self) -> tuple[float, float | None]:
+        if self._instant_power:
+            try:
+                mw, t = self._field("power", self._nvml.NVML_FI_DEV_POWER_INSTANT)
+                return mw / 1000.0, t
+            except NotSupported:
+                self._instant_power = False
+        return self._call("power", self._nvml.nvmlDeviceGetPowerUsage) / 1000.0, None
 
     def _optional(self, name: str, fn, *args):
         try:

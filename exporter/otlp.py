@@ -430,32 +430,44 @@ def _jlist(obj: dict, camel: str, snake: str, where: str) -> list:
     return v
 
 
-def _jint64(v, what: str) -> int:
-    """A JSON int64: a number with an integral value, or a decimal string."""
+_INT64 = (-(2**63), 2**63 - 1)
+_UINT64 = (0, 2**64 - 1)
+
+
+def _jint64(v, what: str, bounds: tuple[int, int] = _INT64) -> int:
+    """A JSON (u)int64: a number with an integral value, or a decimal string."""
+    n = None
     if isinstance(v, bool):
-        raise _Invalid(f"{what} is not an integer")
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float):
+        pass
+    elif isinstance(v, int):
+        n = v
+    elif isinstance(v, float):
         if math.isfinite(v) and v == int(v):
-            return int(v)
+            n = int(v)
     elif isinstance(v, str) and 0 < len(v) <= 24:
         s = v[1:] if v[0] == "-" else v
         if s.isascii() and s.isdigit():
-            return int(v)
-    raise _Invalid(f"{what} is not an integer: {str(v)[:40]!r}")
+            n = int(v)
+    if n is None:
+        raise _Invalid(f"{what} is not an integer: {str(v)[:40]!r}")
+    if not bounds[0] <= n <= bounds[1]:
+        raise _Invalid(f"{what} is out of range: {str(v)[:40]}")
+    return n
 
 
 def _jdouble(v):
     if isinstance(v, bool):
         return None
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str):
-        if v in ("NaN", "Infinity", "-Infinity"):
+    try:
+        if isinstance(v, (int, float)):
             return float(v)
-        if len(v) <= 40 and _NUMBER_RE.fullmatch(v):
-            return float(v)
+        if isinstance(v, str):
+            if v in ("NaN", "Infinity", "-Infinity"):
+                return float(v)
+            if len(v) <= 40 and _NUMBER_RE.fullmatch(v):
+                return float(v)
+    except OverflowError:  # an integer beyond the range of a double
+        pass
     return None
 
 
@@ -551,8 +563,8 @@ def _jspan(span: dict, fallback: str) -> RequestRecord | None:
     sid = _jhex_id(span, "spanId", "span_id", 8, "span id")
     st = _jget(span, "startTimeUnixNano", "start_time_unix_nano")
     en = _jget(span, "endTimeUnixNano", "end_time_unix_nano")
-    start = _jint64(st, "start time") if st is not None else 0
-    end = _jint64(en, "end time") if en is not None else 0
+    start = _jint64(st, "start time", _UINT64) if st is not None else 0
+    end = _jint64(en, "end time", _UINT64) if en is not None else 0
     if not 0 < start <= end:
         if start <= 0 or end <= 0:
             raise _Invalid("start or end time is missing")

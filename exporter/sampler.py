@@ -33,7 +33,7 @@ class GPUSampler:
         *,
         retention_s: float = 600.0,
         power_interval_s: float = 0.1,
-        counter_interval_s: float = 2.0,
+        counter_interval_s: float = 5.0,
         status_interval_s: float = 1.0,
         max_plausible_w: float = 2000.0,
         clock: Callable[[], float] = time.time,
@@ -88,8 +88,8 @@ class GPUSampler:
 
     def _sample(self) -> None:
         now = self._clock()
-        power = self.device.power_w()
-        t_power = self._clock()
+        power, t_power = self.device.power_w()
+        t_power = _when(t_power, now, self._clock())
         with self.lock:
             self.timeline.add_power(t_power, power)
             self.power_w = power
@@ -108,12 +108,13 @@ class GPUSampler:
         counter_mj = None
         if self.method == COUNTER:
             t0 = self._clock()
+            t_device = None
             try:
-                counter_mj = self.device.energy_mj()
+                counter_mj, t_device = self.device.energy_mj()
             except NotSupported:
                 log.warning("GPU %s has no energy counter: integrating power instead", self.gpu_label)
                 self.method = POWER_INTEGRAL
-            t = (t0 + self._clock()) / 2  # the read takes milliseconds: stamp its midpoint
+            t = _when(t_device, t0, self._clock())
             self.counter_reads += 1
         else:
             t = self._clock()
@@ -151,3 +152,12 @@ class GPUSampler:
             interval = self.power_interval_s if self.healthy else max(1.0, self.power_interval_s)
             next_at = max(next_at + interval, time.monotonic())
             stop.wait(next_at - time.monotonic())
+
+
+def _when(t_device: float | None, t_before: float, t_after: float) -> float:
+    """When a value was measured: the device's own timestamp where it gives a plausible one (the
+    driver refreshes values about every 100 ms, so a value can be that much older than the read),
+    else the midpoint of the read."""
+    if t_device is not None and t_before - 1.0 <= t_device <= t_after:
+        return t_device
+    return (t_before + t_after) / 2

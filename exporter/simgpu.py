@@ -130,20 +130,21 @@ class SimulatedGPU(GPUDevice):
             raise GPUError(call, "gpu_lost", "injected fault")
 
     # -- the device interface -----------------------------------------------------------------
-    def energy_mj(self) -> int:
+    def energy_mj(self) -> tuple[int, float | None]:
         with self._lock:
             self._check_fault("energy")
             if not self.has_energy_counter:
                 raise NotSupported("energy")
-            self._advance(self._clock())
-            return int(self._energy_j * 1000) + self._counter_offset_mj
+            now = self._clock()
+            self._advance(now)
+            return int(self._energy_j * 1000) + self._counter_offset_mj, now
 
-    def power_w(self) -> float:
+    def power_w(self) -> tuple[float, float | None]:
         with self._lock:
             self._check_fault("power")
             now = self._clock()
             self._advance(now)
-            return round(self.power_at_tick(math.floor(now / TICK_S)), 3)
+            return round(self.power_at_tick(math.floor(now / TICK_S)), 3), now
 
     def status(self) -> GPUStatus:
         with self._lock:

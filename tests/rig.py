@@ -1,11 +1,36 @@
-"""A simulated rig for ledger tests: N simulated GPUs, their samplers and a ledger on one fake clock."""
+"""Test rigs: a fake clock, and N simulated GPUs with their samplers and a ledger on one fake clock."""
 
 from __future__ import annotations
+
+import pathlib
 
 from jouletrace.exporter.ledger import Ledger
 from jouletrace.exporter.records import RequestRecord
 from jouletrace.exporter.sampler import GPUSampler
 from jouletrace.exporter.simgpu import SimulatedGPU, wave_load
+
+FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+
+class FakeClock:
+    """A settable clock (Unix seconds)."""
+
+    def __init__(self, t: float = 1_800_000_000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, dt: float) -> None:
+        self.t += dt
+
+
+def run_sampler(sampler, clock: FakeClock, seconds: float, step: float = 0.1) -> None:
+    """Step `sampler` every `step` seconds of fake time for `seconds`."""
+    for _ in range(int(round(seconds / step))):
+        sampler.step()
+        clock.advance(step)
+    sampler.step()
 
 
 class Rig:

@@ -1,0 +1,453 @@
+"""OTLP trace intake: OTLP/HTTP (aiohttp) and OTLP/gRPC (grpc.aio) servers feeding a sink.
+
+Both servers decode each export request with `exporter.otlp`, hand the request records to
+``sink.submit(records)`` and answer per the OTLP specification:
+
+====================  ==========================  ===================  ======================
+outcome               HTTP                        gRPC                 counted as rejected
+====================  ==========================  ===================  ======================
+accepted              200 ExportTraceServiceResp  OK                   -
+some spans invalid    200 + partial_success       OK + partial_success invalid_span (spans)
+body too large        413                         RESOURCE_EXHAUSTED   too_large (messages)
+undecodable           400 + google.rpc.Status     INVALID_ARGUMENT     malformed (messages)
+bad Content-Type or   415                         -                    unsupported_media_type
+Content-Encoding                                                       (messages)
+sink full             503 + Retry-After           UNAVAILABLE          queue_full (records)
+bug in the intake     500                         INTERNAL             internal (messages)
+====================  ==========================  ===================  ======================
+
+Bound ports (useful with port 0): `bound_port(obj)` answers the port of either server; it is
+also ``runner.addresses[0][1]`` for the HTTP runner and ``server.bound_port`` for the gRPC server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import zlib
+
+import grpc
+from aiohttp import web
+from google.protobuf import json_format
+from google.rpc import code_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+from .otlp import DecodeError, DecodeResult, decode_json, decode_protobuf
+from .records import IntakeFull
+
+__all__ = [
+    "IntakeStats",
+    "start_http_intake",
+    "start_grpc_intake",
+    "bound_port",
+    "PROTOCOLS",
+    "REASONS",
+    "TRACES_PATH",
+    "GRPC_SERVICE",
+    "GRPC_METHOD",
+]
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("http", "grpc")
+REASONS = ("too_large", "malformed", "invalid_span", "queue_full", "unsupported_media_type", "internal")
+
+TRACES_PATH = "/v1/traces"
+GRPC_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+GRPC_METHOD = f"/{GRPC_SERVICE}/Export"
+
+CT_PROTOBUF = "application/x-protobuf"
+CT_JSON = "application/json"
+RETRY_AFTER_S = 1
+MAX_ERROR_MESSAGE_CHARS = 1024
+# Bodies up to this size are decoded on the event loop (a few ms at most); larger ones in the
+# default executor so that the loop keeps turning while they decode.
+INLINE_DECODE_BYTES = 1 << 20
+
+
+class IntakeStats:
+    """Thread-safe intake counters, read at scrape time with `snapshot()`.
+
+    received[protocol]            spans in successfully decoded messages (accepted + ignored +
+                                  invalid + those refused because the sink was full)
+    accepted[protocol]            request records handed to the sink
+    ignored[protocol]             spans that are not inference requests (not an error)
+    rejected[(protocol, reason)]  reasons in REASONS; ``invalid_span`` and ``queue_full`` count
+                                  spans, the others count export messages (their spans are unknown)
+    requests[(protocol, code)]    export calls answered, by HTTP status ("200", "413", ...) or gRPC
+                                  status name ("OK", "RESOURCE_EXHAUSTED", ...); always a str
+
+    Every (protocol, ...) key of received/accepted/ignored/rejected exists from the start at 0.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._received = dict.fromkeys(PROTOCOLS, 0)
+        self._accepted = dict.fromkeys(PROTOCOLS, 0)
+        self._ignored = dict.fromkeys(PROTOCOLS, 0)
+        self._rejected = {(p, r): 0 for p in PROTOCOLS for r in REASONS}
+        self._requests: dict[tuple[str, str], int] = {}
+
+    def count(
+        self,
+        protocol: str,
+        code: str,
+        *,
+        received: int = 0,
+        accepted: int = 0,
+        ignored: int = 0,
+        rejected: dict[str, int] | None = None,
+    ) -> None:
+        """Count one answered export call and what it carried."""
+        with self._lock:
+            self._received[protocol] = self._received.get(protocol, 0) + received
+            self._accepted[protocol] = self._accepted.get(protocol, 0) + accepted
+            self._ignored[protocol] = self._ignored.get(protocol, 0) + ignored
+            if rejected:
+                for reason, n in rejected.items():
+                    key = (protocol, reason)
+                    self._rejected[key] = self._rejected.get(key, 0) + n
+            key = (protocol, code)
+            self._requests[key] = self._requests.get(key, 0) + 1
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {
+                "received": dict(self._received),
+                "accepted": dict(self._accepted),
+                "ignored": dict(self._ignored),
+                "rejected": dict(self._rejected),
+                "requests": dict(self._requests),
+            }
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _gunzip_bounded(data: bytes | bytearray, limit: int) -> bytes:
+    """Inflate a gzip body (several members allowed), never producing more than limit + 1 bytes.
+
+    Raises _TooLarge past the limit and DecodeError if the data is not complete gzip.
+    """
+    out: list[bytes] = []
+    total = 0
+    while True:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            chunk = d.decompress(data, limit - total + 1)
+        except zlib.error as exc:
+            raise DecodeError(f"invalid gzip body: {exc}") from None
+        total += len(chunk)
+        if total > limit:
+            raise _TooLarge(f"decompressed body exceeds {limit} bytes")
+        out.append(chunk)
+        if not d.eof:
+            raise DecodeError("truncated gzip body")
+        data = d.unused_data
+        if not data:
+            break
+    return b"".join(out)
+
+
+def _partial_message(result: DecodeResult) -> str:
+    msg = f"{result.rejected} span(s) rejected: " + "; ".join(result.errors)
+    if result.rejected > len(result.errors):
+        msg += "; ..."
+    return msg[:MAX_ERROR_MESSAGE_CHARS]
+
+
+def _decode_and_submit(body, decode, sink, default_model: str):
+    """Shared by both protocols: (outcome, result, message). outcome is "ok", "malformed" or
+    "queue_full"."""
+    try:
+        result = decode(body, default_model)
+    except DecodeError as exc:
+        return "malformed", None, str(exc)[:MAX_ERROR_MESSAGE_CHARS]
+    if result.records:
+        try:
+            sink.submit(result.records)
+        except IntakeFull:
+            return "queue_full", result, "request ledger is full; retry later"
+    return "ok", result, ""
+
+
+async def _decode_and_submit_async(body, decode, sink, default_model: str):
+    if len(body) <= INLINE_DECODE_BYTES:
+        return _decode_and_submit(body, decode, sink, default_model)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, _decode_and_submit, body, decode, sink, default_model)
+
+
+def _counts(result: DecodeResult | None, outcome: str) -> dict:
+    if result is None:
+        return {"rejected": {outcome: 1}}
+    rejected = {}
+    if result.rejected:
+        rejected["invalid_span"] = result.rejected
+    accepted = 0
+    if outcome == "queue_full":
+        rejected["queue_full"] = len(result.records)
+    else:
+        accepted = len(result.records)
+    return {
+        "received": result.spans,
+        "accepted": accepted,
+        "ignored": result.ignored,
+        "rejected": rejected,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# OTLP/HTTP
+
+_EMPTY_RESPONSE_PB = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+_EMPTY_RESPONSE_JSON = b"{}"
+
+
+def _partial_response(result: DecodeResult, as_json: bool) -> bytes:
+    resp = trace_service_pb2.ExportTraceServiceResponse()
+    resp.partial_success.rejected_spans = result.rejected
+    resp.partial_success.error_message = _partial_message(result)
+    if as_json:
+        return json.dumps(json_format.MessageToDict(resp)).encode()
+    return resp.SerializeToString()
+
+
+def _status_body(code: int, message: str, as_json: bool) -> bytes:
+    if as_json:
+        return json.dumps({"code": code, "message": message}).encode()
+    return status_pb2.Status(code=code, message=message).SerializeToString()
+
+
+async def start_http_intake(
+    host: str, port: int, sink, stats: IntakeStats, *, max_bytes: int, default_model: str
+) -> web.AppRunner:
+    """Serve ``POST /v1/traces`` (OTLP/HTTP, protobuf or JSON, optionally gzip) on host:port.
+
+    Returns the started runner; ``bound_port(runner)`` (or ``runner.addresses[0][1]``) is the
+    port, ``await runner.cleanup()`` stops it. Bodies over max_bytes, before or after gzip
+    inflation, are answered 413 without being inflated further.
+    """
+
+    def reply(code: int, body: bytes, content_type: str, outcome_counts: dict, **extra) -> web.Response:
+        stats.count("http", str(code), **outcome_counts)
+        return web.Response(status=code, body=body, content_type=content_type, **extra)
+
+    def fail(code: int, rpc_code: int, reason: str, message: str, as_json: bool, **extra) -> web.Response:
+        log.debug("OTLP/HTTP %d %s: %s", code, reason, message)
+        ct = CT_JSON if as_json else CT_PROTOBUF
+        return reply(code, _status_body(rpc_code, message, as_json), ct, {"rejected": {reason: 1}}, **extra)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ctype = request.content_type
+        if ctype == CT_PROTOBUF:
+            as_json = False
+            decode = decode_protobuf
+        elif ctype == CT_JSON:
+            as_json = True
+            decode = decode_json
+        else:
+            return _closing(fail(
+                415, code_pb2.INVALID_ARGUMENT, "unsupported_media_type",
+                f"unsupported Content-Type {ctype!r}; use {CT_PROTOBUF} or {CT_JSON}", False,
+            ))
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in ("", "identity", "gzip"):
+            return _closing(fail(
+                415, code_pb2.INVALID_ARGUMENT, "unsupported_media_type",
+                f"unsupported Content-Encoding {encoding!r}; use gzip or none", as_json,
+            ))
+
+        length = request.content_length
+        if length is not None and length > max_bytes:
+            return _closing(fail(
+                413, code_pb2.RESOURCE_EXHAUSTED, "too_large",
+                f"body of {length} bytes exceeds the limit of {max_bytes}", as_json,
+            ))
+        try:
+            body = await _read_body(request, length, max_bytes)
+        except asyncio.IncompleteReadError:
+            return fail(400, code_pb2.INVALID_ARGUMENT, "malformed", "body ended early", as_json)
+        if body is None:
+            return _closing(fail(
+                413, code_pb2.RESOURCE_EXHAUSTED, "too_large",
+                f"body exceeds the limit of {max_bytes} bytes", as_json,
+            ))
+        if encoding == "gzip":
+            try:
+                body = _gunzip_bounded(body, max_bytes)
+            except _TooLarge as exc:
+                return fail(413, code_pb2.RESOURCE_EXHAUSTED, "too_large", str(exc), as_json)
+            except DecodeError as exc:
+                return fail(400, code_pb2.INVALID_ARGUMENT, "malformed", str(exc), as_json)
+
+        outcome, result, message = await _decode_and_submit_async(body, decode, sink, default_model)
+        if outcome == "ok":
+            ct = CT_JSON if as_json else CT_PROTOBUF
+            if result.rejected:
+                out = _partial_response(result, as_json)
+            else:
+                out = _EMPTY_RESPONSE_JSON if as_json else _EMPTY_RESPONSE_PB
+            return reply(200, out, ct, _counts(result, outcome))
+        if outcome == "malformed":
+            return fail(400, code_pb2.INVALID_ARGUMENT, "malformed", message, as_json)
+        log.debug("OTLP/HTTP 503: %s", message)
+        return reply(
+            503, _status_body(code_pb2.UNAVAILABLE, message, as_json),
+            CT_JSON if as_json else CT_PROTOBUF, _counts(result, outcome),
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handle(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("OTLP/HTTP intake failed on a request")
+            stats.count("http", "500", rejected={"internal": 1})
+            return web.Response(
+                status=500, content_type=CT_PROTOBUF,
+                body=_status_body(code_pb2.INTERNAL, "internal error", False),
+            )
+
+    # client_max_size is moot: the handler reads the body itself, against max_bytes, so that
+    # every refusal is counted. Automatic decompression is off so that gzip is inflated here
+    # with a bound.
+    app = web.Application(client_max_size=max_bytes)
+    app.router.add_post(TRACES_PATH, guarded)
+    runner = web.AppRunner(app, access_log=None, auto_decompress=False, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    log.info("OTLP/HTTP intake listening on %s", runner.addresses)
+    return runner
+
+
+async def _read_body(request: web.Request, length: int | None, limit: int):
+    """The body, or None if it is longer than limit. IncompleteReadError if it ends early."""
+    stream = request.content
+    if length is not None:
+        return await stream.readexactly(length)
+    buf = bytearray()
+    while True:
+        chunk = await stream.readany()
+        if not chunk:
+            return buf
+        buf += chunk
+        if len(buf) > limit:
+            return None
+
+
+def _closing(resp: web.Response) -> web.Response:
+    # The unread remainder of the body is not wanted; close rather than drain it.
+    resp.force_close()
+    return resp
+
+
+# --------------------------------------------------------------------------------------------
+# OTLP/gRPC
+
+async def start_grpc_intake(
+    host: str, port: int, sink, stats: IntakeStats, *, max_bytes: int, default_model: str
+) -> grpc.aio.Server:
+    """Serve ``opentelemetry.proto.collector.trace.v1.TraceService/Export`` on host:port.
+
+    Returns the started server; its ``bound_port`` attribute (or ``bound_port(server)``) is the
+    port, ``await server.stop(grace)`` stops it. Messages over max_bytes are answered RESOURCE_EXHAUSTED and counted; gRPC's own
+    receive limit is 4 x max_bytes, and a message beyond that is refused by the gRPC core before
+    it reaches this code, so it is not counted.
+    """
+
+    def count(code: grpc.StatusCode, **kw) -> None:
+        stats.count("grpc", code.name, **kw)
+
+    async def process(request: bytes):
+        """(status code or None for OK, details, response bytes)."""
+        if len(request) > max_bytes:
+            count(grpc.StatusCode.RESOURCE_EXHAUSTED, rejected={"too_large": 1})
+            return (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"message of {len(request)} bytes exceeds the limit of {max_bytes}", b"",
+            )
+        outcome, result, message = await _decode_and_submit_async(
+            request, decode_protobuf, sink, default_model
+        )
+        if outcome == "malformed":
+            count(grpc.StatusCode.INVALID_ARGUMENT, rejected={"malformed": 1})
+            return grpc.StatusCode.INVALID_ARGUMENT, message, b""
+        if outcome == "queue_full":
+            count(grpc.StatusCode.UNAVAILABLE, **_counts(result, outcome))
+            return grpc.StatusCode.UNAVAILABLE, message, b""
+        count(grpc.StatusCode.OK, **_counts(result, outcome))
+        if result.rejected:
+            resp = trace_service_pb2.ExportTraceServiceResponse()
+            resp.partial_success.rejected_spans = result.rejected
+            resp.partial_success.error_message = _partial_message(result)
+            return None, "", resp.SerializeToString()
+        return None, "", _EMPTY_RESPONSE_PB
+
+    async def export(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            code, details, response = await process(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("OTLP/gRPC intake failed on a request")
+            count(grpc.StatusCode.INTERNAL, rejected={"internal": 1})
+            code, details, response = grpc.StatusCode.INTERNAL, "internal error", b""
+        if code is not None:
+            log.debug("OTLP/gRPC %s: %s", code.name, details)
+            await context.abort(code, details)
+        return response
+
+    # Requests arrive as raw bytes (no deserializer) so their size can be checked and counted here.
+    handler = grpc.method_handlers_generic_handler(
+        GRPC_SERVICE,
+        {"Export": grpc.unary_unary_rpc_method_handler(export)},
+    )
+    server = grpc.aio.server(
+        handlers=(handler,),
+        options=(
+            ("grpc.max_receive_message_length", min(4 * max_bytes, 2**31 - 1)),
+            ("grpc.max_send_message_length", 1 << 20),
+            # without this, a second process could bind the same port and silently take a share
+            # of the traffic
+            ("grpc.so_reuseport", 0),
+        ),
+    )
+    address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        bound = 0
+        why = f": {exc}"
+    else:
+        why = ""
+    if not bound:
+        await server.stop(None)
+        raise OSError(f"cannot listen on {address}{why}")
+    await server.start()
+    server.bound_port = bound  # grpc.aio.Server has no accessor for it
+    log.info("OTLP/gRPC intake listening on %s (port %d)", address, bound)
+    return server
+
+
+def bound_port(server) -> int:
+    """The TCP port a server returned by start_http_intake or start_grpc_intake listens on."""
+    if isinstance(server, web.AppRunner):
+        addresses = server.addresses
+        if not addresses:
+            raise ValueError("the HTTP intake is not listening")
+        return addresses[0][1]
+    port = getattr(server, "bound_port", None)
+    if not isinstance(port, int):
+        raise ValueError("not a server started by start_grpc_intake")
+    return port

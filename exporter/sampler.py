@@ -73,8 +73,8 @@ class GPUSampler:
             if not self.healthy and self._down_since is not None:
                 self.device.reopen()
             self._sample()
-            if not self.healthy:
-                log.info("GPU %s (%s) is healthy", self.gpu_label, self.device.uuid)
+            if self._down_since is not None:
+                log.info("GPU %s (%s) answers again", self.gpu_label, self.device.uuid)
             self.healthy = True
             self._down_since = None
         except GPUError as exc:

@@ -1,0 +1,22 @@
+# jouletrace exporter image: multi-stage, slim runtime, non-root.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY jouletrace ./jouletrace
+COPY exporter ./exporter
+COPY loadgen ./loadgen
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="jouletrace" \
+      org.opencontainers.image.description="GPU energy attributed to inference requests and tokens, for Prometheus" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels \
+    && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin jouletrace
+USER 10001
+EXPOSE 9464 4317 4318
+HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:9464/healthz', timeout=2).status != 200)"
+ENTRYPOINT ["jouletrace", "exporter"]

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what jouletrace needs on a fresh Debian machine: Python venv and packages, and with
+# `--test` the Debian packages the tests use (prometheus). Idempotent; fast when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extra=""
+apt_packages=()
+if [[ "${1:-}" == "--test" ]]; then
+  extra="[test]"
+  command -v prometheus >/dev/null || apt_packages+=(prometheus)
+fi
+
+if ((${#apt_packages[@]})); then
+  sudo=""
+  [[ "$(id -u)" == 0 ]] || sudo="sudo"
+  echo "installing Debian packages: ${apt_packages[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+fi
+
+python=""
+for candidate in python3.13 python3.12 python3.11 python3; do
+  if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    python="$candidate"; break
+  fi
+done
+[[ -n "$python" ]] || { echo "jouletrace needs Python >= 3.11" >&2; exit 1; }
+
+[[ -x .venv/bin/python ]] || "$python" -m venv .venv
+stamp=".venv/.installed${extra}"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e ".${extra}"
+  echo "$want" > "$stamp"
+fi

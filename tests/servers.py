@@ -1,0 +1,125 @@
+"""Real processes for integration tests: the exporter and a Prometheus server, on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def wait_for(predicate, timeout_s: float, what: str, period_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(period_s)
+    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+class ExporterProcess:
+    """`jouletrace exporter` in a subprocess on free loopback ports."""
+
+    def __init__(self, *args: str, env: dict | None = None):
+        self.metrics_port, self.grpc_port, self.http_port = free_port(), free_port(), free_port()
+        cmd = [sys.executable, "-m", "jouletrace", "exporter",
+               "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
+               "--otlp-grpc-addr", f"127.0.0.1:{self.grpc_port}",
+               "--otlp-http-addr", f"127.0.0.1:{self.http_port}", *args]
+        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+        try:
+            wait_for(lambda: self.proc.poll() is not None or http_get(self.url("/readyz"))[0] == 200, 30,
+                     "exporter readiness")
+        except TimeoutError:
+            self.stop()
+            raise
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"exporter exited {self.proc.returncode}:\n{self.output()}")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}{path}"
+
+    def output(self) -> str:
+        self.log.flush()
+        with open(self.log.name) as f:
+            return f.read()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+class PrometheusProcess:
+    """A real Prometheus server (Debian package) scraping `targets` every `interval`."""
+
+    def __init__(self, targets: list[str], interval: str = "1s", rule_files: list[str] | None = None):
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise RuntimeError("prometheus is not installed: the README's test command installs it (apt)")
+        self.dir = tempfile.mkdtemp(prefix="prom-")
+        self.port = free_port()
+        config = {
+            "global": {"scrape_interval": interval, "evaluation_interval": interval},
+            "scrape_configs": [{"job_name": "jouletrace", "static_configs": [{"targets": targets}]}],
+        }
+        if rule_files:
+            config["rule_files"] = rule_files
+        path = os.path.join(self.dir, "prometheus.yml")
+        with open(path, "w") as f:
+            json.dump(config, f)  # JSON is YAML
+        self.log = open(os.path.join(self.dir, "log"), "w+")
+        self.proc = subprocess.Popen(
+            [binary, f"--config.file={path}", f"--storage.tsdb.path={self.dir}/data",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(lambda: http_get(f"http://127.0.0.1:{self.port}/-/ready")[0] == 200, 60, "prometheus readiness")
+
+    def query(self, promql: str) -> list[dict]:
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        status, body = http_get(url)
+        if status != 200:
+            raise RuntimeError(f"query {promql!r} answered {status}: {body}")
+        return json.loads(body)["data"]["result"]
+
+    def scalar(self, promql: str) -> float | None:
+        result = self.query(promql)
+        return float(result[0]["value"][1]) if result else None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,40 @@
+"""The README documents every option and every metric the exporter exposes."""
+
+import pathlib
+import re
+
+from prometheus_client import generate_latest
+from rig import Rig
+
+from jouletrace.exporter.config import OPTIONS
+from jouletrace.exporter.intake import IntakeStats
+from jouletrace.exporter.metrics import JouletraceCollector
+
+README = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_every_option_is_documented_with_its_default():
+    for opt in OPTIONS:
+        row = re.search(rf"^\| `{opt.flag}` \| `{opt.env}` \| `([^`]*)` \|", README, re.M)
+        assert row, f"{opt.flag} missing from the README's configuration table"
+        assert row.group(1) == opt.default, f"{opt.flag}: README says {row.group(1)}, code says {opt.default}"
+
+
+def test_every_metric_is_documented(clock):
+    rig = Rig(clock)
+    rig.run(3.0)
+    rig.ledger.submit([rig.request(0.5, 1.0)])
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(JouletraceCollector(rig.samplers, rig.ledger, IntakeStats().snapshot, clock=clock))
+    text = generate_latest(registry).decode()
+    families = set(re.findall(r"^# TYPE (\S+) (\S+)", text, re.M))
+    assert len(families) > 30
+    for name, kind in families:
+        documented = name
+        if kind == "counter" and not name.endswith("_total"):
+            documented += "_total"
+        if kind == "info" and not name.endswith("_info"):
+            documented += "_info"
+        assert f"`{documented}`" in README, f"{documented} ({kind}) is not in the README's metric reference"

@@ -38,12 +38,20 @@ def sim_load(text: str) -> str | float:
     return value
 
 
+def url(text: str) -> str:
+    text = text.strip()
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {text!r}")
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     name: str
     type: Callable[[str], Any]
     default: str
     help: str
+    multiple: bool = False  # the flag repeats; the environment variable separates values by commas
 
     @property
     def flag(self) -> str:
@@ -75,6 +83,9 @@ OPTIONS = (
     Option("power_interval", positive(float), "0.1", "power sampling period, seconds (the timeline's resolution)"),
     Option("counter_interval", positive(float), "5", "energy counter read period, seconds (each read costs ~4 ms CPU on H100)"),
     Option("status_interval", positive(float), "1", "clocks/utilization/memory/temperature/GPM period, seconds"),
+    Option("engine_metrics", url, "", "inference server metrics URL to scrape (vLLM's /metrics); repeat for several",
+           multiple=True),
+    Option("engine_interval", positive(float), "1", "engine metrics scrape period, seconds"),
     Option("log_level", str, "info", "debug, info, warning or error"),
 )
 
@@ -82,6 +93,16 @@ OPTIONS = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for opt in OPTIONS:
         env_value = os.environ.get(opt.env)
+        if opt.multiple:
+            text = env_value if env_value is not None else opt.default
+            try:
+                default = [opt.type(v) for v in text.split(",") if v.strip()]
+            except argparse.ArgumentTypeError as exc:
+                parser.error(f"{opt.env}: {exc}")
+            parser.add_argument(opt.flag, dest=opt.name, type=opt.type, action="append", default=None,
+                                help=f"{opt.help} [env {opt.env}, comma-separated]")
+            parser.set_defaults(**{f"_default_{opt.name}": default})
+            continue
         parser.add_argument(opt.flag, dest=opt.name, type=opt.type,
                             default=env_value if env_value is not None else opt.default,
                             help=f"{opt.help} [env {opt.env}; default {opt.default}]")
@@ -107,11 +128,19 @@ class ExporterConfig:
     power_interval: float
     counter_interval: float
     status_interval: float
+    engine_metrics: tuple[str, ...]
+    engine_interval: float
     log_level: str
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> "ExporterConfig":
-        cfg = cls(**{opt.name: getattr(ns, opt.name) for opt in OPTIONS})
+        values = {}
+        for opt in OPTIONS:
+            value = getattr(ns, opt.name)
+            if opt.multiple:
+                value = tuple(value if value is not None else getattr(ns, f"_default_{opt.name}"))
+            values[opt.name] = value
+        cfg = cls(**values)
         if cfg.gpu not in ("auto", "nvml", "sim"):
             raise ValueError(f"--gpu must be auto, nvml or sim, not {cfg.gpu!r}")
         if cfg.settle_delay >= cfg.retention:

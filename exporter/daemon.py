@@ -13,6 +13,7 @@ from prometheus_client.exposition import choose_encoder
 
 from . import gpu, simgpu
 from .config import ExporterConfig
+from .engine import EngineScraper
 from .intake import IntakeStats, start_grpc_intake, start_http_intake
 from .ledger import Ledger
 from .metrics import JouletraceCollector
@@ -44,8 +45,11 @@ class Exporter:
         self.ledger = Ledger(self.samplers, settle_delay_s=cfg.settle_delay, window_s=cfg.window,
                              max_pending=cfg.max_pending, max_models=cfg.max_models)
         self.intake_stats = IntakeStats()
+        self.engines = EngineScraper(list(cfg.engine_metrics), self.ledger.completion_tokens,
+                                     interval_s=cfg.engine_interval, max_models=cfg.max_models)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(JouletraceCollector(self.samplers, self.ledger, self.intake_stats.snapshot))
+        self.registry.register(JouletraceCollector(self.samplers, self.ledger, self.intake_stats.snapshot,
+                                                   self.engines.states))
         self.attribution_errors = 0
         self.ports: dict[str, int] = {}
         self._stop = threading.Event()
@@ -60,6 +64,7 @@ class Exporter:
         for s in self.samplers:
             self._spawn(f"sampler-gpu{s.device.index}", s.run, self._stop)
         self._spawn("attribution", self._attribute)
+        self.engines.start()
         cfg = self.cfg
         if cfg.metrics_addr:
             self.ports["metrics"] = await self._serve_metrics(*cfg.metrics_addr)
@@ -75,6 +80,7 @@ class Exporter:
         log.info("listening: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
 
     async def stop(self) -> None:
+        await self.engines.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
         for runner in self._runners:

@@ -113,7 +113,12 @@ class Selection:
                 continue
             if value.strip().lower() in ("none", "void", "-1"):
                 raise ValueError(f"{var}={value!r} makes no GPU visible")
-            return cls.parse(value)
+            selection = cls.parse(value)
+            if (var == "CUDA_VISIBLE_DEVICES" and environ.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID"
+                    and any(item.isdigit() for item in selection.items)):
+                log.warning("CUDA_VISIBLE_DEVICES=%s holds indices in CUDA's order, which matches NVML's only "
+                            "with CUDA_DEVICE_ORDER=PCI_BUS_ID; prefer UUIDs", value)
+            return selection
         return cls(())
 
     def choose(self, devices: list[tuple[int, str]]) -> list[int]:

@@ -1,7 +1,8 @@
 """OTLP trace intake: OTLP/HTTP (aiohttp) and OTLP/gRPC (grpc.aio) servers feeding a sink.
 
-Both servers decode each export request with `exporter.otlp`, hand the request records to
-``sink.submit(records)`` and answer per the OTLP specification:
+Both servers decode each export request with `exporter.otlp`, hand its request spans to
+``sink.submit(batch)`` as one `RequestBatch` (not called when the message holds none) and answer
+per the OTLP specification:
 
 ====================  ==========================  ===================  ======================
 outcome               HTTP                        gRPC                 counted as rejected
@@ -12,7 +13,7 @@ body too large        413                         RESOURCE_EXHAUSTED   too_large
 undecodable           400 + google.rpc.Status     INVALID_ARGUMENT     malformed (messages)
 bad Content-Type or   415                         -                    unsupported_media_type
 Content-Encoding                                                       (messages)
-sink full             503 + Retry-After           UNAVAILABLE          queue_full (records)
+sink full             503 + Retry-After           UNAVAILABLE          queue_full (spans)
 bug in the intake     500                         INTERNAL             internal (messages)
 ====================  ==========================  ===================  ======================
 
@@ -72,7 +73,7 @@ class IntakeStats:
 
     received[protocol]            spans in successfully decoded messages (accepted + ignored +
                                   invalid + those refused because the sink was full)
-    accepted[protocol]            request records handed to the sink
+    accepted[protocol]            request spans handed to the sink
     ignored[protocol]             spans that are not inference requests (not an error)
     rejected[(protocol, reason)]  reasons in REASONS; ``invalid_span`` and ``queue_full`` count
                                   spans, the others count export messages (their spans are unknown)
@@ -166,9 +167,9 @@ def _decode_and_submit(body, decode, sink, default_model: str):
         result = decode(body, default_model)
     except DecodeError as exc:
         return "malformed", None, str(exc)[:MAX_ERROR_MESSAGE_CHARS]
-    if result.records:
+    if len(result.batch):
         try:
-            sink.submit(result.records)
+            sink.submit(result.batch)
         except IntakeFull:
             return "queue_full", result, "request ledger is full; retry later"
     return "ok", result, ""
@@ -189,9 +190,9 @@ def _counts(result: DecodeResult | None, outcome: str) -> dict:
         rejected["invalid_span"] = result.rejected
     accepted = 0
     if outcome == "queue_full":
-        rejected["queue_full"] = len(result.records)
+        rejected["queue_full"] = len(result.batch)
     else:
-        accepted = len(result.records)
+        accepted = len(result.batch)
     return {
         "received": result.spans,
         "accepted": accepted,
@@ -335,7 +336,8 @@ async def _read_body(request: web.Request, length: int | None, limit: int):
     """The body, or None if it is longer than limit. IncompleteReadError if it ends early."""
     stream = request.content
     if length is not None:
-        return await stream.readexactly(length)
+        # readexactly(0) at the end of the stream raises: an empty body is an empty message
+        return await stream.readexactly(length) if length else b""
     buf = bytearray()
     while True:
         chunk = await stream.readany()

@@ -14,6 +14,9 @@ equals the timeline's measured energy.
 
 Spans arrive after their request ends; a request whose time was partly finalized before its span
 arrived is counted as late and gets energy only for its unfinalized time.
+
+Storage is column-wise (numpy), so that intake and each pass cost a few vector operations over
+the pending requests rather than Python work per request.
 """
 
 from __future__ import annotations
@@ -21,32 +24,33 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 
 from .labels import LabelLimiter
-from .records import IntakeFull, RequestRecord
+from .records import IntakeFull, RequestBatch
 from .sampler import GPUSampler
 
 #: Request-energy histogram bucket upper bounds (J).
-ENERGY_BUCKETS_J = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000,
-                    10000, 25000, 50000, 100000)
+ENERGY_BUCKETS_J = np.array([0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000,
+                             10000, 25000, 50000, 100000])
+_IMAGE, _VIDEO = 1, 2
 
 
 @dataclass(slots=True)
 class ModelTotals:
-    """Monotonic totals for one model label."""
+    """Monotonic totals for one model label (a copy, read at scrape time)."""
 
-    energy_j: float = 0.0  # attributed, including requests still running at the horizon
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    images: int = 0
-    videos: int = 0
-    bucket_counts: list[int] = field(default_factory=lambda: [0] * (len(ENERGY_BUCKETS_J) + 1))
-    energy_observed_j: float = 0.0  # sum of the histogram's observations
+    energy_j: float  # attributed, including requests still running at the horizon
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    images: int
+    videos: int
+    bucket_counts: list[int]  # per bucket of ENERGY_BUCKETS_J, then +Inf; not cumulative
+    energy_observed_j: float  # sum of the histogram's observations
 
 
 @dataclass(slots=True)
@@ -87,38 +91,74 @@ class WindowStats:
         return self.video_energy_j / self.videos if self.videos else None
 
 
-class _Pending:
-    __slots__ = ("record", "model", "run_start", "run_end", "energy_j", "done")
+def batch_phases(rows: np.ndarray) -> tuple[np.ndarray, ...]:
+    """GPU phases of a batch's requests, by the rule above.
 
-    def __init__(self, record: RequestRecord, model: int, run_start: float, run_end: float):
-        self.record = record
-        self.model = model
-        self.run_start = run_start
-        self.run_end = run_end
-        self.energy_j = 0.0
-        self.done = False
+    Returns (start, end, weight in tokens/s, output tokens generated, row index), one entry per
+    phase of positive length; each request has one or two phases (prefill, decode).
+    """
+    s, e = rows["start"], rows["end"]
+    kind, count = rows["output_kind"], rows["output_count"]
+    prompt, completion = rows["prompt_tokens"], rows["completion_tokens"]
+    media = kind != 0
+    phased = ~media & ~(np.isnan(rows["prefill_s"]) & np.isnan(rows["decode_s"]))
+    decode_start = np.maximum(s, e - np.nan_to_num(rows["decode_s"]))
+    prefill_start = np.maximum(s, decode_start - np.nan_to_num(rows["prefill_s"]))
+    run = np.minimum(e, s + np.nan_to_num(rows["queue_s"]))
+    # the first phase: prefill, or the whole run for spans without phases
+    a_start = np.where(phased, prefill_start, run)
+    a_end = np.where(phased, decode_start, e)
+    a_tokens = np.where(media, np.maximum(count, 1),
+                        np.where(phased, np.maximum(prompt, 1), np.maximum(prompt + completion, 1)))
+    a_gen = np.where(phased | media, 0, completion)
+    # the second phase: decode
+    b = np.flatnonzero(phased)
+    idx = np.arange(len(rows))
+    start = np.concatenate((a_start, decode_start[b]))
+    end = np.concatenate((a_end, e[b]))
+    tokens = np.concatenate((a_tokens, np.maximum(completion[b], 1))).astype(float)
+    gen = np.concatenate((a_gen, completion[b])).astype(float)
+    row = np.concatenate((idx, b))
+    keep = end > start
+    start, end, tokens, gen, row = start[keep], end[keep], tokens[keep], gen[keep], row[keep]
+    order = np.lexsort((start, row))  # by request, then time
+    return start[order], end[order], (tokens / (end - start))[order], gen[order], row[order]
 
 
-def request_phases(r: RequestRecord) -> list[tuple[float, float, float, float]]:
-    """(start, end, weight in tokens/s, output tokens generated) for each GPU phase of `r`."""
-    start, end = r.start, r.end
-    phases = []
-    if r.output_kind in ("image", "video"):
-        run = min(end, start + (r.queue_s or 0.0))
-        phases.append((run, end, max(r.output_count, 1), 0))
-    elif r.prefill_s is not None or r.decode_s is not None:
-        decode_start = max(start, end - (r.decode_s or 0.0))
-        prefill_start = max(start, decode_start - (r.prefill_s or 0.0))
-        phases.append((prefill_start, decode_start, max(r.prompt_tokens, 1), 0))
-        phases.append((decode_start, end, max(r.completion_tokens, 1), r.completion_tokens))
-    else:
-        run = min(end, start + (r.queue_s or 0.0))
-        phases.append((run, end, max(r.prompt_tokens + r.completion_tokens, 1), r.completion_tokens))
-    return [(s, e, tokens / (e - s), gen) for s, e, tokens, gen in phases if e > s]
+class _Table:
+    """Growable numpy columns; `col(name)` is a view of the rows in use."""
+
+    def __init__(self, **dtypes):
+        self.n = 0
+        self._cols = {name: np.zeros(1024, dtype) for name, dtype in dtypes.items()}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def col(self, name: str) -> np.ndarray:
+        return self._cols[name][: self.n]
+
+    def append(self, **values: np.ndarray) -> None:
+        k = len(next(iter(values.values())))
+        if self.n + k > len(next(iter(self._cols.values()))):
+            size = max(2 * (self.n + k), 1024)
+            for name, arr in self._cols.items():
+                grown = np.zeros(size, arr.dtype)
+                grown[: self.n] = arr[: self.n]
+                self._cols[name] = grown
+        for name, value in values.items():
+            self._cols[name][self.n: self.n + k] = value
+        self.n += k
+
+    def keep(self, mask: np.ndarray) -> None:
+        k = int(mask.sum())
+        for name, arr in self._cols.items():
+            arr[:k] = arr[: self.n][mask]
+        self.n = k
 
 
 class Ledger:
-    """Accepts request records, finalizes time, attributes energy and keeps the totals."""
+    """Accepts request batches, finalizes time, attributes energy and keeps the totals."""
 
     def __init__(
         self,
@@ -140,22 +180,23 @@ class Ledger:
         self.max_pending = max_pending
         self._clock = clock
         self._lock = threading.Lock()
-        self._models = LabelLimiter(max_models)
+        self._labels = LabelLimiter(max_models)
         self.model_names: list[str] = []
         self._model_index: dict[str, int] = {}
-        self.models: list[ModelTotals] = []
+        slots = max_models + 1  # `other` included
+        self._m_energy = np.zeros(slots)
+        self._m_counts = np.zeros((slots, 5), dtype=np.int64)  # requests, prompt, completion, images, videos
+        self._m_hist = np.zeros((slots, len(ENERGY_BUCKETS_J) + 1), dtype=np.int64)
+        self._m_observed = np.zeros(slots)
         self.gpus = [GPUTotals() for _ in self.samplers]
-        # pending requests and their phases (parallel lists; compacted as requests finish)
-        self._pending: list[_Pending] = []
-        self._ph_start: list[float] = []
-        self._ph_end: list[float] = []
-        self._ph_weight: list[float] = []
-        self._ph_tokens: list[float] = []
-        self._ph_req: list[int] = []
+        self._req = _Table(model="i4", run_start="f8", run_end="f8", energy="f8", done="?", kind="i1",
+                           count="i8", prompt="i8", completion="i8")
+        self._ph = _Table(start="f8", end="f8", weight="f8", gen="f8", req="i8")
         self._n_done = 0
         self._complete_until = float("-inf")  # requests ending before this are complete
         self._window: collections.deque = collections.deque()
-        self._seen_spans: dict[bytes, float] = {}  # (trace id + span id) -> end, for duplicates
+        self._seen: set[int] = set()  # span identities (trace id ^ span id, 64 bits), for duplicates
+        self._seen_by_time: collections.deque = collections.deque()  # (latest end, keys) per batch
         # self-metrics
         self.spans_accepted = 0
         self.spans_late = 0  # part of the request's time was finalized before its span arrived
@@ -166,60 +207,78 @@ class Ledger:
 
     # -- intake ---------------------------------------------------------------------------
     def _model(self, name: str) -> int:
-        label = self._models(name)
+        label = self._labels(name)
         idx = self._model_index.get(label)
         if idx is None:
             idx = self._model_index[label] = len(self.model_names)
             self.model_names.append(label)
-            self.models.append(ModelTotals())
         return idx
 
     @property
     def pending(self) -> int:
-        return len(self._pending) - self._n_done
+        return len(self._req) - self._n_done
 
     @property
     def folded_models(self) -> int:
-        return self._models.folded
+        return self._labels.folded
 
     def _finalized_floor(self) -> float:
         """The earliest time any GPU has finalized to (energy before it is already split)."""
         done = [g.finalized_until for g in self.gpus if g.finalized_until is not None]
         return min(done) if done else float("-inf")
 
-    def submit(self, records: Iterable[RequestRecord]) -> None:
+    def _fresh(self, rows: np.ndarray) -> np.ndarray:
+        """Mask of rows whose span was not seen before (in this batch or within retention)."""
+        ids = (np.ascontiguousarray(rows["trace_id"]).view("<u8")[::2]
+               ^ np.ascontiguousarray(rows["span_id"]).view("<u8"))
+        _, first = np.unique(ids, return_index=True)
+        fresh = ids == 0  # no identity: never a duplicate
+        fresh[first] = True
+        keys = ids.tolist()
+        seen = self._seen
+        if not seen.isdisjoint(keys):
+            fresh &= np.fromiter((k not in seen for k in keys), bool, len(keys))
+        new = ids[fresh & (ids != 0)].tolist()
+        seen.update(new)
+        self._seen_by_time.append((float(rows["end"].max()), new))
+        return fresh
+
+    def submit(self, batch: RequestBatch) -> None:
         """Accept finished requests; raises IntakeFull (nothing accepted) when the ledger is full."""
-        records = list(records)
+        if not len(batch):
+            return
         with self._lock:
-            if self.pending + len(records) > self.max_pending:
+            if self.pending + len(batch) > self.max_pending:
                 raise IntakeFull(f"{self.pending} requests pending (limit {self.max_pending})")
+            rows = batch.rows
+            fresh = self._fresh(rows)
+            if not fresh.all():
+                self.spans_duplicate += int((~fresh).sum())
+                rows = rows[fresh]
+            self.spans_accepted += len(rows)
+            models = np.array([self._model(name) for name in batch.models], dtype=np.int32)[rows["model"]]
+            p_start, p_end, p_weight, p_gen, p_row = batch_phases(rows)
+            run_start = np.minimum.reduceat(p_start, _firsts(p_row)) if len(p_row) else p_start
+            run_end = np.maximum.reduceat(p_end, _firsts(p_row)) if len(p_row) else p_end
+            has_run = np.zeros(len(rows), bool)
+            has_run[p_row] = True
+            starts, ends = rows["end"].copy(), rows["end"].copy()  # requests that never ran: their end
+            starts[np.unique(p_row)], ends[np.unique(p_row)] = run_start, run_end
             floor = self._finalized_floor()
-            for r in records:
-                key = r.trace_id + r.span_id
-                if key:
-                    if key in self._seen_spans:
-                        self.spans_duplicate += 1
-                        continue
-                    self._seen_spans[key] = r.end
-                model = self._model(r.model)
-                phases = request_phases(r)
-                self.spans_accepted += 1
-                run_start = phases[0][0] if phases else r.end
-                run_end = phases[-1][1] if phases else r.end
-                if run_end <= floor or run_end <= self._complete_until:
-                    self.spans_expired += 1
-                    self._count_request(self.models[model], r, None)
-                    continue
-                if run_start < floor:
-                    self.spans_late += 1
-                idx = len(self._pending)
-                self._pending.append(_Pending(r, model, run_start, run_end))
-                for s, e, w, gen in phases:
-                    self._ph_start.append(s)
-                    self._ph_end.append(e)
-                    self._ph_weight.append(w)
-                    self._ph_tokens.append(gen)
-                    self._ph_req.append(idx)
+            expired = (ends <= floor) | (ends <= self._complete_until)
+            self.spans_late += int(((starts < floor) & ~expired).sum())
+            if expired.any():
+                self.spans_expired += int(expired.sum())
+                self._count_requests(rows[expired], models[expired], None)
+            live = ~expired
+            index = np.full(len(rows), -1, dtype=np.int64)
+            index[live] = len(self._req) + np.arange(int(live.sum()))
+            r = rows[live]
+            self._req.append(model=models[live], run_start=starts[live], run_end=ends[live], energy=0.0, done=False,
+                             kind=r["output_kind"], count=r["output_count"], prompt=r["prompt_tokens"],
+                             completion=r["completion_tokens"])
+            ph = live[p_row]
+            self._ph.append(start=p_start[ph], end=p_end[ph], weight=p_weight[ph], gen=p_gen[ph], req=index[p_row[ph]])
 
     # -- attribution ----------------------------------------------------------------------
     def settle(self) -> None:
@@ -231,7 +290,8 @@ class Ledger:
         self.passes += 1
         self.pass_seconds += time.perf_counter() - t_pass
 
-    def _settle(self, now: float) -> None:
+    def _horizons(self, now: float) -> dict[tuple[float, float], list[int]]:
+        """GPUs grouped by the interval [finalized, horizon) each can finalize now."""
         groups: dict[tuple[float, float], list[int]] = {}
         for g, sampler in enumerate(self.samplers):
             with sampler.lock:
@@ -245,17 +305,14 @@ class Ledger:
                 h = min(tl.settled_until, now - self.settle_delay_s)
             if h > f:
                 groups.setdefault((f, h), []).append(g)
+        return groups
 
-        ps = np.asarray(self._ph_start)
-        pe = np.asarray(self._ph_end)
-        pw = np.asarray(self._ph_weight)
-        preq = np.asarray(self._ph_req, dtype=np.int64)
-        req_energy = np.zeros(len(self._pending))
-        model_of_req = np.fromiter((p.model for p in self._pending), dtype=np.int64, count=len(self._pending))
-        n_models = len(self.model_names)
-        pass_model_energy = np.zeros(n_models)
+    def _settle(self, now: float) -> None:
+        groups = self._horizons(now)
+        ps, pe, pw, preq = self._ph.col("start"), self._ph.col("end"), self._ph.col("weight"), self._ph.col("req")
+        n_req = len(self._req)
+        req_energy = np.zeros(n_req)
         pass_measured = 0.0
-
         for (f, h), gids in groups.items():
             mask = (pe > f) & (ps < h)
             s = np.clip(ps[mask], f, h)
@@ -272,11 +329,9 @@ class Ledger:
                 sampler = self.samplers[g]
                 with sampler.lock:
                     energy[row] = np.diff(sampler.timeline.energy_at(bounds))
-            safe_weight = np.where(running, weight, 1.0)
-            ratio = np.where(running, energy.sum(axis=0) / safe_weight, 0.0)
+            ratio = np.where(running, energy.sum(axis=0) / np.where(running, weight, 1.0), 0.0)
             prefix = np.concatenate(([0.0], np.cumsum(ratio)))
-            phase_energy = w * (prefix[ei] - prefix[si])
-            np.add.at(req_energy, preq[mask], phase_energy)
+            req_energy += np.bincount(preq[mask], weights=w * (prefix[ei] - prefix[si]), minlength=n_req)
             for row, g in enumerate(gids):
                 idle = float(energy[row][~running].sum())
                 total = float(energy[row].sum())
@@ -284,86 +339,98 @@ class Ledger:
                 self.gpus[g].attributed_j += total - idle
                 self.gpus[g].finalized_until = h
                 pass_measured += total
-
+        model = self._req.col("model")
+        pass_model_energy = np.bincount(model, weights=req_energy, minlength=len(self._m_energy))
         if groups:
-            pass_model_energy += np.bincount(model_of_req, weights=req_energy, minlength=n_models)
-            for i, p in enumerate(self._pending):
-                if req_energy[i]:
-                    p.energy_j += float(req_energy[i])
-            for m in np.flatnonzero(pass_model_energy):
-                self.models[m].energy_j += float(pass_model_energy[m])
+            self._req.col("energy")[:] += req_energy
+            self._m_energy += pass_model_energy
 
         # Requests are complete once every healthy GPU has finalized past their end.
         healthy = [t.finalized_until for t, s in zip(self.gpus, self.samplers)
                    if s.healthy and t.finalized_until is not None]
         complete_until = min(healthy) if healthy else self._complete_until
-        window_entry = None
         if complete_until > self._complete_until:
-            window_entry = self._window_entry(self._complete_until, complete_until, ps, pe, preq, model_of_req,
-                                              n_models)
+            entry = self._window_entry(self._complete_until, complete_until)
             self._complete_until = complete_until
-        for p in self._pending:
-            if not p.done and p.run_end <= self._complete_until:
-                p.done = True
-                self._n_done += 1
-                self._count_request(self.models[p.model], p.record, p.energy_j)
-                if window_entry is not None and p.record.output_kind in ("image", "video"):
-                    window_entry["diffusion"].append((p.model, p.record.output_kind, p.energy_j,
-                                                      max(p.record.output_count, 1)))
-        if window_entry is not None:
-            window_entry["model_energy"] = pass_model_energy
-            window_entry["measured"] = pass_measured
-            self._window.append(window_entry)
-        elif groups and self._window:  # energy finalized without completions: still in the window
+            done = self._req.col("done")
+            newly = np.flatnonzero(~done & (self._req.col("run_end") <= complete_until))
+            if len(newly):
+                done[newly] = True
+                self._n_done += len(newly)
+                self._complete(newly, entry)
+            entry["model_energy"] = pass_model_energy
+            entry["measured"] = pass_measured
+            self._window.append(entry)
+        elif groups and self._window:  # energy finalized without new completions: still in the window
             last = self._window[-1]
-            last["model_energy"] = _add(last["model_energy"], pass_model_energy)
+            last["model_energy"] = last["model_energy"] + pass_model_energy
             last["measured"] += pass_measured
         self._expire(now)
 
-    def _window_entry(self, a, b, ps, pe, preq, model_of_req, n_models) -> dict:
-        """Output tokens generated in [a, b), spread evenly over each decode phase."""
-        tokens = np.zeros(n_models)
-        if len(ps) and np.isfinite(a):
-            pt = np.asarray(self._ph_tokens)
+    def _window_entry(self, a: float, b: float) -> dict:
+        """Output tokens generated in [a, b) per model, spread evenly over each decode phase."""
+        slots = len(self._m_energy)
+        tokens = np.zeros(slots)
+        if len(self._ph) and np.isfinite(a):
+            ps, pe = self._ph.col("start"), self._ph.col("end")
             overlap = np.clip(np.minimum(pe, b) - np.maximum(ps, a), 0.0, None)
-            share = np.divide(overlap, pe - ps, out=np.zeros_like(overlap), where=pe > ps) * pt
-            tokens = np.bincount(model_of_req[preq], weights=share, minlength=n_models)
-        return {"end": b, "start": a, "tokens": tokens, "diffusion": []}
+            share = overlap / (pe - ps) * self._ph.col("gen")
+            tokens = np.bincount(self._req.col("model")[self._ph.col("req")], weights=share, minlength=slots)
+        zeros = np.zeros(slots)
+        return {"start": a, "end": b, "tokens": tokens, "image_energy": zeros, "images": zeros,
+                "video_energy": zeros.copy(), "videos": zeros.copy()}
 
-    def _count_request(self, m: ModelTotals, r: RequestRecord, energy_j: float | None) -> None:
-        m.requests += 1
-        m.prompt_tokens += r.prompt_tokens
-        m.completion_tokens += r.completion_tokens
-        if r.output_kind == "image":
-            m.images += max(r.output_count, 1)
-        elif r.output_kind == "video":
-            m.videos += max(r.output_count, 1)
-        if energy_j is not None:
-            m.bucket_counts[int(np.searchsorted(ENERGY_BUCKETS_J, energy_j))] += 1
-            m.energy_observed_j += energy_j
+    def _complete(self, idx: np.ndarray, entry: dict) -> None:
+        """Count finished requests (rows `idx` of the request table) into the totals and window."""
+        t = self._req
+        model, energy = t.col("model")[idx], t.col("energy")[idx]
+        kind, count = t.col("kind")[idx], np.maximum(t.col("count")[idx], 1)
+        self._count_columns(model, t.col("prompt")[idx], t.col("completion")[idx], kind, count, energy)
+        slots = len(self._m_energy)
+        for k, e_key, n_key in ((_IMAGE, "image_energy", "images"), (_VIDEO, "video_energy", "videos")):
+            sel = kind == k
+            if sel.any():
+                entry[e_key] = np.bincount(model[sel], weights=energy[sel], minlength=slots)
+                entry[n_key] = np.bincount(model[sel], weights=count[sel], minlength=slots)
+
+    def _count_requests(self, rows: np.ndarray, model: np.ndarray, energy: np.ndarray | None) -> None:
+        self._count_columns(model, rows["prompt_tokens"], rows["completion_tokens"], rows["output_kind"],
+                            np.maximum(rows["output_count"], 1), energy)
+
+    def _count_columns(self, model, prompt, completion, kind, count, energy) -> None:
+        slots = len(self._m_energy)
+        counts = self._m_counts
+        counts[:, 0] += np.bincount(model, minlength=slots)
+        counts[:, 1] += np.bincount(model, weights=prompt, minlength=slots).astype(np.int64)
+        counts[:, 2] += np.bincount(model, weights=completion, minlength=slots).astype(np.int64)
+        counts[:, 3] += np.bincount(model, weights=np.where(kind == _IMAGE, count, 0), minlength=slots).astype(np.int64)
+        counts[:, 4] += np.bincount(model, weights=np.where(kind == _VIDEO, count, 0), minlength=slots).astype(np.int64)
+        if energy is not None:
+            nb = self._m_hist.shape[1]
+            bucket = np.searchsorted(ENERGY_BUCKETS_J, energy)
+            self._m_hist += np.bincount(model * nb + bucket, minlength=slots * nb).reshape(slots, nb)
+            self._m_observed += np.bincount(model, weights=energy, minlength=slots)
 
     def _expire(self, now: float) -> None:
         """Drop finished requests every GPU has passed, old window entries and old span ids."""
         live = [t.finalized_until for t in self.gpus if t.finalized_until is not None
                 and t.finalized_until > now - self.retention_s]
         floor = min(live) if live else now - self.retention_s
-        droppable = sum(1 for p in self._pending if p.done and p.run_end <= floor)
-        if droppable and droppable * 2 >= len(self._pending):
-            keep = [i for i, p in enumerate(self._pending) if not (p.done and p.run_end <= floor)]
-            remap = {old: new for new, old in enumerate(keep)}
-            phases = [j for j, r in enumerate(self._ph_req) if r in remap]
-            self._ph_start = [self._ph_start[j] for j in phases]
-            self._ph_end = [self._ph_end[j] for j in phases]
-            self._ph_weight = [self._ph_weight[j] for j in phases]
-            self._ph_tokens = [self._ph_tokens[j] for j in phases]
-            self._ph_req = [remap[self._ph_req[j]] for j in phases]
-            self._pending = [self._pending[i] for i in keep]
-            self._n_done = sum(1 for p in self._pending if p.done)
+        drop = self._req.col("done") & (self._req.col("run_end") <= floor)
+        n_drop = int(drop.sum())
+        if n_drop and n_drop * 2 >= len(self._req):
+            keep = ~drop
+            remap = np.cumsum(keep) - 1
+            ph_keep = keep[self._ph.col("req")]
+            self._ph.keep(ph_keep)
+            self._ph.col("req")[:] = remap[self._ph.col("req")]
+            self._req.keep(keep)
+            self._n_done = int(self._req.col("done").sum())
         while self._window and self._window[0]["end"] < self._complete_until - self.window_s:
             self._window.popleft()
-        if len(self._seen_spans) > 2 * self.max_pending:
-            cutoff = now - self.retention_s
-            self._seen_spans = {k: t for k, t in self._seen_spans.items() if t > cutoff}
+        cutoff = now - self.retention_s
+        while self._seen_by_time and self._seen_by_time[0][0] < cutoff:
+            self._seen.difference_update(self._seen_by_time.popleft()[1])
 
     # -- reading --------------------------------------------------------------------------
     def window(self) -> dict[str, WindowStats]:
@@ -374,40 +441,30 @@ class Ledger:
             entries = [e for e in self._window if e["start"] >= edge]
             if not entries:
                 return {}
-            n = len(self.model_names)
-            energy, tokens, measured = np.zeros(n), np.zeros(n), 0.0
             seconds = entries[-1]["end"] - entries[0]["start"]
-            for e in entries:
-                energy = _add(energy, e["model_energy"])
-                tokens = _add(tokens, e["tokens"])
-                measured += e["measured"]
-            out = {}
-            for m, name in enumerate(self.model_names):
-                out[name] = WindowStats(float(energy[m]), float(tokens[m]), measured, seconds)
-            for e in entries:
-                for m, kind, ej, count in e["diffusion"]:
-                    ws = out[self.model_names[m]]
-                    if kind == "image":
-                        ws.image_energy_j += ej
-                        ws.images += count
-                    else:
-                        ws.video_energy_j += ej
-                        ws.videos += count
-            return out
+            total = {key: sum(e[key] for e in entries) for key in
+                     ("model_energy", "tokens", "measured", "image_energy", "images", "video_energy", "videos")}
+            return {name: WindowStats(float(total["model_energy"][m]), float(total["tokens"][m]), total["measured"],
+                                      seconds, float(total["image_energy"][m]), int(total["images"][m]),
+                                      float(total["video_energy"][m]), int(total["videos"][m]))
+                    for m, name in enumerate(self.model_names)}
+
+    def completion_tokens(self, model: str) -> int:
+        """Output tokens of finished requests seen in spans for `model` (0 if never seen)."""
+        with self._lock:
+            idx = self._model_index.get(model)
+            return 0 if idx is None else int(self._m_counts[idx, 2])
 
     def snapshot_models(self) -> list[tuple[str, ModelTotals]]:
         with self._lock:
-            return [(name, _copy(m)) for name, m in zip(self.model_names, self.models)]
+            out = []
+            for m, name in enumerate(self.model_names):
+                c = self._m_counts[m].tolist()
+                out.append((name, ModelTotals(float(self._m_energy[m]), *c, self._m_hist[m].tolist(),
+                                              float(self._m_observed[m]))))
+            return out
 
 
-def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if len(a) < len(b):
-        a = np.concatenate((a, np.zeros(len(b) - len(a))))
-    a = a.copy()
-    a[:len(b)] += b
-    return a
-
-
-def _copy(m: ModelTotals) -> ModelTotals:
-    return ModelTotals(m.energy_j, m.requests, m.prompt_tokens, m.completion_tokens, m.images, m.videos,
-                       list(m.bucket_counts), m.energy_observed_j)
+def _firsts(sorted_groups: np.ndarray) -> np.ndarray:
+    """Indices where a new value starts in a sorted array."""
+    return np.flatnonzero(np.concatenate(([True], sorted_groups[1:] != sorted_groups[:-1])))

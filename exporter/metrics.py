@@ -9,6 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from .. import __version__
+from .engine import UP, EngineState, span_token_ratio
 from .ledger import ENERGY_BUCKETS_J, Ledger
 from .sampler import GPUSampler
 
@@ -17,10 +18,11 @@ GPU_LABELS = ["gpu", "uuid", "backend"]
 
 class JouletraceCollector(Collector):
     def __init__(self, samplers: list[GPUSampler], ledger: Ledger, intake_snapshot: Callable[[], dict],
-                 clock: Callable[[], float] = time.time):
+                 engines: list[EngineState] = (), clock: Callable[[], float] = time.time):
         self.samplers = samplers
         self.ledger = ledger
         self.intake_snapshot = intake_snapshot
+        self.engines = list(engines)
         self._clock = clock
 
     def describe(self):  # rendering needs no sample collection at registration
@@ -29,6 +31,7 @@ class JouletraceCollector(Collector):
     def collect(self) -> Iterator:
         yield from self._gpus()
         yield from self._models()
+        yield from self._engines()
         yield from self._self()
 
     def _gpus(self) -> Iterator:
@@ -137,6 +140,40 @@ class JouletraceCollector(Collector):
                 if value is not None:
                     family.add_metric([name, backend], value)
         yield from (per_token, per_watt, per_image, per_video)
+
+    def _engines(self) -> Iterator:
+        """The inference servers' own series, beside the energy (the study's latent factors)."""
+        up = GaugeMetricFamily("jouletrace_engine_up", "1 while the engine's metrics endpoint answers.",
+                               labels=["engine"])
+        failures = CounterMetricFamily("jouletrace_engine_scrape_failures", "Failed engine scrapes by reason "
+                                       "(down, slow, garbage).", labels=["engine", "reason"])
+        lab = ["engine", "model"]
+        running = GaugeMetricFamily("jouletrace_engine_requests_running", "Requests in the engine's running batch.",
+                                    labels=lab)
+        waiting = GaugeMetricFamily("jouletrace_engine_requests_waiting", "Requests waiting in the engine's queue.",
+                                    labels=lab)
+        kv = GaugeMetricFamily("jouletrace_engine_kv_cache_usage_ratio", "KV-cache usage (0-1).", labels=lab)
+        prompt = CounterMetricFamily("jouletrace_engine_prompt_tokens", "Prompt tokens the engine counted.", labels=lab)
+        generation = CounterMetricFamily("jouletrace_engine_generation_tokens", "Output tokens the engine counted.",
+                                         labels=lab)
+        ratio = GaugeMetricFamily("jouletrace_engine_span_token_ratio", "Output tokens seen in spans per output token "
+                                  "the engine counted since the first scrape: below 1 means spans are missing.",
+                                  labels=lab)
+        for st in self.engines:
+            up.add_metric([st.url], 1.0 if st.state == UP else 0.0)
+            for reason, n in sorted(st.failures.items()):
+                failures.add_metric([st.url, reason], n)
+            for model, series in st.values.items():
+                labels = [st.url, model]
+                for family, key in ((running, "requests_running"), (waiting, "requests_waiting"),
+                                    (kv, "kv_cache_usage_ratio"), (prompt, "prompt_tokens"),
+                                    (generation, "generation_tokens")):
+                    if key in series:
+                        family.add_metric(labels, series[key])
+                value = span_token_ratio(st, model, self.ledger.completion_tokens(model))
+                if value is not None:
+                    ratio.add_metric(labels, value)
+        yield from (up, failures, running, waiting, kv, prompt, generation, ratio)
 
     def _self(self) -> Iterator:
         snap = self.intake_snapshot()

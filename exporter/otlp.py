@@ -1,4 +1,4 @@
-"""Decoding OTLP trace export requests into `RequestRecord`s.
+"""Decoding OTLP trace export requests into a `RequestBatch`: one row per request span.
 
 Two encodings are read: binary protobuf (OTLP/gRPC and OTLP/HTTP `application/x-protobuf`) and
 OTLP/JSON (OTLP/HTTP `application/json`).
@@ -17,22 +17,27 @@ What makes a request span invalid (it is *rejected*, the rest of the message is 
     malformed ``attributes`` list inside the span.
 
 What makes the whole message unusable (`DecodeError`)
-    bytes that do not parse as an ``ExportTraceServiceRequest``; for JSON, text that is not JSON,
-    or containers above the span level (``resourceSpans``, ``scopeSpans``, ``spans``, a span) of
-    the wrong JSON type.
+    protobuf that is not well-formed: a truncated or overlong varint, a length past the end of
+    its message, a group or an invalid wire type, a field this decoder reads arriving with
+    another wire type than the schema's, invalid UTF-8 in a string it turns into text (request
+    ids, model names, ``service.name``, token counts written as strings). Fields it does not read
+    are skipped by their wire type without being looked into. For JSON: text that is not JSON, or
+    containers above the span level (``resourceSpans``, ``scopeSpans``, ``spans``, a span) of the
+    wrong JSON type.
+
+Model and request id
+    The model is ``gen_ai.response.model``, else ``gen_ai.request.model``, else the resource's
+    ``service.name`` unless it is OpenTelemetry's ``unknown_service...`` default, else the
+    configured default model; cut to 128 characters. The request id is ``gen_ai.request.id``,
+    else ``gen_ai.response.id``, else the span id in hex; cut to 256 characters. If an attribute
+    key repeats within a span, the last occurrence wins (OTLP requires keys to be unique).
 
 Protobuf decoding speed
-    The message is parsed with a *view* of the OTLP schema built at import time from the
-    opentelemetry-proto descriptors: identical to the real schema except that
-    ``Span.attributes`` and ``Resource.attributes`` (``repeated KeyValue``) are declared as
-    ``map<string, AnyValue>``. A map entry is encoded on the wire exactly like a ``KeyValue``
-    (key = field 1, value = field 2), so the bytes are the same; the parser (upb, in C) builds a
-    hash table per span and the extraction looks up the dozen keys it needs instead of
-    materialising a Python object for every attribute. If an attribute key repeats within a span,
-    the last occurrence wins (OTLP requires keys to be unique).
-
-Field limits
-    model names are cut to 128 characters, request ids to 256.
+    Protobuf is read by a C extension (`_otlpwire`, exporter/_otlpwire.c) that walks the wire
+    format once and writes each request span as one fixed-size row straight into the buffer that
+    becomes the batch's numpy array (`records.REQUEST_DTYPE`); the only Python object made per
+    span is its request id. The batch's rows are then a read-only view of that buffer. The JSON
+    decoder is Python and applies the same rules.
 """
 
 from __future__ import annotations
@@ -41,21 +46,20 @@ import binascii
 import json
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+import numpy as np
 
-from .records import RequestRecord
+from . import _otlpwire
+from .records import REQUEST_DTYPE, RequestBatch, RequestRecord
 
 __all__ = ["DecodeError", "DecodeResult", "decode_protobuf", "decode_json"]
 
-MAX_TOKENS = 1_000_000_000
-MAX_MODEL_CHARS = 128
-MAX_REQUEST_ID_CHARS = 256
-MAX_ERRORS = 5
+MAX_TOKENS = _otlpwire.MAX_TOKENS  # 10**9
+MAX_MODEL_CHARS = _otlpwire.MAX_MODEL_CHARS  # 128
+MAX_REQUEST_ID_CHARS = _otlpwire.MAX_REQUEST_ID_CHARS  # 256
+MAX_ERRORS = _otlpwire.MAX_ERRORS  # 5
 
-_INF = math.inf
 _MEDIA = frozenset(("image", "video"))
 
 K_PROMPT = "gen_ai.usage.prompt_tokens"
@@ -76,14 +80,18 @@ K_N = "gen_ai.request.n"
 K_SERVICE_NAME = "service.name"
 LLM_REQUEST = "llm_request"
 
-# Records are built positionally (keyword construction of a slotted dataclass costs about 3x
-# more, and this runs once per span); fail loudly at import if the field order ever changes.
-_RECORD_FIELDS = (
-    "request_id", "model", "start", "end", "prompt_tokens", "completion_tokens", "queue_s",
-    "prefill_s", "decode_s", "ttft_s", "output_kind", "output_count", "trace_id", "span_id",
-)
-if tuple(f.name for f in fields(RequestRecord)) != _RECORD_FIELDS:  # pragma: no cover
-    raise ImportError("RequestRecord fields changed; update exporter.otlp._RECORD_FIELDS and callers")
+
+def _check_row_layout() -> None:
+    """The C decoder writes rows of REQUEST_DTYPE; fail at import if the two ever drift apart."""
+    ok = _otlpwire.ROW_SIZE == REQUEST_DTYPE.itemsize
+    for name, offset, size in _otlpwire.ROW_LAYOUT:
+        dt, off = REQUEST_DTYPE.fields[name][:2]
+        ok = ok and off == offset and dt.itemsize == size and dt.byteorder in ("<", "|", "=")
+    if not ok or not np.little_endian:  # pragma: no cover
+        raise ImportError("exporter._otlpwire rows do not match records.REQUEST_DTYPE; rebuild it")
+
+
+_check_row_layout()
 
 
 class DecodeError(ValueError):
@@ -92,7 +100,7 @@ class DecodeError(ValueError):
 
 @dataclass(slots=True)
 class DecodeResult:
-    records: list[RequestRecord]
+    batch: RequestBatch  # the accepted request spans
     rejected: int  # request spans rejected as invalid
     ignored: int  # spans that are not inference requests
     errors: list[str]  # up to MAX_ERRORS messages about rejected spans
@@ -100,80 +108,33 @@ class DecodeResult:
     @property
     def spans(self) -> int:
         """All spans the message held."""
-        return len(self.records) + self.rejected + self.ignored
+        return len(self.batch) + self.rejected + self.ignored
+
+
+# --------------------------------------------------------------------------------------------
+# Protobuf
+
+
+def decode_protobuf(body, default_model: str) -> DecodeResult:
+    """Decode a binary `ExportTraceServiceRequest` (any bytes-like object). Raises `DecodeError`
+    if it is malformed. The batch's rows are a read-only view of the decoder's buffer."""
+    try:
+        rows, models, request_ids, rejected, ignored, errors = _otlpwire.decode(body, default_model)
+    except ValueError as exc:
+        raise DecodeError(f"not a valid ExportTraceServiceRequest: {exc}") from None
+    batch = RequestBatch(np.frombuffer(rows, REQUEST_DTYPE), models, request_ids)
+    return DecodeResult(batch, rejected, ignored, errors)
+
+
+# --------------------------------------------------------------------------------------------
+# Value checks of the JSON decoder, the same as the C decoder's. A value arrives as (tag, python
+# value) with tag one of "s" string, "i" int, "d" float, "b" bool, "" anything else / absent,
+# "!" unreadable.
 
 
 class _Invalid(Exception):
     """One request span is invalid; the message says why."""
 
-
-# --------------------------------------------------------------------------------------------
-# The protobuf view: the OTLP schema with attributes as maps.
-
-_KEYVALUE = ".opentelemetry.proto.common.v1.KeyValue"
-_ANYVALUE = ".opentelemetry.proto.common.v1.AnyValue"
-_MAP_ATTRIBUTES_OF = {
-    "opentelemetry/proto/resource/v1/resource.proto": "Resource",
-    "opentelemetry/proto/trace/v1/trace.proto": "Span",
-}
-
-
-def _attributes_as_map(fdp: descriptor_pb2.FileDescriptorProto, message_name: str) -> None:
-    F = descriptor_pb2.FieldDescriptorProto
-    msg = next(m for m in fdp.message_type if m.name == message_name)
-    field = next(f for f in msg.field if f.name == "attributes")
-    if field.type_name != _KEYVALUE or field.label != F.LABEL_REPEATED:
-        raise ImportError(f"unexpected OTLP schema for {message_name}.attributes")
-    entry = msg.nested_type.add(name="AttributesEntry")
-    entry.options.map_entry = True
-    entry.field.add(name="key", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL, json_name="key")
-    entry.field.add(
-        name="value", number=2, type=F.TYPE_MESSAGE, type_name=_ANYVALUE, label=F.LABEL_OPTIONAL,
-        json_name="value",
-    )
-    field.type_name = f".{fdp.package}.{message_name}.AttributesEntry"
-
-
-def _build_view():
-    from opentelemetry.proto.common.v1 import common_pb2
-
-    kv = common_pb2.KeyValue.DESCRIPTOR
-    key, value = kv.fields_by_name["key"], kv.fields_by_name["value"]
-    if (key.number, value.number, value.message_type.full_name) != (
-        1, 2, "opentelemetry.proto.common.v1.AnyValue"
-    ):  # pragma: no cover
-        raise ImportError("unexpected OTLP KeyValue layout")
-
-    pool = descriptor_pool.DescriptorPool()
-    added: set[str] = set()
-
-    def add(file_descriptor) -> None:
-        if file_descriptor.name in added:
-            return
-        for dep in file_descriptor.dependencies:
-            add(dep)
-        fdp = descriptor_pb2.FileDescriptorProto()
-        file_descriptor.CopyToProto(fdp)
-        fdp.ClearField("service")
-        if file_descriptor.name in _MAP_ATTRIBUTES_OF:
-            _attributes_as_map(fdp, _MAP_ATTRIBUTES_OF[file_descriptor.name])
-        pool.Add(fdp)
-        added.add(file_descriptor.name)
-
-    add(trace_service_pb2.DESCRIPTOR)
-    if set(_MAP_ATTRIBUTES_OF) - added:  # pragma: no cover
-        raise ImportError("OTLP schema files moved")
-    return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName(trace_service_pb2.ExportTraceServiceRequest.DESCRIPTOR.full_name)
-    )
-
-
-_ViewRequest = _build_view()
-
-
-# --------------------------------------------------------------------------------------------
-# Value checks shared by both encodings. A value arrives as (tag, python value) with tag one of
-# "s" string, "i" int, "d" float, "b" bool, "" anything else / absent, "!" unreadable (JSON).
 
 _NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
@@ -219,43 +180,6 @@ def _seconds(tag: str, val, what: str) -> float:
     return x
 
 
-def _pb_tagged(v) -> tuple[str, object]:
-    """An AnyValue as (tag, python value); the slow path, taken only for unusual values."""
-    which = v.WhichOneof("value")
-    if which == "int_value":
-        return "i", v.int_value
-    if which == "double_value":
-        return "d", v.double_value
-    if which == "string_value":
-        return "s", v.string_value
-    if which == "bool_value":
-        return "b", v.bool_value
-    return "", None
-
-
-def _pb_count(v, what: str) -> int:
-    tag, val = _pb_tagged(v)
-    return _count(tag, val, what)
-
-
-def _pb_seconds(v, what: str) -> float:
-    tag, val = _pb_tagged(v)
-    return _seconds(tag, val, what)
-
-
-def _pb_media_count(a) -> int:
-    if K_CHOICE_COUNT in a:
-        what = K_CHOICE_COUNT
-    elif K_N in a:
-        what = K_N
-    else:
-        return 1
-    n = _pb_count(a[what], what)
-    if n < 1:
-        raise _Invalid(f"{what} must be at least 1 for image/video output")
-    return n
-
-
 def _model_fallback(service_name: str, default_model: str) -> str:
     if service_name and not service_name.startswith("unknown_service"):
         return service_name[:MAX_MODEL_CHARS]
@@ -265,144 +189,6 @@ def _model_fallback(service_name: str, default_model: str) -> str:
 def _note(errors: list[str], span_id: bytes, reason: str) -> None:
     if len(errors) < MAX_ERRORS:
         errors.append(f"span {span_id.hex() or '(no id)'}: {reason}")
-
-
-# --------------------------------------------------------------------------------------------
-# Protobuf
-
-
-def decode_protobuf(body: bytes, default_model: str) -> DecodeResult:
-    """Decode a binary `ExportTraceServiceRequest`. Raises `DecodeError` if it does not parse."""
-    req = _ViewRequest()
-    try:
-        req.ParseFromString(body)
-    except Exception as exc:
-        raise DecodeError(f"not a valid ExportTraceServiceRequest: {exc}") from None
-
-    records: list[RequestRecord] = []
-    append = records.append
-    errors: list[str] = []
-    rejected = 0
-    ignored = 0
-    Record = RequestRecord
-    max_tokens = MAX_TOKENS
-    inf = _INF
-
-    # The hot loop. Attribute maps are probed with `in` and then indexed: upb's map `get` costs
-    # about twice as much, and indexing a missing key of a message map would insert it.
-    for rs in req.resource_spans:
-        ra = rs.resource.attributes
-        service_name = ra[K_SERVICE_NAME].string_value if K_SERVICE_NAME in ra else ""
-        fallback = _model_fallback(service_name, default_model)
-        for ss in rs.scope_spans:
-            for span in ss.spans:
-                a = span.attributes
-                if K_PROMPT in a:
-                    vp = a[K_PROMPT]
-                elif K_INPUT in a:
-                    vp = a[K_INPUT]
-                else:
-                    vp = None
-                if K_COMPLETION in a:
-                    vc = a[K_COMPLETION]
-                elif K_OUTPUT in a:
-                    vc = a[K_OUTPUT]
-                else:
-                    vc = None
-                kind = a[K_OUTPUT_TYPE].string_value if K_OUTPUT_TYPE in a else ""
-                if vp is None and vc is None and kind not in _MEDIA and span.name != LLM_REQUEST:
-                    ignored += 1
-                    continue
-                sid = span.span_id
-                try:
-                    # Each value is read as its expected type first; a zero, negative or out of
-                    # range result sends it to the checks that look at its actual type.
-                    if vp is not None:
-                        prompt = vp.int_value
-                        if not 0 < prompt <= max_tokens:
-                            prompt = _pb_count(vp, "prompt tokens")
-                    else:
-                        prompt = 0
-                    if vc is not None:
-                        completion = vc.int_value
-                        if not 0 < completion <= max_tokens:
-                            completion = _pb_count(vc, "completion tokens")
-                    else:
-                        completion = 0
-
-                    if K_QUEUE in a:
-                        v = a[K_QUEUE]
-                        queue = v.double_value
-                        if not 0.0 < queue < inf:
-                            queue = _pb_seconds(v, K_QUEUE)
-                    else:
-                        queue = None
-                    if K_PREFILL in a:
-                        v = a[K_PREFILL]
-                        prefill = v.double_value
-                        if not 0.0 < prefill < inf:
-                            prefill = _pb_seconds(v, K_PREFILL)
-                    else:
-                        prefill = None
-                    if K_DECODE in a:
-                        v = a[K_DECODE]
-                        decode = v.double_value
-                        if not 0.0 < decode < inf:
-                            decode = _pb_seconds(v, K_DECODE)
-                    else:
-                        decode = None
-                    if K_TTFT in a:
-                        v = a[K_TTFT]
-                        ttft = v.double_value
-                        if not 0.0 < ttft < inf:
-                            ttft = _pb_seconds(v, K_TTFT)
-                    else:
-                        ttft = None
-
-                    tid = span.trace_id
-                    if len(tid) != 16:
-                        raise _Invalid(f"trace id is {len(tid)} bytes, not 16")
-                    if len(sid) != 8:
-                        raise _Invalid(f"span id is {len(sid)} bytes, not 8")
-                    start = span.start_time_unix_nano
-                    end = span.end_time_unix_nano
-                    if not 0 < start <= end:
-                        if start == 0 or end == 0:
-                            raise _Invalid("start or end time is missing")
-                        raise _Invalid("end time is before start time")
-
-                    if kind in _MEDIA:
-                        count = _pb_media_count(a)
-                    else:
-                        kind = "text"
-                        count = 0
-                except _Invalid as exc:
-                    rejected += 1
-                    _note(errors, sid, str(exc))
-                    continue
-
-                rid = a[K_REQUEST_ID].string_value if K_REQUEST_ID in a else ""
-                if not rid:
-                    rid = a[K_RESPONSE_ID].string_value if K_RESPONSE_ID in a else ""
-                    if not rid:
-                        rid = sid.hex()
-                elif len(rid) > MAX_REQUEST_ID_CHARS:
-                    rid = rid[:MAX_REQUEST_ID_CHARS]
-
-                model = a[K_RESPONSE_MODEL].string_value if K_RESPONSE_MODEL in a else ""
-                if not model:
-                    model = a[K_REQUEST_MODEL].string_value if K_REQUEST_MODEL in a else ""
-                if not model:
-                    model = fallback
-                elif len(model) > MAX_MODEL_CHARS:
-                    model = model[:MAX_MODEL_CHARS]
-
-                append(Record(
-                    rid, model, start / 1e9, end / 1e9, prompt, completion,
-                    queue, prefill, decode, ttft, kind, count, tid, sid,
-                ))
-
-    return DecodeResult(records, rejected, ignored, errors)
 
 
 # --------------------------------------------------------------------------------------------
@@ -501,7 +287,7 @@ def _jattrs(span: dict) -> dict:
     for kv in raw:
         if not isinstance(kv, dict):
             raise _Invalid("attribute is not a JSON object")
-        key = kv.get("key")
+        key = kv.get("key", "")  # an omitted field holds its default, as in protobuf
         if not isinstance(key, str):
             raise _Invalid("attribute key is not a string")
         out[key] = kv.get("value")
@@ -585,8 +371,10 @@ def _jspan(span: dict, fallback: str) -> RequestRecord | None:
     rid = _jstr(attrs, K_REQUEST_ID) or _jstr(attrs, K_RESPONSE_ID) or sid.hex()
     model = _jstr(attrs, K_RESPONSE_MODEL) or _jstr(attrs, K_REQUEST_MODEL) or fallback
     return RequestRecord(
-        rid[:MAX_REQUEST_ID_CHARS], model[:MAX_MODEL_CHARS], start / 1e9, end / 1e9, prompt,
-        completion, queue, prefill, decode, ttft, kind, count, tid, sid,
+        request_id=rid[:MAX_REQUEST_ID_CHARS], model=model[:MAX_MODEL_CHARS], start=start / 1e9,
+        end=end / 1e9, prompt_tokens=prompt, completion_tokens=completion, queue_s=queue,
+        prefill_s=prefill, decode_s=decode, ttft_s=ttft, output_kind=kind, output_count=count,
+        trace_id=tid, span_id=sid,
     )
 
 
@@ -648,4 +436,4 @@ def decode_json(body: bytes, default_model: str) -> DecodeResult:
                     ignored += 1
                 else:
                     records.append(rec)
-    return DecodeResult(records, rejected, ignored, errors)
+    return DecodeResult(RequestBatch.from_records(records), rejected, ignored, errors)

@@ -21,7 +21,7 @@ fi
 
 python=""
 for candidate in python3.13 python3.12 python3.11 python3; do
-  if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
     python="$candidate"; break
   fi
 done
@@ -29,8 +29,8 @@ done
 
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 stamp=".venv/.installed${extra}"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
-if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+want="$(cat pyproject.toml exporter/*.c | sha256sum | cut -d' ' -f1)"
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]] || ! .venv/bin/python -c 'import jouletrace.exporter._otlpwire' 2>/dev/null; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e ".${extra}"
   echo "$want" > "$stamp"

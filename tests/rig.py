@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import pathlib
 
 from jouletrace.exporter.ledger import Ledger
-from jouletrace.exporter.records import RequestRecord
+from jouletrace.exporter.records import RequestBatch, RequestRecord
 from jouletrace.exporter.sampler import GPUSampler
 from jouletrace.exporter.simgpu import SimulatedGPU, wave_load
-
-FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 
 class FakeClock:
@@ -56,6 +53,9 @@ class Rig:
             s.step()
         self.ledger.settle()
 
+    def submit(self, records: list[RequestRecord]) -> None:
+        self.ledger.submit(RequestBatch.from_records(records))
+
     def measured_j(self) -> float:
         """Energy the timelines measured from their origin to what the ledger finalized."""
         total = 0.0
@@ -72,8 +72,11 @@ class Rig:
                 total += d.true_energy_j(g.finalized_until) - d.true_energy_j(s.timeline.origin)
         return total
 
+    def models(self) -> dict:
+        return dict(self.ledger.snapshot_models())
+
     def attributed_j(self) -> float:
-        return sum(m.energy_j for m in self.ledger.models)
+        return sum(m.energy_j for m in self.models().values())
 
     def idle_j(self) -> float:
         return sum(g.idle_j for g in self.ledger.gpus)

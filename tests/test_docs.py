@@ -23,7 +23,7 @@ def test_every_option_is_documented_with_its_default():
 def test_every_metric_is_documented(clock):
     rig = Rig(clock)
     rig.run(3.0)
-    rig.ledger.submit([rig.request(0.5, 1.0)])
+    rig.submit([rig.request(0.5, 1.0)])
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=False)

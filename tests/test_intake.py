@@ -26,11 +26,9 @@ from jouletrace.exporter.intake import (
     start_grpc_intake,
     start_http_intake,
 )
-from jouletrace.exporter.records import IntakeFull, RequestRecord
+from jouletrace.exporter.records import IntakeFull, RequestBatch, RequestRecord
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vllm-0.32.0-cpu-llm_request.otlp.pb"
-if not FIXTURE.exists():
-    FIXTURE = Path("/work/shared/fixtures/vllm-0.32.0-cpu-llm_request.otlp.pb")
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "vllm-0.32.0-cpu-llm_request.otlp.pb"
 FIXTURE_BYTES = FIXTURE.read_bytes()
 FIXTURE_IDS = ["chatcmpl-req1", "chatcmpl-req2", "chatcmpl-req3"]
 
@@ -46,12 +44,13 @@ class ListSink:
         self.full = False
         self.broken = False
 
-    def submit(self, records: list[RequestRecord]) -> None:
+    def submit(self, batch: RequestBatch) -> None:
+        assert isinstance(batch, RequestBatch) and len(batch) > 0
         if self.broken:
             raise RuntimeError("sink bug")
         if self.full:
             raise IntakeFull()
-        self.records.extend(records)
+        self.records.extend(batch.records())
 
 
 class Servers:
@@ -272,6 +271,27 @@ def test_http_fixture_protobuf_and_json():
         assert snap["ignored"]["http"] == 4
         assert snap["requests"] == {("http", "200"): 2}
         assert sum(snap["rejected"].values()) == 0
+
+    run(body)
+
+
+def test_message_without_request_spans_is_not_submitted():
+    """ListSink refuses empty batches (as an internal error): the intake must not hand it one."""
+    msg = trace_service_pb2.ExportTraceServiceRequest()
+    msg.ParseFromString(FIXTURE_BYTES)
+    del msg.resource_spans[0].scope_spans[1:]  # the two start-up spans only
+
+    async def body(s: Servers):
+        before = s.stats.snapshot()
+        for payload in (msg.SerializeToString(), b""):
+            status, _, _ = await post(s, payload, PB)
+            assert status == 200
+        await grpc_export(s, msg.SerializeToString())
+        assert s.sink.records == []
+        assert s.delta(before) == {
+            "received": {"http": 2, "grpc": 2}, "ignored": {"http": 2, "grpc": 2},
+            "requests": {("http", "200"): 2, ("grpc", "OK"): 1},
+        }
 
     run(body)
 

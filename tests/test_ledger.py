@@ -6,8 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from rig import Rig
 
-from jouletrace.exporter.ledger import request_phases
-from jouletrace.exporter.records import IntakeFull, RequestRecord
+from jouletrace.exporter.ledger import batch_phases
+from jouletrace.exporter.records import IntakeFull, RequestBatch, RequestRecord
 
 
 def test_a_lone_request_gets_the_energy_of_its_running_time(clock):
@@ -15,11 +15,11 @@ def test_a_lone_request_gets_the_energy_of_its_running_time(clock):
     rig.run(3.0)
     r = rig.request(4.0, 10.0, queue=1.0, prefill=0.5)
     rig.run(12.0)
-    rig.ledger.submit([r])
+    rig.submit([r])
     rig.run(25.0)
     tl = rig.samplers[0].timeline
     expected = tl.energy(r.start + 1.0, r.end)  # queue time runs nothing
-    m = rig.ledger.models[0]
+    m = rig.models()["m"]
     assert m.requests == 1
     assert m.energy_j == pytest.approx(expected, rel=1e-9)
     assert rig.attributed_j() + rig.idle_j() == pytest.approx(rig.measured_j(), rel=1e-9)
@@ -32,7 +32,7 @@ def test_concurrent_requests_split_by_tokens_processed(clock):
     b = rig.request(3.0, 8.0, completion=300, prefill=0.0, rid="b")
     c = rig.request(3.0, 8.0, completion=600, prefill=0.0, rid="c", model="big")
     rig.run(10.0)
-    rig.ledger.submit([a, b, c])
+    rig.submit([a, b, c])
     rig.run(25.0)
     energy = {name: m.energy_j for name, m in rig.ledger.snapshot_models()}
     total = rig.samplers[0].timeline.energy(a.start, a.end)
@@ -41,16 +41,21 @@ def test_concurrent_requests_split_by_tokens_processed(clock):
     assert energy["m"] == pytest.approx(total / 2, rel=1e-9)
 
 
+def phases(r: RequestRecord) -> list[tuple]:
+    start, end, weight, gen, _ = batch_phases(RequestBatch.from_records([r]).rows)
+    return [(float(a), float(b), float(c), float(d)) for a, b, c, d in zip(start, end, weight, gen)]
+
+
 def test_phases_follow_the_vllm_span_layout():
     r = RequestRecord("x", "m", start=100.0, end=110.0, prompt_tokens=1000, completion_tokens=90,
                       queue_s=2.0, prefill_s=1.0, decode_s=6.0)
-    (ps, pe, pw, pg), (ds, de, dw, dg) = request_phases(r)
+    (ps, pe, pw, pg), (ds, de, dw, dg) = phases(r)
     assert (ps, pe, ds, de) == (103.0, 104.0, 104.0, 110.0)  # anchored at the end; tokenization before
     assert pw == pytest.approx(1000.0) and dw == pytest.approx(15.0) and dg == 90 and pg == 0
     generic = RequestRecord("g", "m", start=0.0, end=4.0, prompt_tokens=10, completion_tokens=30)
-    assert request_phases(generic) == [(0.0, 4.0, 10.0, 30)]
+    assert phases(generic) == [(0.0, 4.0, 10.0, 30)]
     image = RequestRecord("i", "sd", start=0.0, end=2.0, output_kind="image", output_count=4)
-    assert request_phases(image) == [(0.0, 2.0, 2.0, 0)]
+    assert phases(image) == [(0.0, 2.0, 2.0, 0)]
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -74,10 +79,10 @@ def test_conservation_under_random_request_mixes(clock, seed, gpus, n):
         elapsed += step
         arrived = [r for r in reqs if r.end <= clock.t]
         take = arrived[: rng.randint(0, len(arrived))] if arrived else []
-        rig.ledger.submit(take)
+        rig.submit(take)
         reqs = [r for r in reqs if r not in take]
         if elapsed > 120:
-            rig.ledger.submit(reqs)
+            rig.submit(reqs)
             reqs = []
     rig.run(10.0)
     measured = rig.measured_j()
@@ -86,8 +91,7 @@ def test_conservation_under_random_request_mixes(clock, seed, gpus, n):
     per_gpu = sum(g.attributed_j for g in rig.ledger.gpus)
     assert per_gpu == pytest.approx(rig.attributed_j(), rel=1e-6, abs=1e-6)
     assert measured == pytest.approx(rig.true_j(), rel=1e-3)
-    m = rig.ledger
-    assert sum(x.requests for x in m.models) == n
+    assert sum(x.requests for x in rig.models().values()) == n
 
 
 def test_late_expired_and_duplicate_spans_are_counted(clock):
@@ -96,13 +100,13 @@ def test_late_expired_and_duplicate_spans_are_counted(clock):
     early = rig.request(1.0, 2.0, rid="early", span_id=1)
     straddling = rig.request(20.0, 11.0, rid="long", span_id=2)
     rig.run(30.0)
-    rig.ledger.submit([early, straddling, straddling])
+    rig.submit([early, straddling, straddling])
     rig.run(10.0)
     led = rig.ledger
     assert led.spans_expired == 1  # all of its time had been finalized
     assert led.spans_late == 1  # part of it had
     assert led.spans_duplicate == 1
-    m = led.models[0]
+    m = rig.models()["m"]
     assert m.requests == 2 and m.completion_tokens == 400
     long_energy = m.energy_observed_j
     assert 0 < long_energy < rig.samplers[0].timeline.energy(straddling.start + 0.05, straddling.end)
@@ -112,16 +116,16 @@ def test_late_expired_and_duplicate_spans_are_counted(clock):
 def test_full_ledger_refuses_and_keeps_what_it_has(clock):
     rig = Rig(clock, max_pending=3)
     rig.run(1.0)
-    rig.ledger.submit([rig.request(100.0 + i, 1.0, span_id=i + 1) for i in range(3)])
+    rig.submit([rig.request(100.0 + i, 1.0, span_id=i + 1) for i in range(3)])
     with pytest.raises(IntakeFull):
-        rig.ledger.submit([rig.request(200.0, 1.0, span_id=9)])
+        rig.submit([rig.request(200.0, 1.0, span_id=9)])
     assert rig.ledger.pending == 3
 
 
 def test_model_labels_are_capped(clock):
     rig = Rig(clock, max_models=3)
     rig.run(1.0)
-    rig.ledger.submit([rig.request(50.0, 1.0, model=f"model-{i}", span_id=i + 1) for i in range(10)])
+    rig.submit([rig.request(50.0, 1.0, model=f"model-{i}", span_id=i + 1) for i in range(10)])
     names = [name for name, _ in rig.ledger.snapshot_models()]
     assert names == ["model-0", "model-1", "model-2", "other"]
     assert rig.ledger.folded_models == 7
@@ -134,7 +138,7 @@ def test_window_aggregates_follow_the_study(clock):
     reqs = [rig.request(1.0 + i, 4.0, prompt=10, completion=400, prefill=0.0, queue=0.0, span_id=i + 1)
             for i in range(80)]
     rig.run(90.0)
-    rig.ledger.submit(reqs)
+    rig.submit(reqs)
     rig.run(69.0)  # finalized up to ~60 s: the window [30, 60] is in steady state
     ws = rig.ledger.window()["m"]
     assert ws.seconds == pytest.approx(30.0, abs=1.0)
@@ -154,11 +158,32 @@ def test_energy_per_image(clock):
     reqs = [RequestRecord(f"i{i}", "sdxl", start=rig.t0 + 2 + 3 * i, end=rig.t0 + 5 + 3 * i, output_kind="image",
                           output_count=2, span_id=bytes([i + 1]) * 8, trace_id=b"\x02" * 16) for i in range(10)]
     rig.run(40.0)
-    rig.ledger.submit(reqs)
+    rig.submit(reqs)
     rig.run(105.0)
-    m = rig.ledger.models[0]
+    m = rig.models()["sdxl"]
     assert m.images == 20
     ws = rig.ledger.window()["sdxl"]
     assert ws.images > 0
     assert ws.joules_per_image == pytest.approx(ws.image_energy_j / ws.images)
     assert 3 * 600 / 2 * 0.8 < ws.joules_per_image < 3 * 700 / 2 * 1.05
+
+
+def test_a_failing_gpu_never_stops_the_others_and_its_energy_comes_back(clock):
+    rig = Rig(clock, gpus=2, settle_delay_s=5.0, load=0.5)
+    rig.run(5.0)
+    rig.devices[1].fail_reads = 10**6
+    rig.run(10.0)
+    assert not rig.samplers[1].healthy and rig.samplers[0].healthy
+    stuck = rig.ledger.gpus[1].finalized_until
+    assert rig.ledger.gpus[0].finalized_until > stuck + 5  # GPU 0 goes on
+    reqs = [rig.request(16.0 + i, 2.0, span_id=i + 1) for i in range(5)]
+    rig.run(10.0)
+    rig.submit(reqs)
+    rig.run(10.0)
+    assert rig.models()["m"].requests == 5  # complete on the healthy GPU
+    rig.devices[1].fail_reads = 0
+    rig.run(15.0)
+    assert rig.samplers[1].healthy
+    assert rig.ledger.gpus[1].finalized_until > stuck + 20  # picked up again, the gap included
+    assert rig.attributed_j() + rig.idle_j() == pytest.approx(rig.measured_j(), rel=1e-9)
+    assert rig.measured_j() == pytest.approx(rig.true_j(), rel=1e-3)

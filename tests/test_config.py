@@ -1,0 +1,74 @@
+"""Flags, environment variables and their errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from jouletrace.cli import build_parser
+from jouletrace.exporter.config import ExporterConfig
+
+
+def parse(argv, monkeypatch=None, env=None):
+    if env:
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+    return ExporterConfig.from_namespace(build_parser().parse_args(["exporter", *argv]))
+
+
+def test_defaults():
+    cfg = parse([])
+    assert cfg.gpu == "auto" and cfg.gpus == "all"
+    assert cfg.metrics_addr == ("0.0.0.0", 9464)
+    assert cfg.otlp_grpc_addr == ("127.0.0.1", 4317) and cfg.otlp_http_addr == ("127.0.0.1", 4318)
+    assert cfg.settle_delay == 60.0 and cfg.counter_interval == 5.0 and cfg.max_message_bytes == 4 << 20
+
+
+def test_environment_and_flags(monkeypatch):
+    cfg = parse(["--window", "30"], monkeypatch, {"JOULETRACE_GPU": "sim", "JOULETRACE_SIM_GPUS": "4",
+                                                  "JOULETRACE_OTLP_GRPC_ADDR": "off", "JOULETRACE_WINDOW": "90",
+                                                  "JOULETRACE_METRICS_ADDR": "[::1]:9000"})
+    assert cfg.gpu == "sim" and cfg.sim_gpus == 4
+    assert cfg.otlp_grpc_addr is None
+    assert cfg.window == 30.0  # the flag wins
+    assert cfg.metrics_addr == ("::1", 9000)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--settle-delay", "700"], "must be shorter than --retention"),
+    (["--gpu", "tpu"], "--gpu must be auto, nvml or sim"),
+    (["--counter-interval", "0.01"], "--counter-interval must not be shorter"),
+])
+def test_inconsistent_values_are_refused(argv, message):
+    with pytest.raises(ValueError, match=message):
+        parse(argv)
+
+
+@pytest.mark.parametrize("argv", [["--metrics-addr", "nowhere"], ["--window", "-1"], ["--sim-load", "2"],
+                                  ["--max-pending", "many"]])
+def test_malformed_values_exit_with_a_message(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["exporter", *argv])
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_command_reports_bad_environment_and_exits_2():
+    env = {"JOULETRACE_SETTLE_DELAY": "900", "PATH": ""}
+    out = subprocess.run([sys.executable, "-m", "jouletrace", "exporter"], env=env, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "--settle-delay (900.0s) must be shorter than --retention" in out.stderr
+
+
+def test_command_refuses_a_port_in_use():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "jouletrace", "exporter", "--gpu", "sim",
+                              "--metrics-addr", f"127.0.0.1:{port}", "--otlp-grpc-addr", "off",
+                              "--otlp-http-addr", "off"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "cannot run" in out.stderr

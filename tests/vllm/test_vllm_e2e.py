@@ -1,0 +1,228 @@
+"""End to end with a real vLLM (CPU build) serving a tiny random Llama.
+
+For each OTLP protocol vLLM speaks (its default gRPC, and http/protobuf), a vLLM server sends its
+spans to a running `jouletrace exporter --gpu sim`, concurrent chat and completion requests
+(streaming and not) go through it, and the exporter's /metrics must agree with what the clients
+saw and with vLLM's own /metrics, and conserve energy.
+
+A third vLLM server sends its spans to an in-test OTLP/gRPC receiver, so that each raw span can
+be matched to its request: id, trace context, token counts and timings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import pytest
+from servers import ExporterProcess, http_get, wait_for
+from vllm_stack import OtlpReceiver, Sent, VllmServer, attributes, drive, sum_samples, tail
+
+PER_KIND = 4            # requests per (endpoint, streaming) pair: 16 at once per server, after one alone
+SPAN_WAIT_S = 90        # for the last span to arrive and its energy to be split
+# Energy is split once it is this old; a span arriving later is late and its request loses energy.
+# On 2 busy cores a burst of 16 requests has taken up to 4.5 s, and spans leave vLLM every 0.5 s.
+SETTLE_DELAY_S = 10
+PROTOCOL_LABEL = {"grpc": "grpc", "http/protobuf": "http"}
+
+
+@dataclasses.dataclass
+class Run:
+    protocol: str                   # OTEL_EXPORTER_OTLP_TRACES_PROTOCOL given to vLLM
+    model: str                      # served name = OTEL_SERVICE_NAME = the exporter's model label
+    sent: list[Sent]
+    metrics: str                    # the exporter's /metrics once every request was accounted for
+    vllm_generation_tokens: float   # increase of vllm:generation_tokens_total over the requests
+    vllm_prompt_tokens: float       # increase of vllm:prompt_tokens_total over the requests
+    startup_s: float
+    logs: dict[str, Callable[[], str]]
+
+    def m(self, name: str, **labels: str) -> float:
+        return sum_samples(self.metrics, name, **labels)
+
+
+def exporter_metrics(exporter: ExporterProcess) -> str:
+    status, body = http_get(exporter.url("/metrics"))
+    assert status == 200, f"exporter /metrics answered {status}"
+    return body
+
+
+@pytest.fixture(scope="module", params=["grpc", "http/protobuf"], ids=["grpc", "http"])
+def run(request, model_dir, tmp_path_factory) -> Run:
+    protocol = request.param
+    label = PROTOCOL_LABEL[protocol]
+    model = f"tiny-llama-{label}"
+    exporter = ExporterProcess("--gpu", "sim", "--sim-load", "0.6", "--settle-delay", str(SETTLE_DELAY_S),
+                               "--counter-interval", "1")
+    endpoint = (f"http://127.0.0.1:{exporter.grpc_port}" if protocol == "grpc"
+                else f"http://127.0.0.1:{exporter.http_port}/v1/traces")
+    log = tmp_path_factory.mktemp("vllm") / f"vllm-{label}.log"
+    logs = {"exporter": exporter.output, f"vLLM ({protocol})": log.read_text}
+    try:
+        server = VllmServer(model_dir, model, endpoint, protocol, log_path=log)
+        print(f"vLLM ({protocol}) healthy {server.startup_s:.1f} s after start")
+        try:
+            gen0 = server.metric("vllm:generation_tokens_total")
+            prompt0 = server.metric("vllm:prompt_tokens_total")
+            sent = drive(server, label, PER_KIND, seed=1 if protocol == "grpc" else 2)
+            print(f"{len(sent)} requests, client latency: first {sent[0].latency_s:.2f} s, then "
+                  f"{min(r.latency_s for r in sent[1:]):.2f}-{max(r.latency_s for r in sent[1:]):.2f} s")
+            gen1 = server.metric("vllm:generation_tokens_total")
+            prompt1 = server.metric("vllm:prompt_tokens_total")
+
+            def accounted():
+                body = exporter_metrics(exporter)
+                done = (sum_samples(body, "jouletrace_model_requests_total", model=model) == len(sent)
+                        and sum_samples(body, "jouletrace_requests_pending") == 0)
+                return body if done else None
+            try:
+                body = wait_for(accounted, SPAN_WAIT_S, "every request in the exporter", period_s=0.5)
+            except TimeoutError as e:
+                now = "\n".join(line for line in exporter_metrics(exporter).splitlines()
+                                if line.startswith(("jouletrace_model_requests", "jouletrace_spans",
+                                                    "jouletrace_requests_pending", "jouletrace_otlp")))
+                pytest.fail(f"{e}; exporter /metrics now:\n{now}\n--- exporter log:\n{tail(exporter.output(), 40)}"
+                            f"\n--- vLLM log:\n{tail(server.output(), 60)}", pytrace=False)
+        finally:
+            server.stop()
+        yield Run(protocol, model, sent, body, gen1 - gen0, prompt1 - prompt0, server.startup_s, logs)
+    finally:
+        code = exporter.stop()
+    assert code == 0, f"exporter exited {code}:\n{exporter.output()}"
+
+
+def test_clients_got_what_they_asked(run: Run):
+    assert len(run.sent) == 1 + 4 * PER_KIND
+    for r in run.sent:
+        assert r.response_id == r.expected_response_id
+        assert r.completion_tokens == r.max_tokens, r  # ignore_eos: every request runs to max_tokens
+        assert r.prompt_tokens > 0, r
+        if r.stream:
+            assert r.content_chunks >= 1, r
+
+
+def test_every_span_arrived_once(run: Run):
+    n, proto = len(run.sent), PROTOCOL_LABEL[run.protocol]
+    other = "http" if proto == "grpc" else "grpc"
+    assert run.m("jouletrace_model_requests_total", model=run.model, backend="sim") == n
+    assert run.m("jouletrace_model_requests_total") == n  # no other model label
+    # vLLM also sends a few start-up spans, counted as received and ignored
+    received, ignored = run.m("jouletrace_spans_received_total", protocol=proto), \
+        run.m("jouletrace_spans_ignored_total", protocol=proto)
+    assert received - ignored == n
+    assert run.m("jouletrace_spans_received_total", protocol=other) == 0
+    assert run.m("jouletrace_spans_rejected_total") == 0
+    assert run.m("jouletrace_spans_duplicate_total") == 0
+    assert run.m("jouletrace_spans_late_total") == 0
+    assert run.m("jouletrace_request_energy_joules_count", model=run.model) == n
+    ok = run.m("jouletrace_otlp_requests_total", protocol=proto, code="200" if proto == "http" else "OK")
+    assert ok >= 1
+    assert run.m("jouletrace_otlp_requests_total") == ok, "an OTLP export was answered with an error"
+
+
+def test_token_counters_equal_client_usage(run: Run):
+    assert run.m("jouletrace_model_prompt_tokens_total", model=run.model) == sum(r.prompt_tokens for r in run.sent)
+    assert run.m("jouletrace_model_completion_tokens_total", model=run.model) == \
+        sum(r.completion_tokens for r in run.sent)
+
+
+def test_token_counters_equal_vllm_metrics(run: Run):
+    assert run.vllm_generation_tokens == sum(r.completion_tokens for r in run.sent)
+    assert run.m("jouletrace_model_completion_tokens_total", model=run.model) == run.vllm_generation_tokens
+    assert run.m("jouletrace_model_prompt_tokens_total", model=run.model) == run.vllm_prompt_tokens
+
+
+def test_energy_is_conserved(run: Run):
+    measured = run.m("jouletrace_gpu_energy_joules_total")
+    attributed = run.m("jouletrace_gpu_attributed_energy_joules_total")
+    idle = run.m("jouletrace_gpu_idle_energy_joules_total")
+    model = run.m("jouletrace_model_energy_joules_total")
+    assert measured > 0 and attributed > 0 and idle > 0
+    assert attributed + idle <= measured * (1 + 1e-9)
+    assert model == pytest.approx(attributed, rel=1e-6)
+    assert run.m("jouletrace_request_energy_joules_sum", model=run.model) == pytest.approx(model, rel=1e-6)
+
+
+# ---- raw spans, matched to requests --------------------------------------------------------------
+
+@dataclasses.dataclass
+class RawRun:
+    model: str
+    sent: list[Sent]
+    spans: dict[str, tuple[dict, object]]   # gen_ai.request.id -> (resource attributes, span)
+    llm_spans: int
+    startup_s: float
+    logs: dict[str, Callable[[], str]]
+
+
+@pytest.fixture(scope="module")
+def raw(model_dir, tmp_path_factory) -> RawRun:
+    receiver = OtlpReceiver()
+    model = "tiny-llama-raw"
+    log = tmp_path_factory.mktemp("vllm") / "vllm-raw.log"
+    try:
+        server = VllmServer(model_dir, model, receiver.endpoint, "grpc", log_path=log)
+        print(f"vLLM (raw spans) healthy {server.startup_s:.1f} s after start")
+        try:
+            sent = drive(server, "raw", PER_KIND, seed=3)
+            print(f"{len(sent)} requests, client latency: first {sent[0].latency_s:.2f} s, then "
+                  f"{min(r.latency_s for r in sent[1:]):.2f}-{max(r.latency_s for r in sent[1:]):.2f} s")
+            want = {r.expected_span_request_id for r in sent}
+
+            def received() -> set:
+                return {_attrs(s).get("gen_ai.request.id") for _, s in receiver.spans("llm_request")}
+            try:
+                wait_for(lambda: want <= received(), SPAN_WAIT_S, "an llm_request span for every request",
+                         period_s=0.5)
+            except TimeoutError as e:
+                pytest.fail(f"{e}; {len(receiver.requests)} exports received; missing: "
+                            f"{sorted(want - received())}\n--- vLLM log:\n{tail(server.output(), 60)}",
+                            pytrace=False)
+        finally:
+            server.stop()
+        spans = receiver.spans("llm_request")
+        by_id = {_attrs(s)["gen_ai.request.id"]: (res, s) for res, s in spans}
+        yield RawRun(model, sent, by_id, len(spans), server.startup_s, {"vLLM (raw spans)": log.read_text})
+    finally:
+        receiver.stop()
+
+
+def _attrs(span) -> dict:
+    return attributes(span.attributes)
+
+
+def test_one_span_per_request_with_its_trace_context(raw: RawRun):
+    assert raw.llm_spans == len(raw.sent) == len(raw.spans)
+    for r in raw.sent:
+        assert r.response_id == r.expected_response_id
+        resource, span = raw.spans[r.expected_span_request_id]
+        assert resource.get("service.name") == raw.model
+        assert span.kind == span.SPAN_KIND_SERVER
+        assert span.trace_id.hex() == r.trace_id, r.request_id
+        assert span.parent_span_id.hex() == r.parent_span_id, r.request_id
+
+
+def test_span_tokens_equal_client_usage(raw: RawRun):
+    for r in raw.sent:
+        a = _attrs(raw.spans[r.expected_span_request_id][1])
+        assert a["gen_ai.usage.prompt_tokens"] == r.prompt_tokens, r.request_id
+        assert a["gen_ai.usage.completion_tokens"] == r.completion_tokens == r.max_tokens, r.request_id
+        assert a["gen_ai.request.max_tokens"] == r.max_tokens, r.request_id
+
+
+def test_span_timings_fit_inside_the_client_view(raw: RawRun):
+    for r in raw.sent:
+        span = raw.spans[r.expected_span_request_id][1]
+        a = _attrs(span)
+        e2e = a["gen_ai.latency.e2e"]
+        assert 0 < e2e <= r.latency_s, (r.request_id, e2e, r.latency_s)
+        # the span covers the request inside vLLM: it opens after the client sent it
+        assert span.start_time_unix_nano / 1e9 >= r.sent_at - 0.01, r.request_id
+        assert span.start_time_unix_nano < span.end_time_unix_nano, r.request_id
+        for phase in ("time_in_queue", "time_to_first_token", "time_in_model_prefill",
+                      "time_in_model_decode", "time_in_model_inference"):
+            value = a[f"gen_ai.latency.{phase}"]
+            assert 0 <= value <= e2e, (r.request_id, phase, value, e2e)
+        assert a["gen_ai.latency.time_in_model_prefill"] + a["gen_ai.latency.time_in_model_decode"] <= \
+            a["gen_ai.latency.time_in_model_inference"] + 1e-6, r.request_id
+

@@ -15,7 +15,7 @@ import dataclasses
 from typing import Callable
 
 import pytest
-from servers import ExporterProcess, http_get, wait_for
+from servers import ExporterProcess, free_port, http_get, wait_for
 from vllm_stack import OtlpReceiver, Sent, VllmServer, attributes, drive, sum_samples, tail
 
 PER_KIND = 4            # requests per (endpoint, streaming) pair: 16 at once per server, after one alone
@@ -52,14 +52,15 @@ def run(request, model_dir, tmp_path_factory) -> Run:
     protocol = request.param
     label = PROTOCOL_LABEL[protocol]
     model = f"tiny-llama-{label}"
+    vllm_port = free_port()
     exporter = ExporterProcess("--gpu", "sim", "--sim-load", "0.6", "--settle-delay", str(SETTLE_DELAY_S),
-                               "--counter-interval", "1")
+                               "--counter-interval", "1", "--engine-metrics", f"http://127.0.0.1:{vllm_port}/metrics")
     endpoint = (f"http://127.0.0.1:{exporter.grpc_port}" if protocol == "grpc"
                 else f"http://127.0.0.1:{exporter.http_port}/v1/traces")
     log = tmp_path_factory.mktemp("vllm") / f"vllm-{label}.log"
     logs = {"exporter": exporter.output, f"vLLM ({protocol})": log.read_text}
     try:
-        server = VllmServer(model_dir, model, endpoint, protocol, log_path=log)
+        server = VllmServer(model_dir, model, endpoint, protocol, log_path=log, port=vllm_port)
         print(f"vLLM ({protocol}) healthy {server.startup_s:.1f} s after start")
         try:
             gen0 = server.metric("vllm:generation_tokens_total")
@@ -73,7 +74,8 @@ def run(request, model_dir, tmp_path_factory) -> Run:
             def accounted():
                 body = exporter_metrics(exporter)
                 done = (sum_samples(body, "jouletrace_model_requests_total", model=model) == len(sent)
-                        and sum_samples(body, "jouletrace_requests_pending") == 0)
+                        and sum_samples(body, "jouletrace_requests_pending") == 0
+                        and sum_samples(body, "jouletrace_engine_generation_tokens_total", model=model) == gen1)
                 return body if done else None
             try:
                 body = wait_for(accounted, SPAN_WAIT_S, "every request in the exporter", period_s=0.5)
@@ -130,6 +132,18 @@ def test_token_counters_equal_vllm_metrics(run: Run):
     assert run.vllm_generation_tokens == sum(r.completion_tokens for r in run.sent)
     assert run.m("jouletrace_model_completion_tokens_total", model=run.model) == run.vllm_generation_tokens
     assert run.m("jouletrace_model_prompt_tokens_total", model=run.model) == run.vllm_prompt_tokens
+
+
+def test_engine_metrics_are_scraped_beside_the_energy(run: Run):
+    """The exporter read vLLM's own /metrics: batch, queue, KV cache, tokens, and spans cover every token."""
+    assert run.m("jouletrace_engine_up") == 1
+    # down while vLLM started (the exporter starts first); never garbage: vLLM's text always parsed
+    assert run.m("jouletrace_engine_scrape_failures_total", reason="garbage") == 0
+    assert run.m("jouletrace_engine_generation_tokens_total", model=run.model) >= run.vllm_generation_tokens
+    assert run.m("jouletrace_engine_requests_running", model=run.model) == 0  # all finished
+    assert run.m("jouletrace_engine_requests_waiting", model=run.model) == 0
+    assert 0 <= run.m("jouletrace_engine_kv_cache_usage_ratio", model=run.model) <= 1
+    assert run.m("jouletrace_engine_span_token_ratio", model=run.model) == pytest.approx(1.0)
 
 
 def test_energy_is_conserved(run: Run):

@@ -72,13 +72,14 @@ def build_model() -> Path:
 
 
 class VllmServer:
-    """`python -m vllm.entrypoints.openai.api_server` from .venv-vllm, on a free loopback port.
+    """`python -m vllm.entrypoints.openai.api_server` from .venv-vllm, on `port` (a free one by default).
 
     Its own process group, so that stopping it also ends the engine and worker processes."""
 
-    def __init__(self, model_dir: Path, served_name: str, otlp_endpoint: str, protocol: str, log_path: Path):
+    def __init__(self, model_dir: Path, served_name: str, otlp_endpoint: str, protocol: str, log_path: Path,
+                 port: int | None = None):
         self.name = served_name
-        self.port = free_port()
+        self.port = port or free_port()
         self.log_path = Path(log_path)
         env = {
             **os.environ,

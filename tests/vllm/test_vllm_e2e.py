@@ -143,7 +143,9 @@ def test_engine_metrics_are_scraped_beside_the_energy(run: Run):
     assert run.m("jouletrace_engine_requests_running", model=run.model) == 0  # all finished
     assert run.m("jouletrace_engine_requests_waiting", model=run.model) == 0
     assert 0 <= run.m("jouletrace_engine_kv_cache_usage_ratio", model=run.model) <= 1
-    assert run.m("jouletrace_engine_span_token_ratio", model=run.model) == pytest.approx(1.0)
+    # ~1: every span arrived. Not exactly 1: the baseline is the first scrape that saw the model, and
+    # tokens of a request already running then are counted by the engine before it, in spans after.
+    assert run.m("jouletrace_engine_span_token_ratio", model=run.model) == pytest.approx(1.0, abs=0.1)
 
 
 def test_energy_is_conserved(run: Run):

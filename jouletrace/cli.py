@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
                                           "environment variable named in its help.")
     add_arguments(exporter)
     exporter.set_defaults(func=_exporter)
+    from jouletrace.loadgen.cli import add_arguments as add_loadgen_arguments
+
+    loadgen = sub.add_parser("loadgen", help="replay the ML.ENERGY workloads against a server, report time and energy",
+                             description="Load generator: replays the ML.ENERGY study's workloads against an "
+                                         "OpenAI-compatible server and reports time and energy per configuration.")
+    add_loadgen_arguments(loadgen)
     return parser
 
 

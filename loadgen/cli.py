@@ -1,0 +1,114 @@
+"""`jouletrace loadgen run`: options, live progress, clean stop on Ctrl-C, exit codes.
+
+Exit codes: 0 done; 1 the run failed (no request succeeded, or energy was asked for and not
+obtained); 2 bad options, bad dataset, unreachable server or no energy source; 130 interrupted
+(partial results written)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import signal
+import sys
+
+from .arrivals import KINDS
+from .datasets import FORMATS, DatasetError
+from .energy import EnergyUnavailable
+from .plan import DEFAULT_FIM_TEMPLATE, Sampling
+from .runner import RunConfig, ServerUnreachable, run
+from .stats import parse_slos
+from .tasks import TASKS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="loadgen_command", required=True)
+    p = sub.add_parser("run", help="replay one workload configuration against an OpenAI-compatible server",
+                       description="Sends a workload to an OpenAI-compatible server (vLLM) and reports time and "
+                                   "energy over the ML.ENERGY steady-state window.")
+    p.add_argument("--base-url", required=True, help="server root, e.g. http://127.0.0.1:8000")
+    p.add_argument("--task", default="chat", help=f"workload: {', '.join(TASKS)} (LLM tasks are driven)")
+    p.add_argument("--num-requests", "-n", type=int, default=100, help="requests to send")
+    p.add_argument("--model", help="model name to request (default: the first of /v1/models)")
+    p.add_argument("--max-num-seqs", type=int, help="the server's max_num_seqs (batch size): enables the "
+                   "steady-state window and the batch stability check")
+    p.add_argument("--rate", type=float, default=math.inf, help="requests/s (default inf: all at t=0, closed loop)")
+    p.add_argument("--arrival", choices=KINDS, default="poisson", help="open-loop arrival process")
+    p.add_argument("--burstiness", type=float, default=1.0, help="gamma shape (1 = Poisson)")
+    p.add_argument("--concurrency", type=int, help="at most this many requests in flight")
+    p.add_argument("--exporter", help="jouletrace exporter metrics URL (http://host:9464); default: NVML here")
+    p.add_argument("--no-energy", action="store_true", help="measure time only")
+    p.add_argument("--dataset", help="local dataset file (default: the built-in synthetic workload)")
+    p.add_argument("--dataset-format", choices=FORMATS, default="jsonl")
+    p.add_argument("--fim-template", default=DEFAULT_FIM_TEMPLATE, help="code task prompt with {prefix} {suffix}")
+    p.add_argument("--prompt-scale", type=float, default=1.0, help="multiply synthetic prompt lengths (small models)")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-tokens", type=int, help="cap every request's max_tokens below the task's cap")
+    p.add_argument("--ignore-eos", action="store_true", help="generate exactly max_tokens (the expected length)")
+    p.add_argument("--no-stream", action="store_true", help="non-streaming requests (no TTFT/ITL)")
+    p.add_argument("--goodput", nargs="+", help="SLOs in ms: ttft:MS tpot:MS e2el:MS")
+    p.add_argument("--percentiles", default="50,90,95,99", help="comma-separated latency percentiles")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--otlp-endpoint", help="send the client spans here (grpc://host:4317 or http://host:4318/v1/traces)")
+    p.add_argument("--request-timeout", type=float, default=3600.0, help="per request, s")
+    p.add_argument("--metrics-url", help="engine /metrics to scrape (default: <base-url>/metrics)")
+    p.add_argument("--energy-wait", type=float, default=180.0, help="s to wait for the exporter to measure the window")
+    p.add_argument("--out", default="loadgen-results", help="directory for the result JSON and summary.csv")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=main)
+
+
+def config(args: argparse.Namespace) -> RunConfig:
+    """RunConfig from the parsed options; ValueError with a one-line reason."""
+    for name in ("num_requests", "max_num_seqs", "concurrency", "max_tokens"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    try:
+        percentiles = tuple(float(p) for p in args.percentiles.split(","))
+    except ValueError:
+        raise ValueError(f"--percentiles: {args.percentiles!r} is not a list of numbers") from None
+    return RunConfig(
+        base_url=args.base_url, task=args.task, num_requests=args.num_requests, model=args.model,
+        max_num_seqs=args.max_num_seqs, rate=args.rate, arrival=args.arrival, burstiness=args.burstiness,
+        concurrency=args.concurrency, exporter=args.exporter, no_energy=args.no_energy, dataset=args.dataset,
+        dataset_format=args.dataset_format, fim_template=args.fim_template, prompt_scale=args.prompt_scale,
+        sampling=Sampling(args.temperature, args.top_p, args.ignore_eos, args.max_tokens),
+        stream=not args.no_stream, seed=args.seed, slos=parse_slos(args.goodput), percentiles=percentiles,
+        out_dir=args.out, otlp_endpoint=args.otlp_endpoint, request_timeout_s=args.request_timeout,
+        metrics_url=args.metrics_url, progress=not args.quiet, energy_wait_s=args.energy_wait)
+
+
+async def _main(cfg: RunConfig) -> tuple[dict, object]:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return await run(cfg, stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        cfg = config(args)
+        result, path = asyncio.run(_main(cfg))
+    except (ValueError, DatasetError, ServerUnreachable, EnergyUnavailable) as e:
+        print(f"jouletrace loadgen: {e}", file=sys.stderr)
+        return 2
+    e = result
+    jpt = f"{e['energy_per_token_j']:.4f} J/token" if e.get("energy_per_token_j") else "no energy"
+    print(f"jouletrace loadgen: {e['completed']}/{e['num_prompts']} completed, {e['failed']} failed, {jpt}, "
+          f"median ITL {e['median_itl_ms']:.1f} ms, {'stable' if e['stable'] else 'unstable'}; {path}",
+          file=sys.stderr)
+    if e.get("energy_error"):
+        print(f"jouletrace loadgen: energy: {e['energy_error']}", file=sys.stderr)
+    print(path)
+    if result["interrupted"]:
+        return 130
+    if e["completed"] == 0 or (e.get("energy_error") and not cfg.no_energy):
+        return 1
+    return 0

@@ -1,0 +1,297 @@
+"""Unit tests of the load generator: arrivals, the steady-state window, statistics, datasets,
+the energy client (against a stand-in of the exporter's endpoint), the CLI's errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import statistics
+import struct
+import subprocess
+import sys
+import zlib
+
+import aiohttp
+import pytest
+from loadgen_stack import EnergyStandIn
+
+from jouletrace.loadgen.arrivals import arrival_offsets
+from jouletrace.loadgen.client import RequestResult, build_body
+from jouletrace.loadgen.datasets import DatasetError, load_dataset
+from jouletrace.loadgen.energy import CounterTimeline, EnergyUnavailable, exporter_energy
+from jouletrace.loadgen.engine import BatchScraper, parse_running
+from jouletrace.loadgen.media import synthetic_frames, synthetic_image
+from jouletrace.loadgen.plan import Sampling, plan
+from jouletrace.loadgen.report import energy_figures, stability
+from jouletrace.loadgen.stats import good_requests, parse_slos, percentile_key, summarize
+from jouletrace.loadgen.tasks import TASKS, task
+from jouletrace.loadgen.window import Window, steady_state_window, tokens_in_window
+
+
+# ---- arrivals ----------------------------------------------------------------------------------
+
+def gaps(xs):
+    return [b - a for a, b in zip(xs, xs[1:])]
+
+
+def test_closed_loop_sends_everything_at_zero():
+    assert arrival_offsets(5, math.inf, "poisson") == [0.0] * 5
+
+
+def test_constant_rate():
+    assert arrival_offsets(4, 2.0, "constant") == [0.0, 0.5, 1.0, 1.5]
+
+
+def test_poisson_gaps_are_exponential():
+    g = gaps(arrival_offsets(20001, 10.0, "poisson", seed=1))
+    assert statistics.mean(g) == pytest.approx(0.1, rel=0.03)
+    assert statistics.stdev(g) / statistics.mean(g) == pytest.approx(1.0, rel=0.05)  # CV of exponential = 1
+
+
+@pytest.mark.parametrize("k", [0.25, 4.0])
+def test_gamma_burstiness_sets_the_spread(k):
+    g = gaps(arrival_offsets(20001, 5.0, "gamma", burstiness=k, seed=2))
+    assert statistics.mean(g) == pytest.approx(0.2, rel=0.05)
+    assert statistics.stdev(g) / statistics.mean(g) == pytest.approx(1 / math.sqrt(k), rel=0.06)
+
+
+def test_arrivals_are_seeded_and_validated():
+    assert arrival_offsets(50, 3.0, seed=7) == arrival_offsets(50, 3.0, seed=7)
+    assert arrival_offsets(50, 3.0, seed=7) != arrival_offsets(50, 3.0, seed=8)
+    assert arrival_offsets(3, math.inf, "trace", trace=[0.0, 2.5, 1.0]) == [0.0, 1.0, 2.5]
+    for bad in (dict(rate=0.0), dict(rate=1.0, kind="weibull"), dict(rate=1.0, kind="gamma", burstiness=0)):
+        with pytest.raises(ValueError):
+            arrival_offsets(3, **bad)
+    with pytest.raises(ValueError, match="timestamp"):
+        arrival_offsets(2, math.inf, "trace", trace=[0.0, None])
+
+
+# ---- steady-state window -----------------------------------------------------------------------
+
+def req(i, start, first, end, tokens=10, times=None):
+    r = RequestResult(i, f"r{i}", "chat", "chat", ok=True, start=start, first_token=first, end=end,
+                      output_tokens=tokens)
+    r.token_times = times or []
+    return r
+
+
+def test_window_opens_when_batch_full_and_closes_when_draining():
+    # N = 10, B = 3: opens at the 3rd first token, closes when 10 - 3 - 1 = 6 have finished
+    rs = [req(i, 0.0, 1.0 + i, 20.0 + i) for i in range(10)]
+    w, why = steady_state_window(rs, 10, 3)
+    assert why == "" and (w.start, w.end, w.rule) == (3.0, 25.0, "steady_state")
+
+
+def test_window_absent_with_reasons():
+    rs = [req(i, 0.0, 1.0 + i, 20.0 + i) for i in range(10)]
+    assert steady_state_window(rs, 10, 9)[0] is None  # 10 - 9 - 1 = 0 finished: no rule
+    assert "first token" in steady_state_window(rs[:2], 10, 3)[1]
+    drained = [req(i, 0.0, 10.0 + i, 5.0 + i) for i in range(10)]
+    assert "empty" in steady_state_window(drained, 10, 3)[1]
+    failed = [req(i, 0.0, 1.0, 2.0) for i in range(10)]
+    for r in failed[:5]:
+        r.ok = False
+    assert "finished" in steady_state_window(failed, 10, 3)[1]
+
+
+def test_tokens_in_window_counts_chunks_or_spreads_evenly():
+    w = Window(10.0, 20.0, "steady_state")
+    assert tokens_in_window(req(0, 0, 5, 25, tokens=4, times=[5, 12, 15, 25]), w) == 2
+    assert tokens_in_window(req(0, 0, 0, 40, tokens=8), w) == pytest.approx(2.0)  # 10 s of 40 s
+    failed = req(0, 0, 0, 40)
+    failed.ok = False
+    assert tokens_in_window(failed, w) == 0
+
+
+def test_energy_figures_and_stability():
+    w = Window(0.0, 10.0, "steady_state")
+    rs = [req(0, 0, 0, 10, tokens=100), req(1, 0, 0, 10, tokens=300)]
+    f = energy_figures(w, {"joules": 2000.0}, rs)
+    assert f["window_output_tokens"] == 400 and f["energy_per_token_j"] == 5.0
+    assert f["energy_per_response_j"] == 5.0 * 200 and f["avg_power_w"] == 200.0
+    assert f["output_tokens_per_joule"] == pytest.approx(f["window_output_throughput"] / f["avg_power_w"])
+    assert stability(Window(0, 30, "steady_state"), 7.0, 8) == []
+    assert len(stability(Window(0, 19, "steady_state"), 6.0, 8)) == 2  # short window and 6 < 0.85 x 8
+    assert stability(None, None, None) == ["no measurement window"]
+
+
+def test_running_batch_parse_and_time_weighted_mean():
+    text = ('# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{model_name="a"} 3.0\n'
+            'vllm:num_requests_running{model_name="b"} 2.0\n')
+    assert parse_running(text) == 5.0 and parse_running("x 1\n") is None
+    b = BatchScraper("unused")
+    b.samples = [(0.0, 2.0), (1.0, 4.0), (3.0, 0.0)]
+    assert b.mean(0.5, 2.0) == pytest.approx(10 / 3) and b.mean(0.0, 4.0) == 2.5 and b.mean(-2, -1) is None
+
+
+# ---- statistics --------------------------------------------------------------------------------
+
+def test_percentile_keys_and_summary_in_ms():
+    assert percentile_key(99, "ttft") == "p99_ttft_ms" and percentile_key(99.9, "itl") == "p99.9_itl_ms"
+    s = summarize("itl", [0.001 * i for i in range(1, 101)], (50, 99))
+    assert s["mean_itl_ms"] == pytest.approx(50.5) and s["median_itl_ms"] == pytest.approx(50.5)
+    assert s["p99_itl_ms"] == pytest.approx(99.01)
+    assert summarize("ttft", [])["mean_ttft_ms"] == 0.0
+
+
+def test_goodput_counts_requests_meeting_every_slo():
+    assert parse_slos(["ttft:500", "tpot:50"]) == {"ttft": 500.0, "tpot": 50.0}
+    for bad in ("ttft", "itl:5", "ttft:x", "e2el:-1"):
+        with pytest.raises(ValueError):
+            parse_slos(bad)
+    fast = req(0, 0.0, 0.1, 1.0, tokens=10)     # TTFT 100 ms, TPOT 100 ms
+    slow = req(1, 0.0, 0.9, 1.8, tokens=10)     # TTFT 900 ms
+    assert good_requests([fast, slow], {"ttft": 500}) == 1
+    assert good_requests([fast, slow], {"ttft": 1000, "tpot": 100}) == 2
+    assert good_requests([fast, slow], {"tpot": 99}) == 0
+
+
+# ---- workloads and datasets -------------------------------------------------------------------
+
+def test_synthetic_workloads_follow_the_study_and_are_seeded():
+    chat = plan(task("chat"), 2000, 0, Sampling(ignore_eos=True))
+    assert statistics.mean(r.max_tokens for r in chat) == pytest.approx(717, rel=0.08)
+    assert all(r.max_tokens <= 4096 for r in chat)
+    reasoning = plan(task("problem-solving"), 2000, 0, Sampling(ignore_eos=True))
+    assert statistics.mean(r.max_tokens for r in reasoning) == pytest.approx(6988, rel=0.08)
+    assert {r.max_tokens for r in plan(task("reasoning"), 5, 0, Sampling())} == {32768}  # cap, model stops
+    assert {r.max_tokens for r in plan(task("code"), 5, 0, Sampling(max_tokens=16))} == {16}
+    prompts = [r.prompt for r in plan(task("chat"), 5, 3, Sampling())]
+    assert prompts == [r.prompt for r in plan(task("chat"), 5, 3, Sampling())]
+    code = plan(task("code"), 3, 0, Sampling())[0]
+    assert code.api == "completion" and code.prompt.startswith("<|fim_prefix|>") and "<|fim_suffix|>" in code.prompt
+    video = plan(task("video-chat"), 1, 0, Sampling())[0]
+    assert len(video.frames) == 32
+    body = build_body(video, "m", Sampling(), stream=True)
+    url = body["messages"][-1]["content"][-1]["video_url"]["url"]
+    assert url.startswith("data:video/jpeg;base64,") and url.count(",") == 32
+    assert body["temperature"] == 0.8 and body["top_p"] == 0.95 and "ignore_eos" not in body
+    assert set(TASKS) >= {"chat", "reasoning", "code", "image-chat", "video-chat", "text-to-image", "text-to-video",
+                          "image-to-video"}
+
+
+def test_synthetic_png_is_valid():
+    png = synthetic_image(1, 8, 6)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    w, h = struct.unpack(">II", png[16:24])
+    length = struct.unpack(">I", png[33:37])[0]
+    assert (w, h) == (8, 6) and png[37:41] == b"IDAT"
+    assert len(zlib.decompress(png[41:41 + length])) == 6 * (1 + 8 * 3)
+    frames = synthetic_frames(2, 4, 8, 8)
+    assert len(frames) == 4 and len(set(frames)) == 4  # the square moves
+
+
+def write(path, rows, jsonl=True):
+    path.write_text("\n".join(json.dumps(r) for r in rows) if jsonl else json.dumps(rows))
+    return path
+
+
+def test_loaders_map_the_public_formats(tmp_path):
+    chat = task("chat")
+    arena = write(tmp_path / "arena.jsonl", [{"conversation_a": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "x" * 40},
+        {"role": "user", "content": "more"}, {"role": "assistant", "content": "y" * 8}]}])
+    rs = load_dataset(arena, "arena", chat)
+    assert [r.prompt for r in rs] == ["hi", "more"] and [r.expected_output_tokens for r in rs] == [10, 2]
+    assert rs[1].history == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x" * 40}]
+    share = write(tmp_path / "sg.json", [{"conversations": [{"from": "human", "value": "q"},
+                                                            {"from": "gpt", "value": "a" * 20}]},
+                                         {"conversations": [{"from": "human", "value": "alone"}]}], jsonl=False)
+    rs = load_dataset(share, "sharegpt", chat)
+    assert [(r.prompt, r.expected_output_tokens) for r in rs] == [("q", 5)]
+    gpqa = write(tmp_path / "gpqa.jsonl", [{"Question": "2+2?", "Correct Answer": "4", "Incorrect Answer 1": "3",
+                                            "Incorrect Answer 2": "5", "Incorrect Answer 3": "22"}])
+    p = load_dataset(gpqa, "gpqa", task("reasoning"))[0].prompt
+    assert p.startswith("2+2?") and all(f"{c}) " in p for c in "ABCD") and "4" in p
+    fim = write(tmp_path / "fim.jsonl", [{"prefix": "def f(", "suffix": "):\n", "middle": "abcd"}])
+    r = load_dataset(fim, "fim", task("code"), fim_template="<P>{prefix}<S>{suffix}<M>")[0]
+    assert r.prompt == "<P>def f(<S>):\n<M>" and r.expected_output_tokens == 1 and r.api == "completion"
+
+
+def test_generic_jsonl_with_media_and_trace(tmp_path):
+    (tmp_path / "a.png").write_bytes(synthetic_image(0, 4, 4))
+    f = write(tmp_path / "d.jsonl", [{"prompt": "p1", "output_tokens": 7, "images": ["a.png"], "timestamp": 100.5},
+                                     {"prompt": "p2", "timestamp": 102.0}])
+    rs = load_dataset(f, "jsonl", task("image-chat"))
+    assert rs[0].images[0].mime == "image/png" and rs[0].expected_output_tokens == 7
+    assert [r.arrival_s for r in rs] == [0.0, 1.5]
+    again = plan(task("image-chat"), 4, 0, Sampling(), rs)
+    assert [r.arrival_s for r in again] == [0.0, 1.5, 2.5, 4.0]  # the trace repeats after its end
+
+
+@pytest.mark.parametrize("content,fmt,msg", [
+    ("{not json\n", "jsonl", "not JSON"),
+    ('{"text": "no prompt"}\n', "jsonl", "prompt"),
+    ('{"prompt": "p", "output_tokens": -1}\n', "jsonl", "output_tokens"),
+    ('{"prompt": "p", "images": ["missing.png"]}\n', "jsonl", "media"),
+    ('{"prefix": "a"}\n', "fim", "suffix"),
+    ("", "jsonl", "no usable"),
+])
+def test_bad_dataset_files_raise_one_line_errors(tmp_path, content, fmt, msg):
+    f = tmp_path / "bad.jsonl"
+    f.write_text(content)
+    with pytest.raises(DatasetError, match=msg):
+        load_dataset(f, fmt, task("chat"))
+
+
+# ---- energy ------------------------------------------------------------------------------------
+
+def test_exporter_energy_client_against_a_stand_in():
+    """Against a STAND-IN of the exporter's /api/v1/energy: polls 503 + Retry-After, then reads 200;
+    416 is an error."""
+    s = EnergyStandIn(watts=250.0, gpus=2, oldest=100.0)
+
+    async def go():
+        async with aiohttp.ClientSession() as session:
+            e = await exporter_energy(session, s.url, 200.0, 210.0, wait_s=10)
+            with pytest.raises(EnergyUnavailable, match="retention"):
+                await exporter_energy(session, s.url, 50.0, 60.0)
+            with pytest.raises(EnergyUnavailable, match="still not measured"):
+                await exporter_energy(session, s.url, 300.0, 301.0, wait_s=0)
+            with pytest.raises(EnergyUnavailable, match="cannot reach"):
+                await exporter_energy(session, "http://127.0.0.1:1", 1.0, 2.0)
+            return e
+    try:
+        e = asyncio.run(go())
+    finally:
+        s.stop()
+    assert e["joules"] == 5000.0 and [g["joules"] for g in e["gpus"]] == [2500.0, 2500.0]
+    assert e["source"] == "exporter" and s.calls == 4  # 503 then 200, 416, 503
+
+
+def test_counter_timeline_interpolates():
+    tl = CounterTimeline()
+    for t, j in ((0.0, 0.0), (1.0, 100.0), (2.0, 300.0)):
+        tl.add(t, j)
+    assert tl.between(0.5, 1.5) == pytest.approx(150.0)
+    with pytest.raises(EnergyUnavailable):
+        tl.between(1.0, 3.0)
+
+
+# ---- CLI errors --------------------------------------------------------------------------------
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "jouletrace", "loadgen", "run", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_unreachable_server_is_one_line_exit_2(tmp_path):
+    done = cli("--base-url", "http://127.0.0.1:1", "-n", "2", "--no-energy", "--out", str(tmp_path))
+    assert done.returncode == 2 and "cannot reach the server" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_cli_bad_dataset_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{nope\n")
+    done = cli("--base-url", "http://127.0.0.1:1", "--dataset", str(bad), "--no-energy", "--out", str(tmp_path))
+    assert done.returncode == 2 and "not JSON" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    missing = cli("--base-url", "http://127.0.0.1:1", "--dataset", str(tmp_path / "none.jsonl"), "--no-energy")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_cli_without_nvml_or_exporter_says_so(tmp_path):
+    done = cli("--base-url", "http://127.0.0.1:1", "-n", "2", "--out", str(tmp_path))
+    assert done.returncode == 2 and "--exporter" in done.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -42,6 +43,15 @@ def url(text: str) -> str:
     text = text.strip()
     if not text.startswith(("http://", "https://")):
         raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {text!r}")
+    return text
+
+
+def forward_url(text: str) -> str:
+    """Upstream OTLP endpoint: `grpc://host:port` (`grpcs://` with TLS) or an `http(s)://` URL; empty: off."""
+    text = text.strip()
+    parts = urllib.parse.urlsplit(text)
+    if text and (parts.scheme not in ("grpc", "grpcs", "http", "https") or not parts.netloc):
+        raise argparse.ArgumentTypeError(f"expected grpc://host:port or an http(s):// URL, got {text!r}")
     return text
 
 
@@ -86,6 +96,12 @@ OPTIONS = (
     Option("engine_metrics", url, "", "inference server metrics URL to scrape (vLLM's /metrics); repeat for several",
            multiple=True),
     Option("engine_interval", positive(float), "1", "engine metrics scrape period, seconds"),
+    Option("forward_otlp", forward_url, "", "forward every accepted span, with its energy added, to this OTLP "
+                                          "endpoint: grpc://host:port (OTLP/gRPC) or http(s)://host:port/v1/traces "
+                                          "(OTLP/HTTP protobuf); empty: off"),
+    Option("forward_buffer_bytes", positive(int), str(64 << 20), "span messages held for forwarding, bytes at most; "
+                                                                 "beyond, the oldest are dropped and counted"),
+    Option("forward_timeout", positive(float), "10", "seconds one forwarding call may take before it is retried"),
     Option("log_level", str, "info", "debug, info, warning or error"),
 )
 
@@ -131,6 +147,9 @@ class ExporterConfig:
     engine_metrics: tuple[str, ...]
     engine_interval: float
     log_level: str
+    forward_otlp: str = ""
+    forward_buffer_bytes: int = 64 << 20
+    forward_timeout: float = 10.0
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> "ExporterConfig":

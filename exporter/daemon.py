@@ -11,9 +11,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from . import gpu, simgpu
+from . import energy_api, gpu, simgpu
 from .config import ExporterConfig
 from .engine import EngineScraper
+from .forward import Forwarder, hold_seconds
 from .intake import IntakeStats, start_grpc_intake, start_http_intake
 from .ledger import Ledger
 from .metrics import JouletraceCollector
@@ -22,6 +23,7 @@ from .sampler import GPUSampler
 log = logging.getLogger(__name__)
 
 ATTRIBUTION_PERIOD_S = 1.0
+FORWARD_GRACE_S = 3.0  # at stop, time given to forward what is held
 
 
 def open_configured_devices(cfg: ExporterConfig) -> list[gpu.GPUDevice]:
@@ -42,14 +44,21 @@ class Exporter:
         self.samplers = [GPUSampler(d, retention_s=cfg.retention, power_interval_s=cfg.power_interval,
                                     counter_interval_s=cfg.counter_interval, status_interval_s=cfg.status_interval)
                          for d in self.devices]
+        self.forwarder = None
+        if cfg.forward_otlp:
+            self.forwarder = Forwarder(cfg.forward_otlp, gpu_uuids=[d.uuid for d in self.devices],
+                                       hold_s=hold_seconds(cfg.settle_delay, cfg.counter_interval),
+                                       buffer_bytes=cfg.forward_buffer_bytes, timeout_s=cfg.forward_timeout)
         self.ledger = Ledger(self.samplers, settle_delay_s=cfg.settle_delay, window_s=cfg.window,
-                             max_pending=cfg.max_pending, max_models=cfg.max_models)
+                             max_pending=cfg.max_pending, max_models=cfg.max_models,
+                             on_results=self.forwarder.on_results if self.forwarder else None)
         self.intake_stats = IntakeStats()
         self.engines = EngineScraper(list(cfg.engine_metrics), self.ledger.completion_tokens,
                                      interval_s=cfg.engine_interval, max_models=cfg.max_models)
         self.registry = CollectorRegistry(auto_describe=False)
+        forward_snapshot = self.forwarder.snapshot if self.forwarder else None
         self.registry.register(JouletraceCollector(self.samplers, self.ledger, self.intake_stats.snapshot,
-                                                   self.engines.states))
+                                                   self.engines.states, forward_snapshot=forward_snapshot))
         self.attribution_errors = 0
         self.ports: dict[str, int] = {}
         self._stop = threading.Event()
@@ -66,16 +75,17 @@ class Exporter:
         self._spawn("attribution", self._attribute)
         self.engines.start()
         cfg = self.cfg
+        if self.forwarder is not None:
+            await self.forwarder.start()
+        intake = {"max_bytes": cfg.max_message_bytes, "default_model": cfg.default_model, "forward": self.forwarder}
         if cfg.metrics_addr:
             self.ports["metrics"] = await self._serve_metrics(*cfg.metrics_addr)
         if cfg.otlp_http_addr:
-            runner = await start_http_intake(*cfg.otlp_http_addr, self.ledger, self.intake_stats,
-                                             max_bytes=cfg.max_message_bytes, default_model=cfg.default_model)
+            runner = await start_http_intake(*cfg.otlp_http_addr, self.ledger, self.intake_stats, **intake)
             self._runners.append(runner)
             self.ports["otlp_http"] = _bound_port(runner)
         if cfg.otlp_grpc_addr:
-            self._grpc = await start_grpc_intake(*cfg.otlp_grpc_addr, self.ledger, self.intake_stats,
-                                                 max_bytes=cfg.max_message_bytes, default_model=cfg.default_model)
+            self._grpc = await start_grpc_intake(*cfg.otlp_grpc_addr, self.ledger, self.intake_stats, **intake)
             self.ports["otlp_grpc"] = self._grpc.bound_port
         log.info("listening: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
 
@@ -85,6 +95,8 @@ class Exporter:
             await self._grpc.stop(grace=2.0)
         for runner in self._runners:
             await runner.cleanup()
+        if self.forwarder is not None:  # after the intake: nothing more is offered
+            await self.forwarder.stop(FORWARD_GRACE_S)
         self._stop.set()
         for t in self._threads:
             t.join(timeout=5.0)
@@ -108,6 +120,7 @@ class Exporter:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/api/v1/energy", energy_api.handler(self.samplers))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, port).start()

@@ -17,6 +17,10 @@ sink full             503 + Retry-After           UNAVAILABLE          queue_ful
 bug in the intake     500                         INTERNAL             internal (messages)
 ====================  ==========================  ===================  ======================
 
+Given a `forward` (`exporter.forward.Forwarder`), each accepted message (answered 200 or OK,
+partial success included) is offered to it, as received after gunzip, with the span keys of the
+request rows handed to the sink.
+
 Bound ports (useful with port 0): `bound_port(obj)` answers the port of either server; it is
 also ``runner.addresses[0][1]`` for the HTTP runner and ``server.bound_port`` for the gRPC server.
 """
@@ -35,6 +39,7 @@ from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from .ledger import span_keys
 from .otlp import DecodeError, DecodeResult, decode_json, decode_protobuf
 from .records import IntakeFull
 
@@ -182,6 +187,12 @@ async def _decode_and_submit_async(body, decode, sink, default_model: str):
     return await loop.run_in_executor(None, _decode_and_submit, body, decode, sink, default_model)
 
 
+def _forward(forward, body, result: DecodeResult, fmt: str) -> None:
+    """Offer an accepted message to the forwarder, if there is one."""
+    if forward is not None:
+        forward.offer(body, span_keys(result.batch.rows), result.spans, fmt)
+
+
 def _counts(result: DecodeResult | None, outcome: str) -> dict:
     if result is None:
         return {"rejected": {outcome: 1}}
@@ -224,7 +235,7 @@ def _status_body(code: int, message: str, as_json: bool) -> bytes:
 
 
 async def start_http_intake(
-    host: str, port: int, sink, stats: IntakeStats, *, max_bytes: int, default_model: str
+    host: str, port: int, sink, stats: IntakeStats, *, max_bytes: int, default_model: str, forward=None
 ) -> web.AppRunner:
     """Serve ``POST /v1/traces`` (OTLP/HTTP, protobuf or JSON, optionally gzip) on host:port.
 
@@ -287,6 +298,7 @@ async def start_http_intake(
 
         outcome, result, message = await _decode_and_submit_async(body, decode, sink, default_model)
         if outcome == "ok":
+            _forward(forward, body, result, "json" if as_json else "protobuf")
             ct = CT_JSON if as_json else CT_PROTOBUF
             if result.rejected:
                 out = _partial_response(result, as_json)
@@ -358,7 +370,7 @@ def _closing(resp: web.Response) -> web.Response:
 # OTLP/gRPC
 
 async def start_grpc_intake(
-    host: str, port: int, sink, stats: IntakeStats, *, max_bytes: int, default_model: str
+    host: str, port: int, sink, stats: IntakeStats, *, max_bytes: int, default_model: str, forward=None
 ) -> grpc.aio.Server:
     """Serve ``opentelemetry.proto.collector.trace.v1.TraceService/Export`` on host:port.
 
@@ -389,6 +401,7 @@ async def start_grpc_intake(
             count(grpc.StatusCode.UNAVAILABLE, **_counts(result, outcome))
             return grpc.StatusCode.UNAVAILABLE, message, b""
         count(grpc.StatusCode.OK, **_counts(result, outcome))
+        _forward(forward, request, result, "protobuf")
         if result.rejected:
             resp = trace_service_pb2.ExportTraceServiceResponse()
             resp.partial_success.rejected_spans = result.rejected

@@ -17,6 +17,12 @@ arrived is counted as late and gets energy only for its unfinalized time.
 
 Storage is column-wise (numpy), so that intake and each pass cost a few vector operations over
 the pending requests rather than Python work per request.
+
+Per-request results. Given `on_results`, the ledger reports each request span's outcome by its
+identity key (`span_keys`): its energy once it completes (`"settled"`, or `"late_partial"` when
+part of its time had been split before its span arrived), `"late"` with 0 J when all of it had,
+and `"duplicate"` with 0 J for a copy of a span whose original is no longer pending (a copy of a
+pending span is answered by the original's result, since both share the key).
 """
 
 from __future__ import annotations
@@ -37,6 +43,22 @@ from .sampler import GPUSampler
 ENERGY_BUCKETS_J = np.array([0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000,
                              10000, 25000, 50000, 100000])
 _IMAGE, _VIDEO = 1, 2
+
+#: on_results(keys (uint64), energy_j (float64), completion_tokens (int64), status)
+ResultsCallback = Callable[[np.ndarray, np.ndarray, np.ndarray, str], None]
+
+
+def span_keys(rows: np.ndarray) -> np.ndarray:
+    """Identity key of each request row (REQUEST_DTYPE): the first 8 bytes of the trace id XOR the
+    span id, both read as little-endian uint64. 0 means no identity (never a duplicate)."""
+    return (np.ascontiguousarray(rows["trace_id"]).view("<u8")[::2]
+            ^ np.ascontiguousarray(rows["span_id"]).view("<u8"))
+
+
+def span_key(trace_id: bytes, span_id: bytes) -> int:
+    """`span_keys` of one span, from its ids as they appear on the wire (16 and 8 bytes)."""
+    return (int.from_bytes(trace_id[:8].ljust(8, b"\0"), "little")
+            ^ int.from_bytes(span_id[:8].ljust(8, b"\0"), "little"))
 
 
 @dataclass(slots=True)
@@ -169,6 +191,7 @@ class Ledger:
         max_pending: int = 100_000,
         max_models: int = 50,
         clock: Callable[[], float] = time.time,
+        on_results: ResultsCallback | None = None,
     ):
         self.samplers = list(samplers)
         retention = min(s.timeline.retention_s for s in self.samplers) if self.samplers else 600.0
@@ -179,6 +202,9 @@ class Ledger:
         self.window_s = window_s
         self.max_pending = max_pending
         self._clock = clock
+        # Called with the lock held, so results arrive in the order the ledger decided them: it
+        # must return at once and never call back into the ledger.
+        self.on_results = on_results
         self._lock = threading.Lock()
         self._labels = LabelLimiter(max_models)
         self.model_names: list[str] = []
@@ -190,7 +216,7 @@ class Ledger:
         self._m_observed = np.zeros(slots)
         self.gpus = [GPUTotals() for _ in self.samplers]
         self._req = _Table(model="i4", run_start="f8", run_end="f8", energy="f8", done="?", kind="i1",
-                           count="i8", prompt="i8", completion="i8")
+                           count="i8", prompt="i8", completion="i8", key="u8", late="?")
         self._ph = _Table(start="f8", end="f8", weight="f8", gen="f8", req="i8")
         self._n_done = 0
         self._complete_until = float("-inf")  # requests ending before this are complete
@@ -227,20 +253,24 @@ class Ledger:
         done = [g.finalized_until for g in self.gpus if g.finalized_until is not None]
         return min(done) if done else float("-inf")
 
-    def _fresh(self, rows: np.ndarray) -> np.ndarray:
-        """Mask of rows whose span was not seen before (in this batch or within retention)."""
-        ids = (np.ascontiguousarray(rows["trace_id"]).view("<u8")[::2]
-               ^ np.ascontiguousarray(rows["span_id"]).view("<u8"))
-        _, first = np.unique(ids, return_index=True)
-        fresh = ids == 0  # no identity: never a duplicate
-        fresh[first] = True
+    def _fresh(self, rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Mask of rows whose span (`ids`: their span_keys) was not seen before (in this batch or
+        within retention)."""
         keys = ids.tolist()
-        seen = self._seen
-        if not seen.isdisjoint(keys):
-            fresh &= np.fromiter((k not in seen for k in keys), bool, len(keys))
-        new = ids[fresh & (ids != 0)].tolist()
-        seen.update(new)
-        self._seen_by_time.append((float(rows["end"].max()), new))
+        distinct = set(keys)
+        distinct.discard(0)  # no identity: never a duplicate
+        if self._seen.isdisjoint(distinct) and len(distinct) == len(keys) - keys.count(0):
+            fresh = np.ones(len(keys), bool)  # the usual case
+        else:
+            fresh = np.zeros(len(keys), bool)
+            taken: set[int] = set()
+            for i, k in enumerate(keys):
+                if k == 0 or (k not in self._seen and k not in taken):
+                    fresh[i] = True
+                    taken.add(k)
+            distinct = taken - {0}
+        self._seen |= distinct
+        self._seen_by_time.append((float(rows["end"].max()), distinct))
         return fresh
 
     def submit(self, batch: RequestBatch) -> None:
@@ -251,34 +281,51 @@ class Ledger:
             if self.pending + len(batch) > self.max_pending:
                 raise IntakeFull(f"{self.pending} requests pending (limit {self.max_pending})")
             rows = batch.rows
-            fresh = self._fresh(rows)
+            ids = span_keys(rows)
+            fresh = self._fresh(rows, ids)
             if not fresh.all():
                 self.spans_duplicate += int((~fresh).sum())
-                rows = rows[fresh]
+                if self.on_results is not None:
+                    self._report_duplicates(rows, ids, fresh)
+                rows, ids = rows[fresh], ids[fresh]
             self.spans_accepted += len(rows)
             models = np.array([self._model(name) for name in batch.models], dtype=np.int32)[rows["model"]]
             p_start, p_end, p_weight, p_gen, p_row = batch_phases(rows)
             run_start = np.minimum.reduceat(p_start, _firsts(p_row)) if len(p_row) else p_start
             run_end = np.maximum.reduceat(p_end, _firsts(p_row)) if len(p_row) else p_end
-            has_run = np.zeros(len(rows), bool)
-            has_run[p_row] = True
+            ran = p_row[_firsts(p_row)] if len(p_row) else p_row
             starts, ends = rows["end"].copy(), rows["end"].copy()  # requests that never ran: their end
-            starts[np.unique(p_row)], ends[np.unique(p_row)] = run_start, run_end
+            starts[ran], ends[ran] = run_start, run_end
             floor = self._finalized_floor()
             expired = (ends <= floor) | (ends <= self._complete_until)
-            self.spans_late += int(((starts < floor) & ~expired).sum())
+            late = (starts < floor) & ~expired
+            self.spans_late += int(late.sum())
             if expired.any():
                 self.spans_expired += int(expired.sum())
                 self._count_requests(rows[expired], models[expired], None)
+                if self.on_results is not None:
+                    self.on_results(ids[expired], np.zeros(int(expired.sum())),
+                                    rows["completion_tokens"][expired].astype(np.int64), "late")
             live = ~expired
             index = np.full(len(rows), -1, dtype=np.int64)
             index[live] = len(self._req) + np.arange(int(live.sum()))
             r = rows[live]
             self._req.append(model=models[live], run_start=starts[live], run_end=ends[live], energy=0.0, done=False,
                              kind=r["output_kind"], count=r["output_count"], prompt=r["prompt_tokens"],
-                             completion=r["completion_tokens"])
+                             completion=r["completion_tokens"], key=ids[live], late=late[live])
             ph = live[p_row]
             self._ph.append(start=p_start[ph], end=p_end[ph], weight=p_weight[ph], gen=p_gen[ph], req=index[p_row[ph]])
+
+    def _report_duplicates(self, rows: np.ndarray, ids: np.ndarray, fresh: np.ndarray) -> None:
+        """Report "duplicate" for copies whose original is not pending (in this batch or the table);
+        a pending original's own result, reported later, answers its copies too."""
+        dup = ~fresh & (ids != 0)
+        pending = np.concatenate((ids[fresh], self._req.col("key")[~self._req.col("done")]))
+        orphan = dup.copy()
+        orphan[dup] = ~np.isin(ids[dup], pending)
+        if orphan.any():
+            self.on_results(ids[orphan], np.zeros(int(orphan.sum())),
+                            rows["completion_tokens"][orphan].astype(np.int64), "duplicate")
 
     # -- attribution ----------------------------------------------------------------------
     def settle(self) -> None:
@@ -358,6 +405,8 @@ class Ledger:
                 done[newly] = True
                 self._n_done += len(newly)
                 self._complete(newly, entry)
+                if self.on_results is not None:
+                    self._report_completed(newly)
             entry["model_energy"] = pass_model_energy
             entry["measured"] = pass_measured
             self._window.append(entry)
@@ -366,6 +415,15 @@ class Ledger:
             last["model_energy"] = last["model_energy"] + pass_model_energy
             last["measured"] += pass_measured
         self._expire(now)
+
+    def _report_completed(self, idx: np.ndarray) -> None:
+        """Report the results of requests (rows `idx` of the request table) that just completed."""
+        t = self._req
+        keys, energy, completion = t.col("key")[idx], t.col("energy")[idx], t.col("completion")[idx]
+        late = t.col("late")[idx]
+        for status, sel in (("settled", ~late), ("late_partial", late)):
+            if sel.any():
+                self.on_results(keys[sel], energy[sel], completion[sel], status)
 
     def _window_entry(self, a: float, b: float) -> dict:
         """Output tokens generated in [a, b) per model, spread evenly over each decode phase."""

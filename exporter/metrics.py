@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector
 
 from .. import __version__
 from .engine import UP, EngineState, span_token_ratio
+from .forward import DELAY_BUCKETS_S
 from .ledger import ENERGY_BUCKETS_J, Ledger
 from .sampler import GPUSampler
 
@@ -18,11 +19,13 @@ GPU_LABELS = ["gpu", "uuid", "backend"]
 
 class JouletraceCollector(Collector):
     def __init__(self, samplers: list[GPUSampler], ledger: Ledger, intake_snapshot: Callable[[], dict],
-                 engines: list[EngineState] = (), clock: Callable[[], float] = time.time):
+                 engines: list[EngineState] = (), clock: Callable[[], float] = time.time,
+                 forward_snapshot: Callable[[], dict] | None = None):
         self.samplers = samplers
         self.ledger = ledger
         self.intake_snapshot = intake_snapshot
         self.engines = list(engines)
+        self.forward_snapshot = forward_snapshot  # None: span forwarding is off, no forward_* series
         self._clock = clock
 
     def describe(self):  # rendering needs no sample collection at registration
@@ -33,6 +36,8 @@ class JouletraceCollector(Collector):
         yield from self._models()
         yield from self._engines()
         yield from self._self()
+        if self.forward_snapshot is not None:
+            yield from self._forward(self.forward_snapshot())
 
     def _gpus(self) -> Iterator:
         def gauge(name, doc, extra=()):
@@ -211,3 +216,30 @@ class JouletraceCollector(Collector):
         info = InfoMetricFamily("jouletrace_build", "jouletrace version and GPU backend.")
         info.add_metric([], {"version": __version__, "backend": self._backend()})
         yield info
+
+    @staticmethod
+    def _forward(snap: dict) -> Iterator:
+        """Span forwarding (`--forward-otlp`): every offered span is sent, dropped or still held."""
+        yield CounterMetricFamily("jouletrace_forward_spans_sent", "Spans forwarded and accepted upstream.",
+                                  value=snap["sent"])
+        dropped = CounterMetricFamily("jouletrace_forward_spans_dropped", "Spans not forwarded, by reason: "
+                                      "buffer_full, rejected (upstream refused, not retryable), partial (refused in "
+                                      "a partial success), malformed, shutdown.", labels=["reason"])
+        for reason, n in snap["dropped"].items():
+            dropped.add_metric([reason], n)
+        yield dropped
+        yield GaugeMetricFamily("jouletrace_forward_spans_held", "Spans held for forwarding (waiting for their "
+                                "energy, or for the upstream).", value=snap["held_spans"])
+        yield GaugeMetricFamily("jouletrace_forward_buffer_bytes", "Bytes of span messages held for forwarding.",
+                                value=snap["buffer_bytes"])
+        yield CounterMetricFamily("jouletrace_forward_retries", "Forwarding calls that failed and were retried.",
+                                  value=snap["retries"])
+        yield GaugeMetricFamily("jouletrace_forward_up", "0 after a forwarding call failed and until one succeeds.",
+                                value=1.0 if snap["up"] else 0.0)
+        cumulative, buckets = 0, []
+        for bound, n in zip(list(DELAY_BUCKETS_S) + [float("inf")], snap["delay_counts"]):
+            cumulative += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
+        yield HistogramMetricFamily("jouletrace_forward_delay_seconds", "Seconds from a message's receipt to its "
+                                    "delivery upstream (mostly the wait for its spans' energy to settle).",
+                                    buckets=buckets, sum_value=snap["delay_sum"])

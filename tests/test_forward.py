@@ -5,7 +5,6 @@ and shutdown, and end to end a running exporter forwarding real SDK spans to rea
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import datetime
 import json
@@ -22,18 +21,30 @@ import pytest
 from aiohttp import web
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-from rig import Rig
-from servers import ExporterProcess, free_port, http_get, wait_for
-
-from jouletrace.exporter.forward import (ATTR_GPUS, ATTR_JOULES, ATTR_PER_TOKEN, ATTR_STATUS, DROP_REASONS,
-                                         Forwarder, annotate, otlp_json_to_message, parse_endpoint)
+from jouletrace.exporter.forward import (
+    ATTR_GPUS,
+    ATTR_JOULES,
+    ATTR_PER_TOKEN,
+    ATTR_STATUS,
+    DROP_REASONS,
+    Forwarder,
+    annotate,
+    otlp_json_to_message,
+    parse_endpoint,
+)
 from jouletrace.exporter.intake import IntakeStats
 from jouletrace.exporter.ledger import span_key, span_keys
 from jouletrace.exporter.metrics import JouletraceCollector
 from jouletrace.exporter.otlp import decode_protobuf
+from opentelemetry.proto.collector.trace.v1 import (
+    trace_service_pb2,
+    trace_service_pb2_grpc,
+)
+from otlp_json import to_otlp_json
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from rig import Rig
+from servers import ExporterProcess, free_port, http_get, wait_for
 
 FIXTURE_BYTES = (Path(__file__).resolve().parent / "fixtures" / "vllm-0.32.0-cpu-llm_request.otlp.pb").read_bytes()
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -53,18 +64,6 @@ def all_spans(msg):
 
 def attr_values(span) -> dict:
     return {kv.key: json_format.MessageToDict(kv.value) for kv in span.attributes}
-
-
-def to_otlp_json(msg) -> bytes:
-    """OTLP/JSON: camelCase, enums as ints, ids as hex."""
-    d = json_format.MessageToDict(msg, use_integers_for_enums=True)
-    for rs in d.get("resourceSpans", []):
-        for ss in rs.get("scopeSpans", []):
-            for span in ss.get("spans", []):
-                for k in ("traceId", "spanId", "parentSpanId"):
-                    if k in span:
-                        span[k] = base64.b64decode(span[k]).hex()
-    return json.dumps(d).encode()
 
 
 def fixture_keys() -> np.ndarray:
@@ -249,10 +248,10 @@ def test_annotate_changes_nothing_but_the_request_spans_attributes():
 
 def test_otlp_json_is_forwarded_as_the_same_protobuf():
     msg = parse(FIXTURE_BYTES)
-    assert otlp_json_to_message(to_otlp_json(msg)) == msg
+    assert otlp_json_to_message(otlp_json_bytes(msg)) == msg
     keys = set(fixture_keys().tolist())
     results = {k: (1.0, 2, "settled") for k in keys}
-    assert annotate(to_otlp_json(msg), "json", keys, results, ["g"]) == annotate(FIXTURE_BYTES, "protobuf", keys,
+    assert annotate(otlp_json_bytes(msg), "json", keys, results, ["g"]) == annotate(FIXTURE_BYTES, "protobuf", keys,
                                                                                  results, ["g"])
 
 
@@ -502,7 +501,9 @@ def make_spans(service: str, n: int, seconds: float = 0.3):
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+        InMemorySpanExporter,
+    )
 
     memory = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": service, "deployment": "test"}))
@@ -594,7 +595,7 @@ def test_exporter_forwards_sdk_spans_over_grpc_with_their_energy():
         answered = export_each(grpc_sdk_exporter(exporter), spans)
         # the vLLM fixture as OTLP/JSON: its requests ended long ago (late); its other spans ride along
         req = urllib.request.Request(f"http://127.0.0.1:{exporter.http_port}/v1/traces",
-                                     data=to_otlp_json(parse(FIXTURE_BYTES)),
+                                     data=otlp_json_bytes(parse(FIXTURE_BYTES)),
                                      headers={"Content-Type": "application/json"})
         assert urllib.request.urlopen(req, timeout=5).status == 200
         wait_for(lambda: len(receiver.spans()) == len(spans) + 5, 30, "every span upstream")
@@ -693,3 +694,7 @@ def test_a_full_buffer_drops_the_oldest_and_counts_every_span():
     # the newest messages were kept: the forwarded spans are the last ones sent
     last = {ids(s) for s in spans[-int(sent):]}
     assert {(s.trace_id, s.span_id) for _, _, s in receiver.spans()} == last
+
+
+def otlp_json_bytes(msg) -> bytes:
+    return json.dumps(to_otlp_json(msg)).encode()

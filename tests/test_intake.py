@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import gzip
 import json
@@ -15,8 +14,6 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-
 from jouletrace.exporter.intake import (
     GRPC_METHOD,
     PROTOCOLS,
@@ -27,6 +24,8 @@ from jouletrace.exporter.intake import (
     start_http_intake,
 )
 from jouletrace.exporter.records import IntakeFull, RequestBatch, RequestRecord
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from otlp_json import to_otlp_json
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "vllm-0.32.0-cpu-llm_request.otlp.pb"
 FIXTURE_BYTES = FIXTURE.read_bytes()
@@ -111,18 +110,6 @@ def status_message(body: bytes) -> status_pb2.Status:
     return st
 
 
-def to_otlp_json(msg) -> dict:
-    """OTLP/JSON: camelCase, enums as ints, ids as hex."""
-    d = json_format.MessageToDict(msg, use_integers_for_enums=True)
-    for rs in d.get("resourceSpans", []):
-        for ss in rs.get("scopeSpans", []):
-            for span in ss.get("spans", []):
-                for k in ("traceId", "spanId", "parentSpanId"):
-                    if k in span:
-                        span[k] = base64.b64decode(span[k]).hex()
-    return d
-
-
 def bad_span_request() -> bytes:
     """The fixture plus one llm_request span with negative completion tokens."""
     msg = trace_service_pb2.ExportTraceServiceRequest()
@@ -158,7 +145,9 @@ def sdk_spans(n: int):
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+        InMemorySpanExporter,
+    )
     from opentelemetry.trace import SpanKind
 
     memory = InMemorySpanExporter()

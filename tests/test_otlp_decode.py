@@ -14,13 +14,12 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from google.protobuf import json_format
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jouletrace.exporter.otlp import DecodeError, decode_json, decode_protobuf
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
-
-from jouletrace.exporter.otlp import DecodeError, decode_json, decode_protobuf
+from otlp_json import to_otlp_json
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "vllm-0.32.0-cpu-llm_request.otlp.pb"
 
@@ -37,26 +36,6 @@ def fixture_message() -> trace_service_pb2.ExportTraceServiceRequest:
     msg.ParseFromString(fixture_bytes())
     return msg
 
-
-def to_otlp_json(msg, *, snake_case: bool = False) -> dict:
-    """OTLP/JSON as the spec defines it: camelCase, enums as ints, ids as hex."""
-    d = json_format.MessageToDict(
-        msg, use_integers_for_enums=True, preserving_proto_field_name=snake_case
-    )
-
-    def fix(obj):
-        if isinstance(obj, dict):
-            for k, v in list(obj.items()):
-                if k in ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"):
-                    obj[k] = base64.b64decode(v).hex()
-                else:
-                    fix(v)
-        elif isinstance(obj, list):
-            for v in obj:
-                fix(v)
-
-    fix(d)
-    return d
 
 
 def set_attr(span, key, value) -> None:

@@ -16,6 +16,7 @@ from .arrivals import KINDS
 from .datasets import FORMATS, DatasetError
 from .energy import EnergyUnavailable
 from .plan import DEFAULT_FIM_TEMPLATE, Sampling
+from .requests import DIFFUSION_APIS, DiffusionParams
 from .runner import RunConfig, ServerUnreachable, run
 from .stats import parse_slos
 from .tasks import TASKS
@@ -26,8 +27,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("run", help="replay one workload configuration against an OpenAI-compatible server",
                        description="Sends a workload to an OpenAI-compatible server (vLLM) and reports time and "
                                    "energy over the ML.ENERGY steady-state window.")
-    p.add_argument("--base-url", required=True, help="server root, e.g. http://127.0.0.1:8000")
-    p.add_argument("--task", default="chat", help=f"workload: {', '.join(TASKS)} (LLM tasks are driven)")
+    add_run_options(p)
+    p.set_defaults(func=main)
+    from .sweep import add_sweep_parsers
+    add_sweep_parsers(sub, add_run_options)
+
+
+def add_run_options(p: argparse.ArgumentParser, base_url_required: bool = True) -> None:
+    """The options of one run (also every point of a sweep)."""
+    p.add_argument("--base-url", required=base_url_required, help="server root, e.g. http://127.0.0.1:8000")
+    p.add_argument("--task", default="chat", help=f"workload: {', '.join(TASKS)}")
     p.add_argument("--num-requests", "-n", type=int, default=100, help="requests to send")
     p.add_argument("--model", help="model name to request (default: the first of /v1/models)")
     p.add_argument("--max-num-seqs", type=int, help="the server's max_num_seqs (batch size): enables the "
@@ -54,9 +63,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--request-timeout", type=float, default=3600.0, help="per request, s")
     p.add_argument("--metrics-url", help="engine /metrics to scrape (default: <base-url>/metrics)")
     p.add_argument("--energy-wait", type=float, default=180.0, help="s to wait for the exporter to measure the window")
+    p.add_argument("--diffusion-api", choices=DIFFUSION_APIS, default="openai", help="image/video tasks: OpenAI "
+                   "images + async video job API, or xDiT's HTTP service (/generate)")
+    p.add_argument("--size", default="1024x1024", help="image/video WxH")
+    p.add_argument("--seconds", default="4", help="video length, s (OpenAI video API)")
+    p.add_argument("--steps", type=int, help="num_inference_steps (default: the server's)")
+    p.add_argument("--poll-interval", type=float, default=1.0, help="video job status poll interval, s")
+    p.add_argument("--fetch-content", action="store_true", help="download each finished video once")
     p.add_argument("--out", default="loadgen-results", help="directory for the result JSON and summary.csv")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.set_defaults(func=main)
 
 
 def config(args: argparse.Namespace) -> RunConfig:
@@ -77,7 +92,11 @@ def config(args: argparse.Namespace) -> RunConfig:
         sampling=Sampling(args.temperature, args.top_p, args.ignore_eos, args.max_tokens),
         stream=not args.no_stream, seed=args.seed, slos=parse_slos(args.goodput), percentiles=percentiles,
         out_dir=args.out, otlp_endpoint=args.otlp_endpoint, request_timeout_s=args.request_timeout,
-        metrics_url=args.metrics_url, progress=not args.quiet, energy_wait_s=args.energy_wait)
+        metrics_url=args.metrics_url, progress=not args.quiet, energy_wait_s=args.energy_wait,
+        diffusion=DiffusionParams(api=args.diffusion_api, size=args.size, seconds=args.seconds, steps=args.steps,
+                                  seed=args.seed if args.diffusion_api == "xdit" else None,
+                                  poll_interval_s=args.poll_interval,
+                                  fetch_content=args.fetch_content))
 
 
 async def _main(cfg: RunConfig) -> tuple[dict, object]:
@@ -100,10 +119,15 @@ def main(args: argparse.Namespace) -> int:
         print(f"jouletrace loadgen: {e}", file=sys.stderr)
         return 2
     e = result
-    jpt = f"{e['energy_per_token_j']:.4f} J/token" if e.get("energy_per_token_j") else "no energy"
-    print(f"jouletrace loadgen: {e['completed']}/{e['num_prompts']} completed, {e['failed']} failed, {jpt}, "
-          f"median ITL {e['median_itl_ms']:.1f} ms, {'stable' if e['stable'] else 'unstable'}; {path}",
-          file=sys.stderr)
+    kind = e.get("item_kind")
+    if kind:  # diffusion: energy per image or video, generation latency
+        energy = f"{e['energy_per_item_j']:.1f} J/{kind}" if e.get("energy_per_item_j") else "no energy"
+        latency = f"median generation latency {e['median_generation_latency_ms']:.0f} ms"
+    else:
+        energy = f"{e['energy_per_token_j']:.4f} J/token" if e.get("energy_per_token_j") else "no energy"
+        latency = f"median ITL {e['median_itl_ms']:.1f} ms"
+    print(f"jouletrace loadgen: {e['completed']}/{e['num_prompts']} completed, {e['failed']} failed, {energy}, "
+          f"{latency}, {'stable' if e['stable'] else 'unstable'}; {path}", file=sys.stderr)
     if e.get("energy_error"):
         print(f"jouletrace loadgen: energy: {e['energy_error']}", file=sys.stderr)
     print(path)

@@ -4,7 +4,12 @@ and a CSV row of its scalars across a sweep.
 Energy quantities are over the measurement window: J/token = window energy / output tokens
 generated in the window; J/response = J/token x mean output length of the successful requests;
 average power = window energy / window duration; tokens per joule = window throughput / average
-power. Stability (the study's): window >= 20 s and mean running batch >= 0.85 x max_num_seqs."""
+power. Stability (the study's): window >= 20 s and mean running batch >= 0.85 x max_num_seqs.
+
+Diffusion tasks (images, videos): the generation latency percentiles, the images or videos
+completed, and energy per image / video = window energy / items finished in the window. The study
+takes the mean over batches of batch energy / batch size; at a fixed concurrency B that is window
+energy / items produced in the window."""
 
 from __future__ import annotations
 
@@ -64,6 +69,35 @@ def energy_figures(window: Window | None, energy: dict | None, results: list[Req
     return out
 
 
+def items_in_window(r: RequestResult, w: Window) -> int:
+    """Images or videos of `r` finished in (w.start, w.end] (a generation yields its items at its end)."""
+    if not r.ok or not r.items or r.end is None:
+        return 0
+    return r.items if w.start < r.end <= w.end else 0
+
+
+def diffusion_figures(kind: str, window: Window | None, energy: dict | None, results: list[RequestResult],
+                      percentiles=(50.0, 90.0, 95.0, 99.0)) -> dict:
+    """Items (`kind`: "image" or "video") completed, generation latency percentiles and, with
+    energy, J per item over the window (the window energy itself is energy_figures' `energy_joules`)."""
+    ok = [r for r in results if r.ok]
+    total = sum(r.items or 0 for r in ok)
+    out: dict = {"item_kind": kind, f"{kind}s_completed": total, "total_items": total,
+                 "item_throughput": None, "window_items": None, "window_item_throughput": None,
+                 f"energy_per_{kind}_j": None, "energy_per_item_j": None, "items_per_joule": None}
+    out.update(summarize("generation_latency", [r.latency for r in ok if r.latency is not None], percentiles))
+    if window is None:
+        return out
+    items = sum(items_in_window(r, window) for r in results)
+    out["window_items"] = items
+    out["window_item_throughput"] = items / window.duration
+    if energy is not None and items > 0 and float(energy["joules"]) > 0:
+        joules = float(energy["joules"])
+        out[f"energy_per_{kind}_j"] = out["energy_per_item_j"] = joules / items
+        out["items_per_joule"] = items / joules
+    return out
+
+
 def build_result(outcome: LoadOutcome, meta: dict, window: Window | None, window_reason: str,
                  energy: dict | None, energy_error: str, mean_batch: float | None,
                  max_num_seqs: int | None, slos: dict[str, float], percentiles) -> dict:
@@ -101,6 +135,12 @@ def build_result(outcome: LoadOutcome, meta: dict, window: Window | None, window
     res.update(energy_figures(window, energy, results))
     res["energy"] = energy
     res["energy_error"] = energy_error or None
+    kind = meta.get("item_kind")
+    if kind:
+        res.update(diffusion_figures(kind, window, energy, results, percentiles))
+        res["item_throughput"] = res["total_items"] / duration
+        res["items"] = [r.items for r in results]
+        res["polls"] = [r.polls for r in results]
     res["mean_running_batch"] = mean_batch
     reasons = stability(window, mean_batch, max_num_seqs)
     res["stable"] = not reasons
@@ -137,7 +177,8 @@ CSV_KEYS = ("date", "task", "model_id", "max_num_seqs", "request_rate", "max_con
             "failed", "duration", "energy_per_token_j", "energy_per_response_j", "avg_power_w",
             "window_output_throughput", "output_tokens_per_joule", "output_throughput", "request_goodput",
             "median_itl_ms", "p99_itl_ms", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "median_e2el_ms",
-            "mean_running_batch", "stable", "result_file")
+            "mean_running_batch", "stable", "result_file", "item_kind", "total_items", "energy_per_item_j",
+            "median_generation_latency_ms", "p99_generation_latency_ms")
 
 
 def append_csv(path: Path, result: dict) -> None:

@@ -19,6 +19,7 @@ from .load import LoadConfig, run_load
 from .plan import DEFAULT_FIM_TEMPLATE, Sampling, plan
 from .progress import Progress
 from .report import append_csv, build_result
+from .requests import DiffusionParams
 from .stats import DEFAULT_PERCENTILES
 from .tasks import task
 from .tracing import ClientTracer
@@ -57,6 +58,7 @@ class RunConfig:
     metrics_url: str | None = None     # engine /metrics; default <base-url>/metrics
     progress: bool = True
     energy_wait_s: float = 180.0
+    diffusion: DiffusionParams = DiffusionParams()  # image and video tasks
 
 
 async def server_model(session: aiohttp.ClientSession, base_url: str) -> str:
@@ -78,11 +80,15 @@ async def run(cfg: RunConfig, stop: asyncio.Event | None = None) -> tuple[dict, 
     DatasetError or ValueError (bad options) before any load is sent."""
     stop = stop or asyncio.Event()
     spec = task(cfg.task)
-    if spec.api not in ("chat", "completion"):
-        raise ValueError(f"task {spec.name}: the {spec.api} generation API is not driven by this version")
+    diffusion = spec.api in ("image", "video")
+    if diffusion and cfg.diffusion.api == "xdit" and spec.images:
+        raise ValueError(f"task {spec.name}: xDiT's HTTP service takes no input image; use --diffusion-api openai")
     base = cfg.base_url.rstrip("/")
     source = load_dataset(cfg.dataset, cfg.dataset_format, spec, cfg.seed, cfg.fim_template) if cfg.dataset else None
     requests = plan(spec, cfg.num_requests, cfg.seed, cfg.sampling, source, cfg.fim_template, cfg.prompt_scale)
+    if diffusion:
+        for r in requests:
+            r.diffusion = cfg.diffusion
     nvml = None
     if not cfg.exporter and not cfg.no_energy:
         nvml = NvmlEnergy()  # raises EnergyUnavailable where there is none
@@ -90,9 +96,12 @@ async def run(cfg: RunConfig, stop: asyncio.Event | None = None) -> tuple[dict, 
                                     timeout=aiohttp.ClientTimeout(total=cfg.request_timeout_s))
     tracer = ClientTracer(cfg.otlp_endpoint)
     try:
-        model = cfg.model or await server_model(session, base)
-        if cfg.model:
-            await server_model(session, base)  # reachable?
+        if diffusion and cfg.diffusion.api == "xdit":
+            model = cfg.model or "xdit"  # xDiT serves one model and lists none
+        else:
+            model = cfg.model or await server_model(session, base)
+            if cfg.model:
+                await server_model(session, base)  # reachable?
         load_cfg = LoadConfig(base, model, cfg.sampling, cfg.stream, cfg.rate, cfg.arrival, cfg.burstiness,
                               cfg.concurrency, cfg.seed, cfg.request_timeout_s)
         scraper = BatchScraper(cfg.metrics_url or base + "/metrics")
@@ -114,7 +123,7 @@ async def run(cfg: RunConfig, stop: asyncio.Event | None = None) -> tuple[dict, 
         if progress:
             progress.finish()
         window, reason = None, ""
-        if cfg.max_num_seqs:
+        if cfg.max_num_seqs and not diffusion:  # diffusion: no first token; whole run at fixed concurrency
             window, reason = steady_state_window(outcome.results, cfg.num_requests, cfg.max_num_seqs)
         if window is None:
             window = whole_run_window(outcome.results, outcome.start)
@@ -130,7 +139,8 @@ async def run(cfg: RunConfig, stop: asyncio.Event | None = None) -> tuple[dict, 
         await session.close()
         tracer.shutdown()
     meta = {
-        "backend": "openai-chat" if spec.api == "chat" else "openai",
+        "backend": ({"chat": "openai-chat", "image": f"{cfg.diffusion.api}-images",
+                     "video": f"{cfg.diffusion.api}-videos"}.get(spec.api, "openai")),
         "model_id": model, "base_url": base, "task": spec.name, "num_prompts": cfg.num_requests,
         "request_rate": "inf" if math.isinf(cfg.rate) else cfg.rate,
         "arrival": "closed" if math.isinf(cfg.rate) and cfg.arrival != "trace" else cfg.arrival,
@@ -142,6 +152,9 @@ async def run(cfg: RunConfig, stop: asyncio.Event | None = None) -> tuple[dict, 
         "energy_source": None if cfg.no_energy else ("exporter" if cfg.exporter else "nvml"),
         "engine_metrics_samples": len(scraper.samples),
     }
+    if diffusion:
+        meta.update({"item_kind": spec.api, "diffusion_api": cfg.diffusion.api,
+                     "diffusion": dataclasses.asdict(cfg.diffusion)})
     result = build_result(outcome, meta, window, reason, energy, energy_error, mean_batch, cfg.max_num_seqs,
                           cfg.slos, cfg.percentiles)
     out = Path(cfg.out_dir)

@@ -57,6 +57,11 @@ def test_closed_loop_chat_cli(stack, energy_url, tmp_path):
         for rid, resp, server in zip(r["request_ids"], r["response_ids"], r["server_request_ids"]):
             assert resp == server == f"chatcmpl-{rid}"
         assert (tmp_path / "summary.csv").read_text().count("\n") == 2
+        # the time-energy frontier drawn from this real run's result
+        plotted = subprocess.run([sys.executable, "-m", "jouletrace", "loadgen", "plot", str(tmp_path)],
+                                 capture_output=True, text=True, timeout=120)
+        assert plotted.returncode == 0, plotted.stderr
+        assert (tmp_path / "time_energy_frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         # the exporter received vLLM's span of every request
         wait_for(lambda: exporter_requests(stack) - before == 14, 60, "14 vLLM spans in the exporter")
         # every client span carries the trace context that was sent as traceparent

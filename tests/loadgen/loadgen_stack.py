@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 VLLM_TESTS = Path(__file__).resolve().parents[1] / "vllm"
 sys.path.insert(0, str(VLLM_TESTS))
 
-from servers import ExporterProcess, free_port, http_get  # noqa: E402
+from servers import BackgroundApp, ExporterProcess, free_port, http_get  # noqa: E402
 from vllm_stack import CACHE, ROOT, START_TIMEOUT_S, VENV_PYTHON, tail  # noqa: E402
 
 MAX_NUM_SEQS = 4
@@ -73,11 +72,9 @@ class EnergyStandIn:
 
     def __init__(self, watts: float = 300.0, gpus: int = 1, oldest: float = 0.0):
         from aiohttp import web
-        import asyncio
         self.watts, self.gpus, self.oldest = watts, gpus, oldest
         self.asked: set = set()
         self.calls = 0
-        self.port = free_port()
 
         async def energy(request):
             self.calls += 1
@@ -94,28 +91,14 @@ class EnergyStandIn:
 
         app = web.Application()
         app.router.add_get("/api/v1/energy", energy)
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def serve():
-            asyncio.set_event_loop(self.loop)
-            self.runner = web.AppRunner(app)
-            self.loop.run_until_complete(self.runner.setup())
-            self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port).start())
-            ready.set()
-            self.loop.run_forever()
-        self.thread = threading.Thread(target=serve, daemon=True)
-        self.thread.start()
-        ready.wait(10)
+        self.server = BackgroundApp(app)
+        self.port = self.server.port
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        import asyncio
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+        self.server.stop()
 
 

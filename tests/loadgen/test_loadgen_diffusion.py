@@ -15,7 +15,6 @@ import random
 import re
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -23,7 +22,7 @@ from aiohttp import web
 from jouletrace.loadgen.requests import DiffusionParams
 from jouletrace.loadgen.runner import RunConfig, run
 from loadgen_stack import EnergyStandIn
-from servers import free_port
+from servers import BackgroundApp
 
 MODEL = "standin-diffusion"
 TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$")
@@ -44,7 +43,6 @@ class DiffusionStandIn:
         self.in_flight = self.max_in_flight = 0
         self.ids = itertools.count()
         self.rng = random.Random(0)
-        self.port = free_port()
         app = web.Application()
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/images/generations", self.images)
@@ -52,28 +50,15 @@ class DiffusionStandIn:
         app.router.add_get("/v1/videos/{id}", self.video)
         app.router.add_get("/v1/videos/{id}/content", self.content)
         app.router.add_post("/generate", self.xdit)
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def serve():
-            asyncio.set_event_loop(self.loop)
-            self.runner = web.AppRunner(app)
-            self.loop.run_until_complete(self.runner.setup())
-            self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port).start())
-            ready.set()
-            self.loop.run_forever()
-        self.thread = threading.Thread(target=serve, daemon=True)
-        self.thread.start()
-        assert ready.wait(10)
+        self.server = BackgroundApp(app)
+        self.port = self.server.port
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+        self.server.stop()
 
     # ---- checks ----------------------------------------------------------------------------------
 

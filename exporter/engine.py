@@ -39,7 +39,8 @@ class EngineState:
     url: str
     state: str = UNKNOWN
     values: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> series -> value
-    # model -> (engine output tokens, span output tokens) at the first scrape that saw the model
+    # model -> (engine output tokens, span output tokens) the cross-check counts from: their values at
+    # the first scrape when the engine already ran then, else zero (its counter began while watched)
     baseline: dict[str, tuple[float, float]] = field(default_factory=dict)
     scrapes: int = 0
     failures: dict[str, int] = field(default_factory=dict)  # state -> count
@@ -120,10 +121,15 @@ class EngineScraper:
         except ValueError as exc:
             self._set(st, GARBAGE, str(exc))
         else:
+            first = st.last_success is None
+            watched_start = first and bool(st.failures)  # the engine came up after the exporter
             st.values = values
             for model, series in values.items():
                 if "generation_tokens" in series and model not in st.baseline:
-                    st.baseline[model] = (series["generation_tokens"], self.span_tokens(model))
+                    if first and not watched_start:  # it ran before we looked: count from now
+                        st.baseline[model] = (series["generation_tokens"], self.span_tokens(model))
+                    else:  # its counter started from zero while we were watching
+                        st.baseline[model] = (0.0, 0.0)
             st.last_success = time.time()
             self._set(st, UP, "")
         finally:

@@ -119,3 +119,29 @@ def test_exporter_keeps_serving_with_its_engine_down():
     finally:
         assert exporter.stop() == 0
     assert exporter.output().count("is down") == 1
+
+
+def test_an_engine_that_starts_after_the_exporter_is_counted_from_zero():
+    """Scrapes failed until the engine came up: its counters began while watched, so the cross-check
+    compares all span tokens with all engine tokens, even if the first good scrape comes late."""
+    async def scenario():
+        engine = FakeEngine()
+        app = web.Application()
+        app.router.add_get("/metrics", engine.handle)
+        port = free_port()
+        spans = {"llama": 0.0}
+        scraper = EngineScraper([f"http://127.0.0.1:{port}/metrics"], spans.get, timeout_s=0.5)
+        (st,) = scraper.states
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as session:
+            await scraper.scrape(session, st)  # not up yet
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            spans["llama"] = 500.0  # every request already done when the first good scrape comes
+            await scraper.scrape(session, st)
+            await runner.cleanup()
+        return st, spans["llama"]
+
+    st, span_tokens = asyncio.run(scenario())
+    assert st.state == UP and st.failures == {DOWN: 1}
+    assert span_token_ratio(st, "llama", span_tokens) == pytest.approx(1.0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import signal
 import sys
 
 from .arrivals import KINDS
@@ -17,7 +16,7 @@ from .datasets import FORMATS, DatasetError
 from .energy import EnergyUnavailable
 from .plan import DEFAULT_FIM_TEMPLATE, Sampling
 from .requests import DIFFUSION_APIS, DiffusionParams
-from .runner import RunConfig, ServerUnreachable, run
+from .runner import RunConfig, ServerUnreachable, run, until_signalled
 from .stats import parse_slos
 from .tasks import TASKS
 
@@ -100,15 +99,7 @@ def config(args: argparse.Namespace) -> RunConfig:
 
 
 async def _main(cfg: RunConfig) -> tuple[dict, object]:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        return await run(cfg, stop)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+    return await until_signalled(lambda stop: run(cfg, stop))
 
 
 def main(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import dataclasses
 import json
 import math
@@ -174,3 +175,16 @@ async def run(cfg: RunConfig, stop: asyncio.Event | None = None) -> tuple[dict, 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip("/").split("/")[-1])[:60]
+
+
+async def until_signalled(work):
+    """Await `work(stop)`; SIGINT or SIGTERM sets `stop` so the work can end cleanly and keep results."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return await work(stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -31,7 +31,7 @@ import aiohttp
 from .datasets import DatasetError
 from .energy import EnergyUnavailable
 from .plots import DEFAULT_DEADLINES_MS, load_results, write_plots
-from .runner import RunConfig, ServerUnreachable, run
+from .runner import RunConfig, ServerUnreachable, run, until_signalled
 
 BATCH_LADDER = (8, 16, 32, 64, 96, 128, 192, 256, 384, 512)
 
@@ -220,15 +220,7 @@ async def sweep(cfg: SweepConfig, stop: asyncio.Event | None = None) -> tuple[li
 
 
 async def _main(cfg: SweepConfig) -> tuple[list[SweepPoint], bool]:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        return await sweep(cfg, stop)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+    return await until_signalled(lambda stop: sweep(cfg, stop))
 
 
 def add_sweep_parsers(sub, add_run_options) -> None:

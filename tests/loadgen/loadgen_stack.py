@@ -65,7 +65,7 @@ class Stack:
         self.exporter.stop()
 
 
-class EnergyStandIn:
+class EnergyStandIn(BackgroundApp):
     """A STAND-IN for the exporter's `GET /api/v1/energy` (the contract of loadgen/energy.py):
     a constant `watts` per GPU over any window, 503 + Retry-After once per window first asked,
     416 for windows starting before `oldest`. Used where the exporter does not serve the route."""
@@ -91,14 +91,6 @@ class EnergyStandIn:
 
         app = web.Application()
         app.router.add_get("/api/v1/energy", energy)
-        self.server = BackgroundApp(app)
-        self.port = self.server.port
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.stop()
+        super().__init__(app)
 
 

@@ -30,7 +30,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 SIZE = re.compile(r"^[1-9][0-9]*x[1-9][0-9]*$")
 
 
-class DiffusionStandIn:
+class DiffusionStandIn(BackgroundApp):
     """A stand-in diffusion server (see the module docstring). `violations` lists every wire-format
     problem it saw (the test asserts there are none); `requests` every (path, X-Request-Id)."""
 
@@ -50,15 +50,7 @@ class DiffusionStandIn:
         app.router.add_get("/v1/videos/{id}", self.video)
         app.router.add_get("/v1/videos/{id}/content", self.content)
         app.router.add_post("/generate", self.xdit)
-        self.server = BackgroundApp(app)
-        self.port = self.server.port
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.stop()
+        super().__init__(app)
 
     # ---- checks ----------------------------------------------------------------------------------
 

@@ -71,39 +71,50 @@ def build_model() -> Path:
     return out
 
 
+def vllm_env(served_name: str, protocol: str = "grpc") -> dict:
+    """The environment of a CPU vLLM server here: offline, small KV cache, spans sent every 0.5 s."""
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "VLLM_CACHE_ROOT": str(CACHE / "vllm"),
+        "VLLM_NO_USAGE_STATS": "1",
+        "VLLM_DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OTEL_SERVICE_NAME": served_name,
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": protocol,
+        # Spans leave in batches; the SDK's default is every 5 s. Half a second keeps them well
+        # inside the exporter's settle delay, so no request's energy is split before its span.
+        "OTEL_BSP_SCHEDULE_DELAY": "500",
+    }
+    for var in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"):
+        env.pop(var, None)
+    return env
+
+
+def vllm_command(model_dir: Path, served_name: str, port, max_num_seqs, otlp_endpoint: str) -> list[str]:
+    """argv of the OpenAI-compatible vLLM server; `port` and `max_num_seqs` may be template fields."""
+    return [str(VENV_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(model_dir), "--served-model-name", served_name,
+            "--host", "127.0.0.1", "--port", str(port),
+            "--max-model-len", "2048", "--max-num-seqs", str(max_num_seqs),
+            "--enforce-eager",  # no torch.compile: starts in ~25 s instead of ~60 s on 2 cores
+            "--otlp-traces-endpoint", otlp_endpoint]
+
+
 class VllmServer:
     """`python -m vllm.entrypoints.openai.api_server` from .venv-vllm, on `port` (a free one by default).
 
     Its own process group, so that stopping it also ends the engine and worker processes."""
 
     def __init__(self, model_dir: Path, served_name: str, otlp_endpoint: str, protocol: str, log_path: Path,
-                 port: int | None = None):
+                 port: int | None = None, max_num_seqs: int = 32):
         self.name = served_name
         self.port = port or free_port()
         self.log_path = Path(log_path)
-        env = {
-            **os.environ,
-            "VLLM_CPU_KVCACHE_SPACE": "1",
-            "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-            "VLLM_CACHE_ROOT": str(CACHE / "vllm"),
-            "VLLM_NO_USAGE_STATS": "1",
-            "VLLM_DO_NOT_TRACK": "1",
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "OTEL_SERVICE_NAME": served_name,
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": protocol,
-            # Spans leave in batches; the SDK's default is every 5 s. Half a second keeps them well
-            # inside the exporter's settle delay, so no request's energy is split before its span.
-            "OTEL_BSP_SCHEDULE_DELAY": "500",
-        }
-        for var in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"):
-            env.pop(var, None)
-        cmd = [str(VENV_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
-               "--model", str(model_dir), "--served-model-name", served_name,
-               "--host", "127.0.0.1", "--port", str(self.port),
-               "--max-model-len", "2048", "--max-num-seqs", "32",
-               "--enforce-eager",  # no torch.compile: starts in ~25 s instead of ~60 s on 2 cores
-               "--otlp-traces-endpoint", otlp_endpoint]
+        env = vllm_env(served_name, protocol)
+        cmd = vllm_command(model_dir, served_name, self.port, max_num_seqs, otlp_endpoint)
         self.log = open(self.log_path, "w")
         t0 = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,

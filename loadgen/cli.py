@@ -47,7 +47,9 @@ def add_run_options(p: argparse.ArgumentParser, base_url_required: bool = True) 
     p.add_argument("--exporter", help="jouletrace exporter metrics URL (http://host:9464); default: NVML here")
     p.add_argument("--no-energy", action="store_true", help="measure time only")
     p.add_argument("--dataset", help="local dataset file (default: the built-in synthetic workload)")
-    p.add_argument("--dataset-format", choices=FORMATS, default="jsonl")
+    p.add_argument("--dataset-format", choices=FORMATS, default="jsonl", help="field mapping of the dataset file")
+    p.add_argument("--media-root", help="directory the dataset's image and video paths are relative to "
+                   "(default: the dataset file's directory)")
     p.add_argument("--fim-template", default=DEFAULT_FIM_TEMPLATE, help="code task prompt with {prefix} {suffix}")
     p.add_argument("--prompt-scale", type=float, default=1.0, help="multiply synthetic prompt lengths (small models)")
     p.add_argument("--temperature", type=float, default=0.8)
@@ -87,7 +89,8 @@ def config(args: argparse.Namespace) -> RunConfig:
         base_url=args.base_url, task=args.task, num_requests=args.num_requests, model=args.model,
         max_num_seqs=args.max_num_seqs, rate=args.rate, arrival=args.arrival, burstiness=args.burstiness,
         concurrency=args.concurrency, exporter=args.exporter, no_energy=args.no_energy, dataset=args.dataset,
-        dataset_format=args.dataset_format, fim_template=args.fim_template, prompt_scale=args.prompt_scale,
+        dataset_format=args.dataset_format, media_root=args.media_root, fim_template=args.fim_template,
+        prompt_scale=args.prompt_scale,
         sampling=Sampling(args.temperature, args.top_p, args.ignore_eos, args.max_tokens),
         stream=not args.no_stream, seed=args.seed, slos=parse_slos(args.goodput), percentiles=percentiles,
         out_dir=args.out, otlp_endpoint=args.otlp_endpoint, request_timeout_s=args.request_timeout,

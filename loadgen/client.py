@@ -4,6 +4,11 @@ Streaming: TTFT (s) is the first chunk carrying output (text or reasoning), ever
 chunk's gap is one ITL (s); token counts come from the final usage chunk. Non-streaming: only the
 end-to-end latency. Every request carries `X-Request-Id` and a W3C `traceparent` from its client span.
 
+A video clip goes as one `video_url` part: a video file (`video/*`) as its own data URL, which vLLM
+decodes and samples frames from (the study's 32 frames: vLLM's
+`--media-io-kwargs '{"video": {"num_frames": 32}}'`); image frames as vLLM's comma-separated base64
+frames under `data:video/jpeg`.
+
 Diffusion (image and video tasks, see requests.DiffusionParams): the latency is the generation
 latency, request sent to result (images, xDiT) or job created to job seen `completed` (OpenAI video
 jobs, polled); `items` counts the images or videos produced. Status polls and content downloads
@@ -86,6 +91,14 @@ def _data_url(m: Media) -> str:
     return f"data:{m.mime};base64,{base64.b64encode(m.data).decode()}"
 
 
+def _clip_url(frames: list[Media]) -> str:
+    """A clip as a data URL: a single video file as itself (`data:video/mp4;base64,...`), image
+    frames as vLLM's comma-separated base64 frames under `video/jpeg`."""
+    if len(frames) == 1 and frames[0].mime.startswith("video/"):
+        return _data_url(frames[0])
+    return "data:video/jpeg;base64," + ",".join(base64.b64encode(m.data).decode() for m in frames)
+
+
 def build_body(r: PlannedRequest, model: str, sampling: Sampling, stream: bool) -> dict:
     """The JSON body of `r` for its endpoint."""
     body: dict = {"model": model, "max_tokens": r.max_tokens, "temperature": sampling.temperature,
@@ -103,9 +116,8 @@ def build_body(r: PlannedRequest, model: str, sampling: Sampling, stream: bool) 
     if r.images or r.frames:
         content = [{"type": "text", "text": r.prompt}]
         content += [{"type": "image_url", "image_url": {"url": _data_url(m)}} for m in r.images]
-        if r.frames:  # vLLM takes a clip as comma-separated base64 frames under video/jpeg
-            frames = ",".join(base64.b64encode(m.data).decode() for m in r.frames)
-            content.append({"type": "video_url", "video_url": {"url": f"data:video/jpeg;base64,{frames}"}})
+        if r.frames:
+            content.append({"type": "video_url", "video_url": {"url": _clip_url(r.frames)}})
     body["messages"] = [*r.history, {"role": "user", "content": content}]
     return body
 

@@ -7,7 +7,8 @@ import dataclasses
 
 @dataclasses.dataclass
 class Media:
-    """An image or a clip, as encoded bytes and a MIME type (`image/png`, `image/jpeg`)."""
+    """An image, a video frame or a video file, as encoded bytes and a MIME type (`image/png`,
+    `image/jpeg`, `video/mp4`)."""
     data: bytes
     mime: str = "image/png"
 
@@ -60,7 +61,7 @@ class PlannedRequest:
     prompt: str = ""                           # completion prompt, or the last user turn
     history: list[dict] = dataclasses.field(default_factory=list)   # earlier chat messages
     images: list[Media] = dataclasses.field(default_factory=list)
-    frames: list[Media] = dataclasses.field(default_factory=list)   # one clip's frames
+    frames: list[Media] = dataclasses.field(default_factory=list)   # one clip: frames, or one video file
     expected_output_tokens: int | None = None  # the dataset's output length, tokens
     arrival_s: float | None = None             # trace replay: seconds after the first request
     diffusion: DiffusionParams | None = None   # image and video tasks: the generation parameters

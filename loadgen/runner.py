@@ -46,6 +46,7 @@ class RunConfig:
     no_energy: bool = False            # skip energy (latency-only run)
     dataset: str | None = None
     dataset_format: str = "jsonl"
+    media_root: str | None = None      # dataset media paths are relative to it; None: the file's directory
     fim_template: str = DEFAULT_FIM_TEMPLATE
     prompt_scale: float = 1.0          # multiplies synthetic prompt lengths
     sampling: Sampling = Sampling()
@@ -85,7 +86,8 @@ async def run(cfg: RunConfig, stop: asyncio.Event | None = None) -> tuple[dict, 
     if diffusion and cfg.diffusion.api == "xdit" and spec.images:
         raise ValueError(f"task {spec.name}: xDiT's HTTP service takes no input image; use --diffusion-api openai")
     base = cfg.base_url.rstrip("/")
-    source = load_dataset(cfg.dataset, cfg.dataset_format, spec, cfg.seed, cfg.fim_template) if cfg.dataset else None
+    source = (load_dataset(cfg.dataset, cfg.dataset_format, spec, cfg.seed, cfg.fim_template, cfg.media_root,
+                           limit=cfg.num_requests) if cfg.dataset else None)
     requests = plan(spec, cfg.num_requests, cfg.seed, cfg.sampling, source, cfg.fim_template, cfg.prompt_scale)
     if diffusion:
         for r in requests:

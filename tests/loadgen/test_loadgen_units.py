@@ -1,10 +1,10 @@
-"""Unit tests of the load generator: arrivals, the steady-state window, statistics, datasets,
-the energy client (against a stand-in of the exporter's endpoint), the CLI's errors."""
+"""Unit tests of the load generator: arrivals, the steady-state window, statistics, synthetic
+workloads, the energy client (against a stand-in of the exporter's endpoint), the CLI's errors.
+Dataset files: test_loadgen_datasets.py."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import statistics
 import struct
@@ -18,7 +18,6 @@ from loadgen_stack import EnergyStandIn
 
 from jouletrace.loadgen.arrivals import arrival_offsets
 from jouletrace.loadgen.client import RequestResult, build_body
-from jouletrace.loadgen.datasets import DatasetError, load_dataset
 from jouletrace.loadgen.energy import CounterTimeline, EnergyUnavailable, exporter_energy
 from jouletrace.loadgen.engine import BatchScraper, parse_running
 from jouletrace.loadgen.media import synthetic_frames, synthetic_image
@@ -147,7 +146,7 @@ def test_goodput_counts_requests_meeting_every_slo():
     assert good_requests([fast, slow], {"tpot": 99}) == 0
 
 
-# ---- workloads and datasets -------------------------------------------------------------------
+# ---- synthetic workloads -----------------------------------------------------------------------
 
 def test_synthetic_workloads_follow_the_study_and_are_seeded():
     chat = plan(task("chat"), 2000, 0, Sampling(ignore_eos=True))
@@ -180,59 +179,6 @@ def test_synthetic_png_is_valid():
     assert len(zlib.decompress(png[41:41 + length])) == 6 * (1 + 8 * 3)
     frames = synthetic_frames(2, 4, 8, 8)
     assert len(frames) == 4 and len(set(frames)) == 4  # the square moves
-
-
-def write(path, rows, jsonl=True):
-    path.write_text("\n".join(json.dumps(r) for r in rows) if jsonl else json.dumps(rows))
-    return path
-
-
-def test_loaders_map_the_public_formats(tmp_path):
-    chat = task("chat")
-    arena = write(tmp_path / "arena.jsonl", [{"conversation_a": [
-        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "x" * 40},
-        {"role": "user", "content": "more"}, {"role": "assistant", "content": "y" * 8}]}])
-    rs = load_dataset(arena, "arena", chat)
-    assert [r.prompt for r in rs] == ["hi", "more"] and [r.expected_output_tokens for r in rs] == [10, 2]
-    assert rs[1].history == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x" * 40}]
-    share = write(tmp_path / "sg.json", [{"conversations": [{"from": "human", "value": "q"},
-                                                            {"from": "gpt", "value": "a" * 20}]},
-                                         {"conversations": [{"from": "human", "value": "alone"}]}], jsonl=False)
-    rs = load_dataset(share, "sharegpt", chat)
-    assert [(r.prompt, r.expected_output_tokens) for r in rs] == [("q", 5)]
-    gpqa = write(tmp_path / "gpqa.jsonl", [{"Question": "2+2?", "Correct Answer": "4", "Incorrect Answer 1": "3",
-                                            "Incorrect Answer 2": "5", "Incorrect Answer 3": "22"}])
-    p = load_dataset(gpqa, "gpqa", task("reasoning"))[0].prompt
-    assert p.startswith("2+2?") and all(f"{c}) " in p for c in "ABCD") and "4" in p
-    fim = write(tmp_path / "fim.jsonl", [{"prefix": "def f(", "suffix": "):\n", "middle": "abcd"}])
-    r = load_dataset(fim, "fim", task("code"), fim_template="<P>{prefix}<S>{suffix}<M>")[0]
-    assert r.prompt == "<P>def f(<S>):\n<M>" and r.expected_output_tokens == 1 and r.api == "completion"
-
-
-def test_generic_jsonl_with_media_and_trace(tmp_path):
-    (tmp_path / "a.png").write_bytes(synthetic_image(0, 4, 4))
-    f = write(tmp_path / "d.jsonl", [{"prompt": "p1", "output_tokens": 7, "images": ["a.png"], "timestamp": 100.5},
-                                     {"prompt": "p2", "timestamp": 102.0}])
-    rs = load_dataset(f, "jsonl", task("image-chat"))
-    assert rs[0].images[0].mime == "image/png" and rs[0].expected_output_tokens == 7
-    assert [r.arrival_s for r in rs] == [0.0, 1.5]
-    again = plan(task("image-chat"), 4, 0, Sampling(), rs)
-    assert [r.arrival_s for r in again] == [0.0, 1.5, 2.5, 4.0]  # the trace repeats after its end
-
-
-@pytest.mark.parametrize("content,fmt,msg", [
-    ("{not json\n", "jsonl", "not JSON"),
-    ('{"text": "no prompt"}\n', "jsonl", "prompt"),
-    ('{"prompt": "p", "output_tokens": -1}\n', "jsonl", "output_tokens"),
-    ('{"prompt": "p", "images": ["missing.png"]}\n', "jsonl", "media"),
-    ('{"prefix": "a"}\n', "fim", "suffix"),
-    ("", "jsonl", "no usable"),
-])
-def test_bad_dataset_files_raise_one_line_errors(tmp_path, content, fmt, msg):
-    f = tmp_path / "bad.jsonl"
-    f.write_text(content)
-    with pytest.raises(DatasetError, match=msg):
-        load_dataset(f, fmt, task("chat"))
 
 
 # ---- energy ------------------------------------------------------------------------------------
@@ -280,16 +226,6 @@ def test_cli_unreachable_server_is_one_line_exit_2(tmp_path):
     done = cli("--base-url", "http://127.0.0.1:1", "-n", "2", "--no-energy", "--out", str(tmp_path))
     assert done.returncode == 2 and "cannot reach the server" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
-
-
-def test_cli_bad_dataset_is_one_line_exit_2(tmp_path):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text("{nope\n")
-    done = cli("--base-url", "http://127.0.0.1:1", "--dataset", str(bad), "--no-energy", "--out", str(tmp_path))
-    assert done.returncode == 2 and "not JSON" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
-    missing = cli("--base-url", "http://127.0.0.1:1", "--dataset", str(tmp_path / "none.jsonl"), "--no-energy")
-    assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
 def test_cli_without_nvml_or_exporter_says_so(tmp_path):

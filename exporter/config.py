@@ -79,6 +79,9 @@ OPTIONS = (
     Option("sim_gpus", positive(int), "1", "number of simulated GPUs (sim backend)"),
     Option("sim_load", sim_load, "wave", "simulated GPU load: a fraction 0-1, or `wave` (idle to full and back every 5 min)"),
     Option("sim_seed", int, "0", "seed of the simulated GPUs' power noise"),
+    Option("sim_device_file", str, "", "simulated GPUs: read the first --sim-gpus slots of this device file, "
+                                       "written by a simulated engine, instead of simulating load here; the file "
+                                       "may appear after the exporter starts"),
     Option("metrics_addr", address, "0.0.0.0:9464", "Prometheus /metrics, /healthz, /readyz listener"),
     Option("otlp_grpc_addr", address, "127.0.0.1:4317", "OTLP/gRPC span listener (`off` disables)"),
     Option("otlp_http_addr", address, "127.0.0.1:4318", "OTLP/HTTP span listener, POST /v1/traces (`off` disables)"),
@@ -131,6 +134,7 @@ class ExporterConfig:
     sim_gpus: int
     sim_load: str | float
     sim_seed: int
+    sim_device_file: str
     metrics_addr: tuple[str, int] | None
     otlp_grpc_addr: tuple[str, int] | None
     otlp_http_addr: tuple[str, int] | None

@@ -30,7 +30,8 @@ def open_configured_devices(cfg: ExporterConfig) -> list[gpu.GPUDevice]:
     load = simgpu.wave_load if cfg.sim_load == "wave" else float(cfg.sim_load)
     selection = gpu.Selection.from_environment(cfg.gpus)
     return gpu.open_devices(cfg.gpu, selection,
-                            sim_options={"count": cfg.sim_gpus, "seed": cfg.sim_seed, "load": load})
+                            sim_options={"count": cfg.sim_gpus, "seed": cfg.sim_seed, "load": load},
+                            sim_device_file=cfg.sim_device_file)
 
 
 class Exporter:

@@ -139,13 +139,15 @@ class Selection:
         return chosen
 
 
-def open_devices(backend: str, selection: Selection, *, sim_options: dict | None = None) -> list[GPUDevice]:
+def open_devices(backend: str, selection: Selection, *, sim_options: dict | None = None,
+                 sim_device_file: str = "") -> list[GPUDevice]:
     """Open the selected GPUs of `backend` ("auto", "nvml" or "sim").
 
     `auto` uses NVML wherever the NVIDIA library is present and raises if it is present but
     broken; only where no NVIDIA driver exists at all does it fall back to the simulated GPU.
+    Simulated GPUs are the slots of `sim_device_file` where given (as many as sim_options' count).
     """
-    from . import nvml, simgpu
+    from . import devicefile, nvml, simgpu
 
     if backend in ("auto", "nvml"):
         try:
@@ -158,4 +160,7 @@ def open_devices(backend: str, selection: Selection, *, sim_options: dict | None
         raise ValueError(f"unknown GPU backend {backend!r} (auto, nvml, sim)")
     else:
         log.warning("using SIMULATED GPUs as asked; every GPU series carries backend=\"sim\"")
-    return simgpu.open_devices(selection, **(sim_options or {}))
+    sim_options = sim_options or {}
+    if sim_device_file:
+        return devicefile.open_devices(sim_device_file, selection, count=sim_options.get("count", 1))
+    return simgpu.open_devices(selection, **sim_options)

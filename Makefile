@@ -3,7 +3,7 @@
 
 run:
 	@scripts/setup.sh
-	.venv/bin/jouletrace exporter
+	.venv/bin/jouletrace run
 
 test:
 	@scripts/setup.sh --test

@@ -34,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jouletrace", description="Where an inference fleet's joules go.")
     parser.add_argument("--version", action="version", version=f"jouletrace {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    from jouletrace.run import add_arguments as add_run_arguments
+
+    run = sub.add_parser("run", help="the whole pipeline: exporter, engine (simulated by default) and load generator",
+                         description="Runs a jouletrace exporter, the simulated engine on a simulated H100 (or "
+                                     "measures --engine-url on real GPUs) and the load generator's chat workload "
+                                     "at a few batch sizes; shows live J/token and writes results and plots.")
+    add_run_arguments(run)
     exporter = sub.add_parser("exporter", help="run the daemon: sample GPU energy, take OTLP spans, serve /metrics",
                               description="Samples GPU energy, receives OTLP spans, attributes energy to requests "
                                           "and serves Prometheus metrics. Every option can also be set by the "
@@ -46,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Load generator: replays the ML.ENERGY study's workloads against an "
                                          "OpenAI-compatible server and reports time and energy per configuration.")
     add_loadgen_arguments(loadgen)
+    from jouletrace.simulator.cli import add_arguments as add_simulate_arguments
+
+    simulate = sub.add_parser("simulate", help="a simulated vLLM engine and GPU; planning by simulation",
+                              description="The calibrated simulator: `serve` runs an engine that behaves like vLLM "
+                                          "on a simulated GPU; `plan` simulates batch sizes and power limits.")
+    add_simulate_arguments(simulate)
     return parser
 
 

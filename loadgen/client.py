@@ -331,19 +331,18 @@ async def send(session: aiohttp.ClientSession, base_url: str, model: str, r: Pla
         res.error_kind, res.error = "cancelled", "stopped before it finished"
         raise
     finally:
-        if span is not None:
-            span.set_attribute("gen_ai.request.id", res.server_request_id)
-            if res.output_tokens is not None:
-                span.set_attribute("gen_ai.usage.output_tokens", res.output_tokens)
-            if res.prompt_tokens is not None:
-                span.set_attribute("gen_ai.usage.input_tokens", res.prompt_tokens)
-            if res.ttft is not None:
-                span.set_attribute("jouletrace.loadgen.ttft_s", res.ttft)
-            if res.items is not None:
-                span.set_attribute("jouletrace.loadgen.items", res.items)
-            if res.error_kind:
-                span.set_attribute("error.type", res.error_kind)
-                from opentelemetry.trace import Status, StatusCode
-                span.set_status(Status(StatusCode.ERROR, res.error[:200]))
-            span.end()
+        span.set_attribute("gen_ai.request.id", res.server_request_id)
+        if res.output_tokens is not None:
+            span.set_attribute("gen_ai.usage.output_tokens", res.output_tokens)
+        if res.prompt_tokens is not None:
+            span.set_attribute("gen_ai.usage.input_tokens", res.prompt_tokens)
+        if res.ttft is not None:
+            span.set_attribute("jouletrace.loadgen.ttft_s", res.ttft)
+        if res.items is not None:
+            span.set_attribute("jouletrace.loadgen.items", res.items)
+        if res.error_kind:
+            span.set_attribute("error.type", res.error_kind)
+            from opentelemetry.trace import Status, StatusCode
+            span.set_status(Status(StatusCode.ERROR, res.error[:200]))
+        span.end()
     return res

@@ -1,5 +1,5 @@
-"""A live progress line on stderr: requests done, request rate, errors, and the J/token so far when
-an exporter is given."""
+"""A live progress line on stderr: requests done, request rate, errors, and the J/token and
+tokens/s per W (= tokens per J) so far when an exporter is given."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class Progress:
         text = (f"loadgen: {len(done)}/{self.total} done, {len(self.sent) - len(done)} in flight, "
                 f"{len(done) / elapsed:.2f} req/s, {errors} errors, {elapsed:.0f} s")
         if self.j_per_token is not None:
-            text += f", {self.j_per_token:.4f} J/token"
+            text += f", {self.j_per_token:.4f} J/token, {1 / self.j_per_token:.2f} tokens/s/W"
         return text
 
     async def _energy(self, session: aiohttp.ClientSession) -> None:

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extra=""
+extra="[loadgen]"
 apt_packages=()
 if [[ "${1:-}" == "--test" ]]; then
   extra="[test]"

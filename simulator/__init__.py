@@ -1,0 +1,1 @@
+"""The simulated inference engine and GPU: continuous batching on a roofline, calibrated to the ML.ENERGY study."""

@@ -1,0 +1,136 @@
+"""How long one engine step takes on a GPU and what it draws: a roofline with a power model.
+
+Time. A step processes `tokens` (decode tokens and prefill chunks) through the model. The matrix
+products read every weight once and do 2 FLOPs per parameter per token; attention reads each
+sequence's KV cache and does 4 FLOPs per head dimension per (query, context) pair. Each part
+takes the longer of its compute time and its memory time (a roofline per kernel family) plus the
+share `overlap_loss` of the shorter that the kernels fail to hide behind the longer:
+
+    t = overhead + R(F_lin / C, B_w / M) + R(F_attn / C, B_kv / M) + all-reduce
+    R(a, b) = max(a, b) + overlap_loss x min(a, b)
+    C = peak FLOP/s x compute_efficiency x f          M = HBM bytes/s x memory_efficiency x min(1, f / knee)
+
+with the tensor-parallel degree dividing FLOPs and bytes; f is the SM clock as a fraction of its
+maximum.
+
+Power. A busy GPU draws idle power, clock power that grows as f^3 (dynamic power ~ V^2 f with
+voltage roughly proportional to frequency), memory power while HBM is streaming, and compute power
+while the tensor cores work, the latter scaled by V^2 ~ f^2. Activity is time-based, as DCGM's
+DRAM and tensor activity are: a_mem is the share of the step spent streaming memory (each part's
+bytes / M), a_compute the share spent computing (each part's FLOPs / C):
+
+    P(f) = idle + clock_power x f^3 + memory_power x a_mem + compute_power x a_compute x f^2
+
+Power limit. When P(1) exceeds the limit the GPU lowers its clock to the f where P(f) equals the
+limit (P falls monotonically with f): compute-bound steps stretch by 1/f, memory-bound ones only
+below the knee, where the SMs can no longer keep HBM busy. Below the lowest clock the limit cannot
+be met and the step runs at that clock.
+
+The calibration constants are the only fitted numbers; benchmarks/calibrate.py fits them and
+RESULTS.md shows the fit."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .profiles import GPUProfile, ModelShape
+
+MIN_CLOCK_RATIO = 0.2            # lowest SM clock the power limit may push the GPU to, of the maximum
+ALLREDUCE_LATENCY_S = 10e-6      # one small NCCL all-reduce over NVLink, s (two per layer with TP > 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """The time and power models' constants (per GPU), fitted to the study's Llama-3.1-8B / H100
+    table by benchmarks/calibrate.py within the plausible ranges it names; memory_clock_knee is set."""
+
+    memory_efficiency: float = 0.848   # bandwidth reached while streaming weights and KV / HBM peak
+    compute_efficiency: float = 0.339  # FLOP/s of the whole forward pass (matmuls, attention, norms, sampling) / tensor peak
+    step_overhead_s: float = 1.16e-3   # per step outside the kernels: scheduling, input preparation, launches, s
+    clock_power_w: float = 261.0       # a busy GPU's power above idle at the maximum clock before any work, W
+    memory_power_w: float = 157.0      # added while HBM streams for the whole step, W
+    compute_power_w: float = 630.0     # added while the tensor cores work for the whole step at the maximum clock, W
+    overlap_loss: float = 0.92         # share of the shorter of a part's compute and memory times the longer does not hide
+    memory_clock_knee: float = 0.5     # clock ratio below which HBM bandwidth falls with the clock
+
+
+@dataclasses.dataclass(frozen=True)
+class StepWork:
+    """What one step computes, summed over its sequences."""
+
+    sequences: int         # sequences in the step
+    tokens: int            # tokens processed: one per decoding sequence plus every prefill chunk's
+    sampled: int           # tokens that go through the LM head (decodes, and prefills that finish)
+    attended: float        # (query token, context token) pairs of attention
+    kv_read: float         # KV-cache tokens read
+
+
+@dataclasses.dataclass(frozen=True)
+class StepCost:
+    """One step on each of the engine's GPUs (all alike under tensor parallelism)."""
+
+    duration_s: float
+    power_w: float           # per GPU
+    clock_ratio: float       # SM clock / maximum
+    capped: bool             # the power limit lowered the clock
+    compute_util: float      # share of the step the tensor cores work (a_compute)
+    memory_util: float       # share of the step HBM streams (a_mem)
+    busy_fraction: float     # share of the step with a kernel running
+
+
+class PerfModel:
+    """Step time and power of `model` on `tp` GPUs of profile `gpu`."""
+
+    def __init__(self, model: ModelShape, gpu: GPUProfile, tp: int = 1, calibration: Calibration = Calibration()):
+        if tp < 1:
+            raise ValueError("tensor-parallel degree must be >= 1")
+        self.model, self.gpu, self.tp, self.cal = model, gpu, tp, calibration
+
+    def _parts(self, w: StepWork) -> tuple[float, float, float, float]:
+        """Per-GPU (linear FLOPs, weight bytes, attention FLOPs, KV bytes)."""
+        m, tp = self.model, self.tp
+        return (m.linear_flops(w.tokens, w.sampled) / tp, m.weight_bytes_per_step / tp,
+                m.attention_flops(w.attended) / tp, m.kv_bytes_per_token * w.kv_read / tp)
+
+    def _times(self, w: StepWork, f: float) -> tuple[float, float, float]:
+        """Per-GPU (kernel and all-reduce seconds, compute seconds, memory seconds) at clock ratio `f`."""
+        f_lin, b_w, f_attn, b_kv = self._parts(w)
+        c = self.gpu.peak_flops * self.cal.compute_efficiency * f
+        mem = self.gpu.memory_bandwidth * self.cal.memory_efficiency * min(1.0, f / self.cal.memory_clock_knee)
+        tc_lin, tm_lin, tc_attn, tm_attn = f_lin / c, b_w / mem, f_attn / c, b_kv / mem
+        overlap = self.cal.overlap_loss
+        t = (max(tc_lin, tm_lin) + overlap * min(tc_lin, tm_lin)
+             + max(tc_attn, tm_attn) + overlap * min(tc_attn, tm_attn))
+        if self.tp > 1:
+            m = self.model
+            ring = 2.0 * (self.tp - 1) / self.tp * w.tokens * m.hidden * m.dtype_bytes
+            t += 2 * m.layers * (ALLREDUCE_LATENCY_S + ring / self.gpu.interconnect_bandwidth)
+        return t, tc_lin + tc_attn, tm_lin + tm_attn
+
+    def _at(self, w: StepWork, f: float) -> StepCost:
+        kernels, compute, memory = self._times(w, f)
+        t = self.cal.step_overhead_s + kernels
+        a_c, a_m = min(1.0, compute / t), min(1.0, memory / t)
+        power = (self.gpu.idle_w + self.cal.clock_power_w * f**3 + self.cal.memory_power_w * a_m
+                 + self.cal.compute_power_w * a_c * f**2)
+        return StepCost(t, power, f, f < 1.0, a_c, a_m, kernels / t)
+
+    def step(self, w: StepWork, power_limit_w: float) -> StepCost:
+        """The step's duration and power under `power_limit_w` (W per GPU)."""
+        full = self._at(w, 1.0)
+        if full.power_w <= power_limit_w:
+            return full
+        lo, hi = MIN_CLOCK_RATIO, 1.0
+        if self._at(w, lo).power_w >= power_limit_w:
+            return self._at(w, lo)
+        for _ in range(40):  # P(f) is increasing in f: bisect to P(f) = limit
+            mid = (lo + hi) / 2
+            if self._at(w, mid).power_w > power_limit_w:
+                hi = mid
+            else:
+                lo = mid
+        return self._at(w, lo)
+
+    def waiting_power_w(self) -> float:
+        """Power of a GPU whose engine has work but waits on its host between steps, W."""
+        return self.gpu.idle_w + self.cal.clock_power_w

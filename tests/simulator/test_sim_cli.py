@@ -1,0 +1,66 @@
+"""`jouletrace simulate plan` and `jouletrace run`, the README's main command, end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from servers import free_port
+
+
+def jouletrace(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jouletrace", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_plan_picks_configurations_for_a_deadline_and_a_budget(tmp_path):
+    done = jouletrace("simulate", "plan", "--batch-sizes", "8,64,256", "--power-limits", "300,700",
+                      "--itl-deadline-ms", "30", "--budget-kw", "10", "-n", "300", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    with open(tmp_path / "plan.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(int(r["max_num_seqs"]), float(r["power_limit_w"])) for r in rows} == \
+        {(b, w) for b in (8, 64, 256) for w in (300.0, 700.0)}
+    by = {(int(r["max_num_seqs"]), float(r["power_limit_w"])): r for r in rows}
+    for b in (8, 64, 256):  # a lower cap never draws more power nor serves faster
+        assert float(by[b, 300.0]["avg_power_w"]) <= float(by[b, 700.0]["avg_power_w"]) + 1e-6
+        assert float(by[b, 300.0]["median_itl_ms"]) >= float(by[b, 700.0]["median_itl_ms"]) - 1e-9
+    assert (tmp_path / "power_limit_frontier.png").read_bytes()[:4] == b"\x89PNG"
+    within = [r for r in rows if float(r["median_itl_ms"]) <= 30]
+    best = min(within, key=lambda r: float(r["energy_per_token_j"]))
+    assert f"batch {best['max_num_seqs']} at {float(best['power_limit_w']):g} W" in done.stdout
+    assert "GPUs" in done.stdout and "most throughput in 10 kW" in done.stdout
+
+
+def test_plan_rejects_bad_options_in_one_line(tmp_path):
+    for args, words in ((("--power-limits", "50"), "accepts 200-700 W"), (("--task", "text-to-image"), "only LLM"),
+                        (("--model", "nope"), "unknown model"), (("--batch-sizes", "x"), "--batch-sizes")):
+        done = jouletrace("simulate", "plan", *args, "--out", str(tmp_path))
+        assert done.returncode == 2 and words in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_run_measures_the_simulated_engine_at_each_batch_size(tmp_path):
+    metrics_port, engine_port = free_port(), free_port()
+    done = jouletrace("run", "--batch-sizes", "8,16", "--max-tokens", "256", "--out", str(tmp_path),
+                      "--metrics-addr", f"127.0.0.1:{metrics_port}", "--engine-port", str(engine_port))
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = tmp_path.iterdir()
+    results = sorted((json.loads(p.read_text()) for p in run_dir.glob("*.json")), key=lambda r: r["max_num_seqs"])
+    assert [r["max_num_seqs"] for r in results] == [8, 16]
+    for r in results:
+        assert r["energy_source"] == "exporter" and r["energy_per_token_j"] > 0
+        assert r["completed"] == r["num_prompts"] and r["mean_running_batch"] > 0
+    assert results[1]["energy_per_token_j"] < results[0]["energy_per_token_j"]  # batching saves energy
+    assert "J/token" in done.stderr and "tokens/s/W" in done.stderr  # the live progress line
+    for name in ("summary.csv", "energy_per_token_vs_batch.png", "time_energy_frontier.png", "exporter.log"):
+        assert str(run_dir.resolve() / name) in done.stdout
+    assert f"127.0.0.1:{metrics_port}/metrics" in done.stderr
+
+
+@pytest.mark.parametrize("args, words", [(("--gpu", "nvml"), "give the engine"),
+                                         (("--engine-url", "http://127.0.0.1:1", "--gpu", "sim"), "real GPUs")])
+def test_run_refuses_a_real_gpu_without_a_real_engine_and_back(tmp_path, args, words):
+    done = jouletrace("run", *args, "--out", str(tmp_path))
+    assert done.returncode == 2 and words in done.stderr

@@ -1,0 +1,135 @@
+"""The simulator's performance model and scheduler: physical monotonicity and batching invariants."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jouletrace.simulator.engine import Engine, SimRequest
+from jouletrace.simulator.perf import MIN_CLOCK_RATIO, PerfModel, StepWork
+from jouletrace.simulator.profiles import (
+    H100_SXM,
+    LLAMA_3_1_8B,
+    LLAMA_3_1_70B,
+    ModelShape,
+    model_shape,
+)
+
+PERF = PerfModel(LLAMA_3_1_8B, H100_SXM)
+
+
+def test_llama_shapes_have_their_published_sizes():
+    assert LLAMA_3_1_8B.params == pytest.approx(8.03e9, rel=0.005)
+    assert LLAMA_3_1_70B.params == pytest.approx(70.6e9, rel=0.005)
+    assert LLAMA_3_1_8B.kv_bytes_per_token == 131072  # 32 layers x K,V x 8 heads x 128 x 2 bytes
+
+
+def test_a_hugging_face_config_gives_the_same_shape(tmp_path):
+    config = {"num_hidden_layers": 32, "hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
+              "num_key_value_heads": 8, "vocab_size": 128256, "torch_dtype": "bfloat16", "tie_word_embeddings": False}
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text(json.dumps(config))
+    shape = model_shape(str(tmp_path / "llama"))
+    assert dataclasses.replace(shape, name=LLAMA_3_1_8B.name, source=LLAMA_3_1_8B.source) == LLAMA_3_1_8B
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="missing or bad field"):
+        model_shape(str(tmp_path / "bad.json"))
+    with pytest.raises(ValueError, match="unknown model"):
+        model_shape("no-such-model")
+
+
+def test_a_small_batch_is_memory_bound_and_a_large_prefill_compute_bound():
+    decode = PERF.step(StepWork(sequences=1, tokens=1, sampled=1, attended=100, kv_read=100), 700)
+    weights_s = LLAMA_3_1_8B.weight_bytes_per_step / (H100_SXM.memory_bandwidth * PERF.cal.memory_efficiency)
+    assert decode.duration_s == pytest.approx(weights_s + PERF.cal.step_overhead_s, rel=0.05)
+    assert decode.memory_util > decode.compute_util
+    prefill = PERF.step(StepWork(sequences=4, tokens=8192, sampled=4, attended=8192 * 1024, kv_read=8192), 700)
+    assert prefill.compute_util > prefill.memory_util
+    assert prefill.duration_s > 10 * decode.duration_s
+
+
+works = st.builds(lambda seqs, per, ctx: StepWork(sequences=seqs, tokens=seqs * per, sampled=seqs,
+                                                  attended=seqs * per * ctx, kv_read=seqs * (ctx + per)),
+                  st.integers(1, 512), st.integers(1, 64), st.integers(1, 4096))
+
+
+@settings(max_examples=200, deadline=None)
+@given(works, st.floats(200, 700), st.floats(200, 700))
+def test_a_lower_power_limit_means_lower_power_lower_clock_longer_steps(work, a, b):
+    lo, hi = sorted((a, b))
+    low, high = PERF.step(work, lo), PERF.step(work, hi)
+    assert low.power_w <= high.power_w + 1e-6
+    assert low.clock_ratio <= high.clock_ratio + 1e-9
+    assert low.duration_s >= high.duration_s - 1e-12
+    for cost, limit in ((low, lo), (high, hi)):
+        if cost.clock_ratio > MIN_CLOCK_RATIO:  # above the lowest clock the limit is met
+            assert cost.power_w <= limit + 1e-6
+        assert cost.capped == (cost.clock_ratio < 1.0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(works)
+def test_more_work_takes_longer(work):
+    more = dataclasses.replace(work, tokens=work.tokens * 2, kv_read=work.kv_read * 2, attended=work.attended * 2)
+    assert PERF.step(more, 700).duration_s >= PERF.step(work, 700).duration_s
+
+
+def test_tensor_parallelism_splits_a_large_model():
+    with pytest.raises(ValueError, match="no room for a KV cache"):
+        Engine(PerfModel(LLAMA_3_1_70B, H100_SXM, 1))
+    one = PerfModel(LLAMA_3_1_8B, H100_SXM, 1).step(StepWork(64, 64, 64, 64 * 500, 64 * 500), 700)
+    two = PerfModel(LLAMA_3_1_8B, H100_SXM, 2).step(StepWork(64, 64, 64, 64 * 500, 64 * 500), 700)
+    assert two.duration_s < one.duration_s
+    assert Engine(PerfModel(LLAMA_3_1_70B, H100_SXM, 4)).kv_capacity_tokens > 100_000
+
+
+def run_to_end(engine: Engine, requests: list[SimRequest]) -> list:
+    for r in requests:
+        engine.add(r)
+    steps, t = [], 0.0
+    while engine.has_work():
+        step = engine.step(t)
+        steps.append((step, len(engine.running), engine.free_blocks + sum(r.blocks for r in engine.running)))
+        t = step.end
+    return steps
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 3000), st.integers(1, 300)), min_size=1, max_size=40),
+       st.integers(1, 16), st.sampled_from([64, 512, 8192]))
+def test_continuous_batching_invariants(shapes, max_num_seqs, budget):
+    engine = Engine(PERF, max_num_seqs=max_num_seqs, max_num_batched_tokens=budget)
+    requests = [SimRequest(f"r{i}", p, o, 0.0) for i, (p, o) in enumerate(shapes)]
+    steps = run_to_end(engine, requests)
+    for step, running, blocks in steps:
+        assert step.batch <= max_num_seqs and running <= max_num_seqs
+        assert blocks == engine.total_blocks  # every block is free or held
+        assert step.end > step.start
+    assert engine.free_blocks == engine.total_blocks
+    for r in requests:
+        assert r.generated == r.output_tokens
+        assert r.arrival <= r.scheduled_at < r.first_token_at <= r.finished_at
+    assert engine.generation_tokens_total == sum(o for _, o in shapes)
+    assert engine.prompt_tokens_total == sum(p for p, _ in shapes)
+    # admission is first come, first served when nothing is preempted
+    if engine.preemptions == 0:
+        admitted = [r.scheduled_at for r in requests]
+        assert admitted == sorted(admitted)
+
+
+def test_a_full_kv_cache_preempts_the_newest_and_recomputes_it():
+    tiny = ModelShape("tiny-kv", layers=32, hidden=4096, intermediate=14336, heads=32, kv_heads=8, head_dim=128,
+                      vocab=128256)
+    engine = Engine(PerfModel(tiny, H100_SXM), max_num_seqs=8, gpu_memory_utilization=0.9)
+    engine.total_blocks = engine.free_blocks = 100   # 1,600 tokens of KV cache
+    engine.kv_capacity_tokens = 1600
+    requests = [SimRequest(f"r{i}", 300, 200, 0.0) for i in range(4)]  # 4 x 500 tokens do not fit at once
+    run_to_end(engine, requests)
+    assert engine.preemptions > 0
+    assert all(r.generated == 200 for r in requests)
+    assert max(r.preemptions for r in requests[1:]) > 0 and requests[0].preemptions == 0
+    with pytest.raises(ValueError, match="exceed the KV cache"):
+        engine.add(SimRequest("huge", 1500, 200, 0.0))

@@ -103,8 +103,9 @@ H100_SXM = GPUProfile(
     interconnect_bandwidth=450e9, idle_w=72.0, min_power_limit_w=200.0, max_power_limit_w=700.0,
     max_sm_clock_hz=1.98e9,
     source="NVIDIA H100 SXM5 datasheet: 989.4 TFLOP/s dense BF16, 3.35 TB/s HBM3, 80 GB, NVLink 900 GB/s "
-           "(450 GB/s each way), up to 700 W; 200-700 W limit range, 1980 MHz max SM clock and ~72 W idle "
-           "as NVML reports them on an H100 SXM5 (benchmarks/RESULTS.md)")
+           "(450 GB/s each way), up to 700 W. Read through NVML (benchmarks/h100_profile.py): 200-700 W limit "
+           "range, 1980 MHz max SM clock (the lent SXM machine, an H200 of the same board power envelope, "
+           "2026-11-27); ~72 W idle on an H100 SXM5 (benchmarks/RESULTS.md)")
 
 MODELS = {m.name: m for m in (LLAMA_3_1_8B, LLAMA_3_1_70B)}
 GPUS = {g.name: g for g in (H100_SXM,)}

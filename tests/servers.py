@@ -1,4 +1,4 @@
-"""Real processes for integration tests: the exporter and a Prometheus server, on loopback."""
+"""Real processes for integration tests: the exporter, the simulated engine and a Prometheus server, on loopback."""
 
 from __future__ import annotations
 
@@ -80,10 +80,31 @@ class ExporterProcess:
         return self.proc.returncode
 
 
+class SimEngine:
+    """`jouletrace simulate serve` in a subprocess (its output in `proc.stdout`)."""
+
+    def __init__(self, *args: str, port: int | None = None):
+        self.port = port or free_port()
+        self.proc = subprocess.Popen([sys.executable, "-m", "jouletrace", "simulate", "serve", "--port",
+                                      str(self.port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        wait_for(lambda: self.proc.poll() is not None or http_get(self.url("/health"))[0] == 200, 30,
+                 "the simulated engine")
+        assert self.proc.poll() is None, self.proc.stdout.read()
+
+    def url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 class PrometheusProcess:
     """A real Prometheus server (Debian package) scraping `targets` every `interval`."""
 
-    def __init__(self, targets: list[str], interval: str = "1s", rule_files: list[str] | None = None):
+    def __init__(self, targets: list[str], interval: str = "1s", rule_files: list[str] | None = None,
+                 labels: dict[str, str] | None = None):
         binary = shutil.which("prometheus")
         if binary is None:
             raise RuntimeError("prometheus is not installed: the README's test command installs it (apt)")
@@ -91,7 +112,8 @@ class PrometheusProcess:
         self.port = free_port()
         config = {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
-            "scrape_configs": [{"job_name": "jouletrace", "static_configs": [{"targets": targets}]}],
+            "scrape_configs": [{"job_name": "jouletrace",
+                                "static_configs": [{"targets": targets, "labels": labels or {}}]}],
         }
         if rule_files:
             config["rule_files"] = rule_files

@@ -21,31 +21,11 @@ from jouletrace.simulator.gpus import install_gpus  # noqa: E402
 from jouletrace.simulator.lengths import OutputLengths  # noqa: E402
 from jouletrace.simulator.profiles import H100_SXM, LLAMA_3_1_8B  # noqa: E402
 from jouletrace.simulator.whatif import run_point  # noqa: E402
-from servers import ExporterProcess, free_port, http_get, wait_for  # noqa: E402
+from servers import ExporterProcess, SimEngine, free_port, http_get, wait_for  # noqa: E402
 from vllm_stack import OtlpReceiver, attributes, sum_samples  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "vllm-0.32.0-cpu-llm_request.otlp.pb"
 MODEL = "llama-3.1-8b"
-
-
-class SimEngine:
-    """`jouletrace simulate serve` in a subprocess."""
-
-    def __init__(self, *args: str, port: int | None = None):
-        self.port = port or free_port()
-        self.proc = subprocess.Popen([sys.executable, "-m", "jouletrace", "simulate", "serve", "--port",
-                                      str(self.port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
-        wait_for(lambda: self.proc.poll() is not None or http_get(self.url("/health"))[0] == 200, 30,
-                 "the simulated engine")
-        assert self.proc.poll() is None, self.proc.stdout.read()
-
-    def url(self, path: str = "") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 def load(engine: SimEngine, out: Path, n: int, max_num_seqs: int | None = None, exporter: str | None = None,

@@ -5,7 +5,6 @@ metrics must read exactly as real vLLM's do (tests/fixtures holds a captured vLL
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 from pathlib import Path
 

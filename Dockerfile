@@ -1,5 +1,6 @@
-# jouletrace exporter image: multi-stage, slim runtime, non-root.
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# jouletrace exporter image: multi-stage, slim runtime, non-root. The base is pinned to a patch
+# release; pin its digest too where your registry mirrors it (--build-arg PYTHON_IMAGE=...@sha256:...).
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
@@ -8,12 +9,14 @@ COPY pyproject.toml README.md ./
 COPY jouletrace ./jouletrace
 COPY exporter ./exporter
 COPY loadgen ./loadgen
+COPY simulator ./simulator
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="jouletrace" \
       org.opencontainers.image.description="GPU energy attributed to inference requests and tokens, for Prometheus" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="0.1.0"
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels \
     && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin jouletrace

@@ -39,6 +39,15 @@ def sim_load(text: str) -> str | float:
     return value
 
 
+def pod_name(text: str) -> str:
+    """`namespace/name` of a pod, or empty."""
+    text = text.strip()
+    namespace, sep, name = text.partition("/")
+    if text and not (sep and namespace and name and "/" not in name):
+        raise argparse.ArgumentTypeError(f"expected namespace/name, got {text!r}")
+    return text
+
+
 def url(text: str) -> str:
     text = text.strip()
     if not text.startswith(("http://", "https://")):
@@ -76,6 +85,10 @@ OPTIONS = (
     Option("gpu", str, "auto", "GPU backend: auto (NVML where the NVIDIA driver exists, else simulated), nvml, sim"),
     Option("gpus", str, "all", "GPUs to sample: all, or indices/UUIDs separated by commas; `all` honours "
                                "CUDA_VISIBLE_DEVICES, then NVIDIA_VISIBLE_DEVICES"),
+    Option("pod", pod_name, "", "this pod as namespace/name (Kubernetes downward API): its GPUs are looked up in the "
+                           "kubelet's PodResources API when --gpus is all"),
+    Option("pod_resources_socket", str, "/var/lib/kubelet/pod-resources/kubelet.sock",
+           "the kubelet's PodResources socket, read with --pod"),
     Option("sim_gpus", positive(int), "1", "number of simulated GPUs (sim backend)"),
     Option("sim_load", sim_load, "wave", "simulated GPU load: a fraction 0-1, or `wave` (idle to full and back every 5 min)"),
     Option("sim_seed", int, "0", "seed of the simulated GPUs' power noise"),
@@ -131,6 +144,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class ExporterConfig:
     gpu: str
     gpus: str
+    pod: str
+    pod_resources_socket: str
     sim_gpus: int
     sim_load: str | float
     sim_seed: int

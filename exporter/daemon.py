@@ -26,9 +26,14 @@ ATTRIBUTION_PERIOD_S = 1.0
 FORWARD_GRACE_S = 3.0  # at stop, time given to forward what is held
 
 
-def open_configured_devices(cfg: ExporterConfig) -> list[gpu.GPUDevice]:
+def gpu_selection(cfg: ExporterConfig) -> gpu.Selection:
+    selection = gpu.Selection.discover(cfg.gpus, cfg.pod, cfg.pod_resources_socket)
+    log.info("GPUs: %s (from %s)", ",".join(selection.items) or "all", selection.source)
+    return selection
+
+
+def open_configured_devices(cfg: ExporterConfig, selection: gpu.Selection) -> list[gpu.GPUDevice]:
     load = simgpu.wave_load if cfg.sim_load == "wave" else float(cfg.sim_load)
-    selection = gpu.Selection.from_environment(cfg.gpus)
     return gpu.open_devices(cfg.gpu, selection,
                             sim_options={"count": cfg.sim_gpus, "seed": cfg.sim_seed, "load": load},
                             sim_device_file=cfg.sim_device_file)
@@ -39,7 +44,8 @@ class Exporter:
 
     def __init__(self, cfg: ExporterConfig, devices: list[gpu.GPUDevice] | None = None):
         self.cfg = cfg
-        self.devices = devices if devices is not None else open_configured_devices(cfg)
+        selection = gpu_selection(cfg) if devices is None else gpu.Selection()
+        self.devices = devices if devices is not None else open_configured_devices(cfg, selection)
         if not self.devices:
             raise RuntimeError("no GPU selected")
         self.samplers = [GPUSampler(d, retention_s=cfg.retention, power_interval_s=cfg.power_interval,
@@ -59,7 +65,8 @@ class Exporter:
         self.registry = CollectorRegistry(auto_describe=False)
         forward_snapshot = self.forwarder.snapshot if self.forwarder else None
         self.registry.register(JouletraceCollector(self.samplers, self.ledger, self.intake_stats.snapshot,
-                                                   self.engines.states, forward_snapshot=forward_snapshot))
+                                                   self.engines.states, forward_snapshot=forward_snapshot,
+                                                   selection=selection))
         self.attribution_errors = 0
         self.ports: dict[str, int] = {}
         self._stop = threading.Event()

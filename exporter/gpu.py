@@ -88,9 +88,12 @@ class GPUDevice(abc.ABC):
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    """Which GPUs to sample: `all`, or a list of indices and/or UUIDs (prefixes allowed)."""
+    """Which GPUs to sample: `all`, or a list of indices and/or UUIDs (prefixes allowed), and where
+    the choice came from (`source`: config, podresources, CUDA_VISIBLE_DEVICES,
+    NVIDIA_VISIBLE_DEVICES or all)."""
 
     items: tuple[str, ...] = ()
+    source: str = "all"
 
     @classmethod
     def parse(cls, text: str) -> "Selection":
@@ -100,7 +103,7 @@ class Selection:
         items = tuple(p.strip() for p in text.split(",") if p.strip())
         if not items:
             raise ValueError(f"empty GPU selection {text!r}")
-        return cls(items)
+        return cls(items, "config")
 
     @classmethod
     def from_environment(cls, explicit: str, environ=os.environ) -> "Selection":
@@ -113,13 +116,34 @@ class Selection:
                 continue
             if value.strip().lower() in ("none", "void", "-1"):
                 raise ValueError(f"{var}={value!r} makes no GPU visible")
-            selection = cls.parse(value)
+            selection = cls(cls.parse(value).items, var)
             if (var == "CUDA_VISIBLE_DEVICES" and environ.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID"
                     and any(item.isdigit() for item in selection.items)):
                 log.warning("CUDA_VISIBLE_DEVICES=%s holds indices in CUDA's order, which matches NVML's only "
                             "with CUDA_DEVICE_ORDER=PCI_BUS_ID; prefer UUIDs", value)
             return selection
         return cls(())
+
+    @classmethod
+    def discover(cls, explicit: str, pod: str = "", socket_path: str = "", environ=os.environ) -> "Selection":
+        """The GPUs of this exporter, in order of preference: the explicit selection; the GPUs the
+        kubelet's PodResources API assigns to pod `namespace/name` (when `pod` and the socket are
+        given and the pod holds GPUs); CUDA_VISIBLE_DEVICES or NVIDIA_VISIBLE_DEVICES; all."""
+        if explicit and explicit.strip().lower() != "all":
+            return cls.parse(explicit)
+        if pod and socket_path:
+            from .podresources import PodResourcesError, pod_gpu_ids
+
+            namespace, _, name = pod.rpartition("/")
+            try:
+                ids = pod_gpu_ids(socket_path, namespace, name)
+            except PodResourcesError as e:
+                log.warning("GPU discovery: %s; falling back to the environment", e)
+            else:
+                if ids:
+                    return cls(tuple(ids), "podresources")
+                log.warning("GPU discovery: the kubelet lists no GPU for pod %s; falling back to the environment", pod)
+        return cls.from_environment("all", environ)
 
     def choose(self, devices: list[tuple[int, str]]) -> list[int]:
         """Indices chosen among `devices`, given as (index, uuid); unknown items raise ValueError."""

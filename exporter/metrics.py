@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 from .. import __version__
 from .engine import UP, EngineState, span_token_ratio
 from .forward import DELAY_BUCKETS_S
+from .gpu import Selection
 from .ledger import ENERGY_BUCKETS_J, Ledger
 from .sampler import GPUSampler
 
@@ -20,12 +21,13 @@ GPU_LABELS = ["gpu", "uuid", "backend"]
 class JouletraceCollector(Collector):
     def __init__(self, samplers: list[GPUSampler], ledger: Ledger, intake_snapshot: Callable[[], dict],
                  engines: list[EngineState] = (), clock: Callable[[], float] = time.time,
-                 forward_snapshot: Callable[[], dict] | None = None):
+                 forward_snapshot: Callable[[], dict] | None = None, selection: Selection = Selection()):
         self.samplers = samplers
         self.ledger = ledger
         self.intake_snapshot = intake_snapshot
         self.engines = list(engines)
         self.forward_snapshot = forward_snapshot  # None: span forwarding is off, no forward_* series
+        self.selection = selection
         self._clock = clock
 
     def describe(self):  # rendering needs no sample collection at registration
@@ -216,6 +218,10 @@ class JouletraceCollector(Collector):
         info = InfoMetricFamily("jouletrace_build", "jouletrace version and GPU backend.")
         info.add_metric([], {"version": __version__, "backend": self._backend()})
         yield info
+        chosen = InfoMetricFamily("jouletrace_gpu_selection", "Which GPUs are sampled and where the choice came from.")
+        chosen.add_metric([], {"source": self.selection.source,
+                               "gpus": ",".join(s.device.uuid for s in self.samplers)})
+        yield chosen
 
     @staticmethod
     def _forward(snap: dict) -> Iterator:

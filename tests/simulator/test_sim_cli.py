@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from servers import free_port
+from servers import SimEngine, free_port
 
 
 def jouletrace(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -64,3 +64,20 @@ def test_run_measures_the_simulated_engine_at_each_batch_size(tmp_path):
 def test_run_refuses_a_real_gpu_without_a_real_engine_and_back(tmp_path, args, words):
     done = jouletrace("run", *args, "--out", str(tmp_path))
     assert done.returncode == 2 and words in done.stderr
+
+
+def test_run_measures_a_running_engine_with_client_concurrency(tmp_path):
+    """`--engine-url`: the path for a real server on real GPUs. Here the server is the simulated engine
+    and `--gpu auto` falls back to the simulated GPU, as on any machine without an NVIDIA driver."""
+    engine = SimEngine("--max-num-seqs", "64")
+    try:
+        done = jouletrace("run", "--engine-url", engine.url(), "--gpu", "auto", "--batch-sizes", "4,8",
+                          "--max-tokens", "128", "--out", str(tmp_path), "--metrics-addr", f"127.0.0.1:{free_port()}")
+    finally:
+        engine.stop()
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = tmp_path.iterdir()
+    results = sorted((json.loads(p.read_text()) for p in run_dir.glob("*.json")), key=lambda r: r["max_concurrency"])
+    assert [(r["max_concurrency"], r["max_num_seqs"]) for r in results] == [(4, 4), (8, 8)]
+    assert all(r["energy_per_token_j"] > 0 and r["mean_running_batch"] <= r["max_concurrency"] for r in results)
+    assert "server-b" not in done.stdout  # no server was launched

@@ -10,6 +10,7 @@ COPY jouletrace ./jouletrace
 COPY exporter ./exporter
 COPY loadgen ./loadgen
 COPY simulator ./simulator
+COPY grafana ./grafana
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE}

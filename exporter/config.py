@@ -118,6 +118,8 @@ OPTIONS = (
     Option("forward_buffer_bytes", positive(int), str(64 << 20), "span messages held for forwarding, bytes at most; "
                                                                  "beyond, the oldest are dropped and counted"),
     Option("forward_timeout", positive(float), "10", "seconds one forwarding call may take before it is retried"),
+    Option("shutdown_scrape_wait", float, "15", "after SIGTERM and the final attribution, seconds /metrics keeps "
+           "serving for a last scrape (it stops at the first one); keep it below the pod's grace period"),
     Option("log_level", str, "info", "debug, info, warning or error"),
 )
 
@@ -166,6 +168,7 @@ class ExporterConfig:
     engine_metrics: tuple[str, ...]
     engine_interval: float
     log_level: str
+    shutdown_scrape_wait: float = 15.0
     forward_otlp: str = ""
     forward_buffer_bytes: int = 64 << 20
     forward_timeout: float = 10.0

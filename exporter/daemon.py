@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import threading
+import time
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 ATTRIBUTION_PERIOD_S = 1.0
 FORWARD_GRACE_S = 3.0  # at stop, time given to forward what is held
+FINAL_READING_WAIT_S = 2.0  # at stop, time given to the samplers for a last counter reading
 
 
 def gpu_selection(cfg: ExporterConfig) -> gpu.Selection:
@@ -32,8 +34,9 @@ def gpu_selection(cfg: ExporterConfig) -> gpu.Selection:
     return selection
 
 
-def open_configured_devices(cfg: ExporterConfig, selection: gpu.Selection) -> list[gpu.GPUDevice]:
+def open_configured_devices(cfg: ExporterConfig, selection: gpu.Selection | None = None) -> list[gpu.GPUDevice]:
     load = simgpu.wave_load if cfg.sim_load == "wave" else float(cfg.sim_load)
+    selection = selection or gpu_selection(cfg)
     return gpu.open_devices(cfg.gpu, selection,
                             sim_options={"count": cfg.sim_gpus, "seed": cfg.sim_seed, "load": load},
                             sim_device_file=cfg.sim_device_file)
@@ -71,8 +74,11 @@ class Exporter:
         self.ports: dict[str, int] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._runners: list[web.AppRunner] = []
+        self._runners: list[web.AppRunner] = []   # OTLP/HTTP intake
+        self._metrics_runner: web.AppRunner | None = None
         self._grpc = None
+        self._final = asyncio.Event()     # set when the final attribution is done
+        self._final_scraped = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -97,17 +103,41 @@ class Exporter:
             self.ports["otlp_grpc"] = self._grpc.bound_port
         log.info("listening: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
 
-    async def stop(self) -> None:
+    async def stop(self, scrape_wait_s: float = 0.0) -> None:
+        """Graceful stop: close the span intake, take a last counter reading of every GPU, attribute
+        everything received up to it (without waiting the settle delay: no span can come any more),
+        forward what that released, then keep serving /metrics until one scrape has seen the final
+        numbers or `scrape_wait_s` has passed."""
         await self.engines.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
         for runner in self._runners:
             await runner.cleanup()
-        if self.forwarder is not None:  # after the intake: nothing more is offered
+        await asyncio.to_thread(self._final_attribution)
+        self._final.set()
+        if self.forwarder is not None:  # after the intake and the final attribution
             await self.forwarder.stop(FORWARD_GRACE_S)
+        if self._metrics_runner is not None:
+            if scrape_wait_s > 0:
+                try:
+                    await asyncio.wait_for(self._final_scraped.wait(), scrape_wait_s)
+                except asyncio.TimeoutError:
+                    log.info("no final scrape within %g s", scrape_wait_s)
+            await self._metrics_runner.cleanup()
         self._stop.set()
         for t in self._threads:
             t.join(timeout=5.0)
+
+    def _final_attribution(self) -> None:
+        t_stop = time.time()
+        for s in self.samplers:
+            s.read_counter_soon()
+        deadline = time.monotonic() + FINAL_READING_WAIT_S
+        while time.monotonic() < deadline and any(s.healthy and s.timeline.started and s.timeline.settled_until < t_stop
+                                                  for s in self.samplers):
+            time.sleep(0.05)
+        self.ledger.settle(final=True)
+        log.info("final attribution done: %d requests still without energy", self.ledger.pending)
 
     def _spawn(self, name: str, target, *args) -> None:
         t = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -132,12 +162,15 @@ class Exporter:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
-        self._runners.append(runner)
+        self._metrics_runner = runner
         return _bound_port(runner)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        final = self._final.is_set()
         body = encoder(self.registry)
+        if final:
+            self._final_scraped.set()
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -165,5 +198,5 @@ async def serve(cfg: ExporterConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping")
-    await exporter.stop()
+    await exporter.stop(cfg.shutdown_scrape_wait)
 

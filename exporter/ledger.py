@@ -328,16 +328,18 @@ class Ledger:
                             rows["completion_tokens"][orphan].astype(np.int64), "duplicate")
 
     # -- attribution ----------------------------------------------------------------------
-    def settle(self) -> None:
-        """Finalize every GPU up to its horizon and attribute the energy; call about once a second."""
+    def settle(self, final: bool = False) -> None:
+        """Finalize every GPU up to its horizon and attribute the energy; call about once a second.
+        `final` (at shutdown, once no span can arrive): up to the last counter reading, without
+        waiting the settle delay."""
         t_pass = time.perf_counter()
         now = self._clock()
         with self._lock:
-            self._settle(now)
+            self._settle(now, final)
         self.passes += 1
         self.pass_seconds += time.perf_counter() - t_pass
 
-    def _horizons(self, now: float) -> dict[tuple[float, float], list[int]]:
+    def _horizons(self, now: float, final: bool) -> dict[tuple[float, float], list[int]]:
         """GPUs grouped by the interval [finalized, horizon) each can finalize now."""
         groups: dict[tuple[float, float], list[int]] = {}
         for g, sampler in enumerate(self.samplers):
@@ -349,13 +351,13 @@ class Ledger:
                 if totals.finalized_until is None:
                     totals.finalized_until = tl.origin
                 f = max(totals.finalized_until, tl.oldest)
-                h = min(tl.settled_until, now - self.settle_delay_s)
+                h = tl.settled_until if final else min(tl.settled_until, now - self.settle_delay_s)
             if h > f:
                 groups.setdefault((f, h), []).append(g)
         return groups
 
-    def _settle(self, now: float) -> None:
-        groups = self._horizons(now)
+    def _settle(self, now: float, final: bool) -> None:
+        groups = self._horizons(now, final)
         ps, pe, pw, preq = self._ph.col("start"), self._ph.col("end"), self._ph.col("weight"), self._ph.col("req")
         n_req = len(self._req)
         req_energy = np.zeros(n_req)

@@ -143,6 +143,10 @@ class GPUSampler:
             self._last_counter_mj = counter_mj
             tl.settle(t, energy_j)
 
+    def read_counter_soon(self) -> None:
+        """Read the energy counter at the next step (within one power interval), not at its period."""
+        self._next_counter = 0.0
+
     # -- the thread -------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         """Sample every `power_interval_s` until `stop` is set; errors back off to 1 s."""

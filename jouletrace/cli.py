@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
                               description="The calibrated simulator: `serve` runs an engine that behaves like vLLM "
                                           "on a simulated GPU; `plan` simulates batch sizes and power limits.")
     add_simulate_arguments(simulate)
+    from jouletrace.grafana.cli import add_arguments as add_grafana_arguments
+
+    grafana = sub.add_parser("grafana", help="Grafana dashboards: regenerate them from code, push them to a Grafana",
+                             description="The jouletrace dashboards: `build` regenerates their JSON and provisioning "
+                                         "files from code; `push` creates or updates them in a Grafana.")
+    add_grafana_arguments(grafana)
     return parser
 
 

@@ -9,6 +9,7 @@ apt_packages=()
 if [[ "${1:-}" == "--test" ]]; then
   extra="[test]"
   command -v prometheus >/dev/null || apt_packages+=(prometheus)
+  command -v kubectl >/dev/null || apt_packages+=(kubernetes-client)  # kubectl kustomize for tests/deploy
 fi
 
 if ((${#apt_packages[@]})); then

@@ -30,6 +30,19 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
         return 0, ""
 
 
+def samples(text: str) -> list:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def sum_samples(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples called `name` (counters: with or without `_total`) whose labels match."""
+    names = {name, name.removesuffix("_total"), name + "_total"}
+    return sum(s.value for s in samples(text)
+               if s.name in names and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
 def wait_for(predicate, timeout_s: float, what: str, period_s: float = 0.2):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -48,7 +61,7 @@ class ExporterProcess:
         cmd = [sys.executable, "-m", "jouletrace", "exporter",
                "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
                "--otlp-grpc-addr", f"127.0.0.1:{self.grpc_port}",
-               "--otlp-http-addr", f"127.0.0.1:{self.http_port}", *args]
+               "--otlp-http-addr", f"127.0.0.1:{self.http_port}", "--shutdown-scrape-wait", "0", *args]
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})

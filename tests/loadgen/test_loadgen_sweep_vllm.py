@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 from loadgen_stack import MODEL
-from servers import ExporterProcess, http_get, wait_for
-from vllm_stack import sum_samples, vllm_command, vllm_env
+from servers import ExporterProcess, http_get, sum_samples, wait_for
+from vllm_stack import vllm_command, vllm_env
 
 N = 10
 

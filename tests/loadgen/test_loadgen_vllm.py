@@ -11,12 +11,11 @@ import subprocess
 import sys
 import time
 
-from loadgen_stack import MAX_NUM_SEQS, MODEL
-from servers import http_get, wait_for
-from vllm_stack import OtlpReceiver, attributes, sum_samples
-
 from jouletrace.loadgen.plan import Sampling
 from jouletrace.loadgen.runner import RunConfig, run
+from loadgen_stack import MAX_NUM_SEQS, MODEL
+from servers import http_get, sum_samples, wait_for
+from vllm_stack import OtlpReceiver, attributes
 
 
 def cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:

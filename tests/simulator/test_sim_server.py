@@ -20,8 +20,8 @@ from jouletrace.simulator.gpus import install_gpus  # noqa: E402
 from jouletrace.simulator.lengths import OutputLengths  # noqa: E402
 from jouletrace.simulator.profiles import H100_SXM, LLAMA_3_1_8B  # noqa: E402
 from jouletrace.simulator.whatif import run_point  # noqa: E402
-from servers import ExporterProcess, SimEngine, free_port, http_get, wait_for  # noqa: E402
-from vllm_stack import OtlpReceiver, attributes, sum_samples  # noqa: E402
+from servers import ExporterProcess, SimEngine, free_port, http_get, sum_samples, wait_for  # noqa: E402
+from vllm_stack import OtlpReceiver, attributes  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "vllm-0.32.0-cpu-llm_request.otlp.pb"
 MODEL = "llama-3.1-8b"

@@ -15,8 +15,8 @@ import dataclasses
 from typing import Callable
 
 import pytest
-from servers import ExporterProcess, free_port, http_get, wait_for
-from vllm_stack import OtlpReceiver, Sent, VllmServer, attributes, drive, sum_samples, tail
+from servers import ExporterProcess, free_port, http_get, sum_samples, wait_for
+from vllm_stack import OtlpReceiver, Sent, VllmServer, attributes, drive, tail
 
 PER_KIND = 4            # requests per (endpoint, streaming) pair: 16 at once per server, after one alone
 SPAN_WAIT_S = 90        # for the last span to arrive and its energy to be split

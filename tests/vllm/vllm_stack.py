@@ -22,8 +22,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
-from servers import free_port, http_get
+from servers import free_port, http_get, sum_samples
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv-vllm"
@@ -170,17 +169,6 @@ class VllmServer:
         self.proc.wait(10)
         self.log.close()
         return self.proc.returncode
-
-
-def samples(text: str) -> list:
-    return [s for family in text_string_to_metric_families(text) for s in family.samples]
-
-
-def sum_samples(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples called `name` (counters: with or without `_total`) whose labels match."""
-    names = {name, name.removesuffix("_total"), name + "_total"}
-    return sum(s.value for s in samples(text)
-               if s.name in names and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 class OtlpReceiver:

@@ -1,0 +1,1 @@
+"""Grafana dashboards from code (`definitions`), the files generated from them (`build`), and `push`."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tomllib
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -82,6 +83,8 @@ class Option:
 
 
 OPTIONS = (
+    Option("config", str, "", "TOML file of options (keys as the option names); flags and environment variables "
+                              "win over it. SIGHUP or a change of the file reloads what can change live"),
     Option("gpu", str, "auto", "GPU backend: auto (NVML where the NVIDIA driver exists, else simulated), nvml, sim"),
     Option("gpus", str, "all", "GPUs to sample: all, or indices/UUIDs separated by commas; `all` honours "
                                "CUDA_VISIBLE_DEVICES, then NVIDIA_VISIBLE_DEVICES"),
@@ -125,25 +128,49 @@ OPTIONS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per option; values are resolved by ExporterConfig.from_namespace (flag, environment,
+    config file, default, in that order)."""
     for opt in OPTIONS:
-        env_value = os.environ.get(opt.env)
         if opt.multiple:
-            text = env_value if env_value is not None else opt.default
-            try:
-                default = [opt.type(v) for v in text.split(",") if v.strip()]
-            except argparse.ArgumentTypeError as exc:
-                parser.error(f"{opt.env}: {exc}")
             parser.add_argument(opt.flag, dest=opt.name, type=opt.type, action="append", default=None,
                                 help=f"{opt.help} [env {opt.env}, comma-separated]")
-            parser.set_defaults(**{f"_default_{opt.name}": default})
-            continue
-        parser.add_argument(opt.flag, dest=opt.name, type=opt.type,
-                            default=env_value if env_value is not None else opt.default,
-                            help=f"{opt.help} [env {opt.env}; default {opt.default}]")
+        else:
+            parser.add_argument(opt.flag, dest=opt.name, type=opt.type, default=None,
+                                help=f"{opt.help} [env {opt.env}; default {opt.default}]")
+
+
+def _parse(opt: Option, text: str, where: str):
+    try:
+        if opt.multiple:
+            return tuple(opt.type(v.strip()) for v in text.split(",") if v.strip())
+        return opt.type(text)
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {opt.name}: {exc}") from None
+
+
+def read_config_file(path: str) -> dict[str, str]:
+    """The options set in a TOML file, by option name (`settle_delay` or `settle-delay`), as text."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ValueError(f"config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {path}: {exc}") from None
+    known = {o.name for o in OPTIONS} - {"config"}
+    out = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ValueError(f"config file {path}: unknown option {key!r}")
+        out[name] = ",".join(map(str, value)) if isinstance(value, list) else str(value).lower() \
+            if isinstance(value, bool) else str(value)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
 class ExporterConfig:
+    config: str
     gpu: str
     gpus: str
     pod: str
@@ -173,14 +200,30 @@ class ExporterConfig:
     forward_buffer_bytes: int = 64 << 20
     forward_timeout: float = 10.0
 
+    RELOADABLE = ("log_level", "engine_metrics", "engine_interval", "window")  # applied live on reload
+
+    def changes(self, new: "ExporterConfig") -> tuple[list[str], list[str]]:
+        """(options that differ and can change live, options that differ and need a restart)."""
+        differ = [f for f in self.__dataclass_fields__ if getattr(self, f) != getattr(new, f)]
+        return [f for f in differ if f in self.RELOADABLE], [f for f in differ if f not in self.RELOADABLE]
+
     @classmethod
-    def from_namespace(cls, ns: argparse.Namespace) -> "ExporterConfig":
+    def from_namespace(cls, ns: argparse.Namespace, environ=os.environ) -> "ExporterConfig":
+        """Each option from its flag, else its environment variable, else the config file, else its
+        default. ValueError with a one-line reason."""
+        config = getattr(ns, "config", None) or environ.get("JOULETRACE_CONFIG", "")
+        in_file = read_config_file(config) if config else {}
         values = {}
         for opt in OPTIONS:
-            value = getattr(ns, opt.name)
-            if opt.multiple:
-                value = tuple(value if value is not None else getattr(ns, f"_default_{opt.name}"))
-            values[opt.name] = value
+            flag = getattr(ns, opt.name)
+            if flag is not None:
+                values[opt.name] = tuple(flag) if opt.multiple else flag
+            elif opt.env in environ:
+                values[opt.name] = _parse(opt, environ[opt.env], opt.env)
+            elif opt.name in in_file:
+                values[opt.name] = _parse(opt, in_file[opt.name], config)
+            else:
+                values[opt.name] = _parse(opt, opt.default, "default")
         cfg = cls(**values)
         if cfg.gpu not in ("auto", "nvml", "sim"):
             raise ValueError(f"--gpu must be auto, nvml or sim, not {cfg.gpu!r}")

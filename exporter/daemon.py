@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import os
 import signal
 import threading
 import time
+from typing import Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -25,7 +28,8 @@ log = logging.getLogger(__name__)
 
 ATTRIBUTION_PERIOD_S = 1.0
 FORWARD_GRACE_S = 3.0  # at stop, time given to forward what is held
-FINAL_READING_WAIT_S = 2.0  # at stop, time given to the samplers for a last counter reading
+FINAL_READING_WAIT_S = 2.0
+CONFIG_POLL_S = 2.0  # how often the config file is checked for changes  # at stop, time given to the samplers for a last counter reading
 
 
 def gpu_selection(cfg: ExporterConfig) -> gpu.Selection:
@@ -67,9 +71,11 @@ class Exporter:
                                      interval_s=cfg.engine_interval, max_models=cfg.max_models)
         self.registry = CollectorRegistry(auto_describe=False)
         forward_snapshot = self.forwarder.snapshot if self.forwarder else None
-        self.registry.register(JouletraceCollector(self.samplers, self.ledger, self.intake_stats.snapshot,
-                                                   self.engines.states, forward_snapshot=forward_snapshot,
-                                                   selection=selection))
+        self.config_reloads: collections.Counter = collections.Counter()
+        self.collector = JouletraceCollector(self.samplers, self.ledger, self.intake_stats.snapshot,
+                                             self.engines.states, forward_snapshot=forward_snapshot,
+                                             selection=selection, config_reloads=self.config_reloads)
+        self.registry.register(self.collector)
         self.attribution_errors = 0
         self.ports: dict[str, int] = {}
         self._stop = threading.Event()
@@ -102,6 +108,28 @@ class Exporter:
             self._grpc = await start_grpc_intake(*cfg.otlp_grpc_addr, self.ledger, self.intake_stats, **intake)
             self.ports["otlp_grpc"] = self._grpc.bound_port
         log.info("listening: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
+
+    def reload(self, new: ExporterConfig) -> None:
+        """Applies the options of `new` that can change live; logs and counts the others."""
+        live, restart = self.cfg.changes(new)
+        if "log_level" in live:
+            logging.getLogger().setLevel(new.log_level.upper())
+        if "window" in live:
+            self.ledger.window_s = new.window
+        if "engine_metrics" in live or "engine_interval" in live:
+            old = self.engines
+            self.engines = EngineScraper(list(new.engine_metrics), self.ledger.completion_tokens,
+                                         interval_s=new.engine_interval, max_models=new.max_models)
+            self.collector.engines = self.engines.states
+            asyncio.get_running_loop().create_task(old.stop())
+            self.engines.start()
+        kept = {f: getattr(self.cfg if f in restart else new, f) for f in self.cfg.__dataclass_fields__}
+        self.cfg = ExporterConfig(**kept)
+        if restart:
+            log.warning("configuration reloaded; needs a restart to change: %s", ", ".join(restart))
+        else:
+            log.info("configuration reloaded: %s", ", ".join(live) or "no change")
+        self.config_reloads["restart_needed" if restart else "applied"] += 1
 
     async def stop(self, scrape_wait_s: float = 0.0) -> None:
         """Graceful stop: close the span intake, take a last counter reading of every GPU, attribute
@@ -184,19 +212,53 @@ class Exporter:
         return web.Response(text="ready\n")
 
 
+async def _watch(path: str, on_change: Callable[[], None], period_s: float = CONFIG_POLL_S) -> None:
+    """Calls `on_change` when the file's modification time or size changes."""
+    def stamp():
+        try:
+            st = os.stat(path)
+            return st.st_mtime_ns, st.st_size
+        except OSError:
+            return None
+    last = stamp()
+    while True:
+        await asyncio.sleep(period_s)
+        now = stamp()
+        if now != last and now is not None:
+            on_change()
+        last = now
+
+
 def _bound_port(runner: web.AppRunner) -> int:
     return runner.addresses[0][1]
 
 
-async def serve(cfg: ExporterConfig) -> None:
-    """Run the exporter until SIGINT or SIGTERM."""
+async def serve(cfg: ExporterConfig, reread: Callable[[], ExporterConfig] | None = None) -> None:
+    """Run the exporter until SIGINT or SIGTERM. `reread` gives the configuration anew (flags,
+    environment, config file): on SIGHUP, and when the config file changes, it is reloaded."""
     exporter = Exporter(cfg)
     await exporter.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    watcher = None
+    if reread is not None:
+        def reload() -> None:
+            try:
+                new = reread()
+            except ValueError as exc:
+                log.error("configuration not reloaded: %s", exc)
+                exporter.config_reloads["invalid"] += 1
+                return
+            exporter.reload(new)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        if cfg.config:
+            watcher = loop.create_task(_watch(cfg.config, reload))
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     log.info("stopping")
     await exporter.stop(cfg.shutdown_scrape_wait)
 

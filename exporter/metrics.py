@@ -21,13 +21,15 @@ GPU_LABELS = ["gpu", "uuid", "backend"]
 class JouletraceCollector(Collector):
     def __init__(self, samplers: list[GPUSampler], ledger: Ledger, intake_snapshot: Callable[[], dict],
                  engines: list[EngineState] = (), clock: Callable[[], float] = time.time,
-                 forward_snapshot: Callable[[], dict] | None = None, selection: Selection = Selection()):
+                 forward_snapshot: Callable[[], dict] | None = None, selection: Selection = Selection(),
+                 config_reloads: dict[str, int] | None = None):
         self.samplers = samplers
         self.ledger = ledger
         self.intake_snapshot = intake_snapshot
         self.engines = list(engines)
         self.forward_snapshot = forward_snapshot  # None: span forwarding is off, no forward_* series
         self.selection = selection
+        self.config_reloads = config_reloads if config_reloads is not None else {}
         self._clock = clock
 
     def describe(self):  # rendering needs no sample collection at registration
@@ -218,6 +220,11 @@ class JouletraceCollector(Collector):
         info = InfoMetricFamily("jouletrace_build", "jouletrace version and GPU backend.")
         info.add_metric([], {"version": __version__, "backend": self._backend()})
         yield info
+        reloads = CounterMetricFamily("jouletrace_config_reloads", "Configuration reloads by result.",
+                                      labels=["result"])
+        for result in ("applied", "restart_needed", "invalid"):
+            reloads.add_metric([result], self.config_reloads.get(result, 0))
+        yield reloads
         chosen = InfoMetricFamily("jouletrace_gpu_selection", "Which GPUs are sampled and where the choice came from.")
         chosen.add_metric([], {"source": self.selection.source,
                                "gpus": ",".join(s.device.uuid for s in self.samplers)})

@@ -21,7 +21,7 @@ def _exporter(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve(cfg))
+        asyncio.run(serve(cfg, reread=lambda: ExporterConfig.from_namespace(args)))
     except (RuntimeError, ValueError, OSError) as exc:
         logging.getLogger("jouletrace").error("cannot run: %s", exc)
         return 1

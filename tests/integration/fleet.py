@@ -1,8 +1,8 @@
 """A small simulated fleet for PromQL tests: the simulated engine (Llama-3.1-8B shape, max_num_seqs 16)
 serving a steady open-loop chat load from the load generator, a jouletrace exporter reading its
 simulated GPU and spans and scraping its metrics, and a real Prometheus (Debian package) scraping
-the exporter every second with `namespace`, `pod` and `container` target labels as Kubernetes
-service discovery would set them, evaluating the given rule files."""
+the exporter every second with `namespace`, `pod`, `container` and `node` target labels as
+Kubernetes service discovery and the monitors' relabeling (k8s/overlays/monitoring) set them, evaluating the given rule files."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from servers import ExporterProcess, PrometheusProcess, SimEngine, free_port, wa
 from jouletrace.simulator.gpus import install_gpus
 
 MODEL = "llama-3.1-8b"
-TARGET_LABELS = {"namespace": "inference", "pod": "llama-0", "container": "jouletrace"}
+TARGET_LABELS = {"namespace": "inference", "pod": "llama-0", "container": "jouletrace", "node": "gpu-node-0"}
 
 
 class Fleet:

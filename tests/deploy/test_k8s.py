@@ -1,0 +1,104 @@
+"""The Kubernetes manifests: every overlay builds with `kubectl kustomize`; every core resource
+validates against Kubernetes 1.37's schemas (kubernetes-validate, strict); ServiceMonitor, PodMonitor
+and PrometheusRule validate against prometheus-operator 0.93.0's CRD schemas (tests/deploy/schemas);
+and the containers keep the security settings the deployment promises."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+OVERLAYS = sorted(p.parent.name for p in (ROOT / "k8s" / "overlays").glob("*/kustomization.yaml"))
+CRDS = Path(__file__).with_name("schemas") / "prometheus-operator-v0.93.0"
+KUBERNETES_VERSION = "1.37.0"
+
+
+def build(overlay: str) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is missing: the README's test command installs it"
+    done = subprocess.run([kubectl, "kustomize", str(ROOT / "k8s" / "overlays" / overlay)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def crd_schemas() -> dict[str, dict]:
+    out = {}
+    for path in CRDS.glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+        out[crd["spec"]["names"]["kind"]] = version["schema"]["openAPIV3Schema"]
+    return out
+
+
+def test_there_are_sidecar_node_and_monitoring_overlays():
+    assert {"sidecar", "node", "monitoring"} <= set(OVERLAYS)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_resource_validates(overlay):
+    schemas = crd_schemas()
+    docs = build(overlay)
+    assert docs
+    for doc in docs:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            # OpenAPI v3 schemas are Draft 4 JSON Schema; the CRDs' Go regexes are not checked as patterns
+            jsonschema.Draft4Validator(schemas[doc["kind"]]).validate(doc)
+        else:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def containers(docs: list[dict], name: str = "jouletrace") -> list[dict]:
+    return [c for d in docs if d["kind"] in ("Deployment", "DaemonSet")
+            for c in d["spec"]["template"]["spec"]["containers"] if c["name"] == name]
+
+
+@pytest.mark.parametrize("overlay", ["sidecar", "node"])
+def test_jouletrace_runs_least_privileged_with_probes_and_limits(overlay):
+    docs = build(overlay)
+    (c,) = containers(docs)
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+    assert not sc.get("privileged") and sc["capabilities"]["drop"] == ["ALL"] and "add" not in sc["capabilities"]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert {"cpu", "memory"} <= set(c["resources"]["requests"]) and {"cpu", "memory"} <= set(c["resources"]["limits"])
+    (pod,) = [d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "DaemonSet")]
+    assert not pod.get("hostPID") and not pod.get("hostNetwork") and not pod.get("hostIPC")
+    for mount in c.get("volumeMounts", []):
+        assert mount["readOnly"], mount
+
+
+def test_the_sidecar_keeps_otlp_on_localhost_and_vllm_sends_there():
+    docs = build("sidecar")
+    (c,) = containers(docs)
+    assert not any(a.startswith(("--otlp-grpc-addr", "--otlp-http-addr")) for a in c["args"])  # 127.0.0.1 defaults
+    assert {p["containerPort"] for p in c["ports"]} == {9464}
+    (vllm,) = containers(docs, "vllm")
+    assert "--otlp-traces-endpoint=http://127.0.0.1:4317" in vllm["args"]
+    assert any(e["name"] == "OTEL_SERVICE_NAME" for e in vllm["env"])
+
+
+def test_the_monitoring_overlay_carries_the_generated_rules_and_dashboards():
+    monitoring = ROOT / "k8s" / "overlays" / "monitoring"
+    for copy, source in (("prometheusrule.yaml", "prometheus/prometheusrule.yaml"),
+                         ("grafana-dashboards.yaml", "grafana/configmap.yaml")):
+        assert (monitoring / copy).read_text() == (ROOT / source).read_text(), f"{copy} is stale: `make manifests`"
+    kinds = {d["kind"] for d in build("monitoring")}
+    assert kinds == {"PodMonitor", "ServiceMonitor", "PrometheusRule", "ConfigMap"}
+
+
+def test_the_rules_in_the_resource_pass_promtool(tmp_path):
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: the README's test command installs Debian's prometheus"
+    (rule,) = [d for d in build("monitoring") if d["kind"] == "PrometheusRule"]
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump(rule["spec"]))
+    done = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr

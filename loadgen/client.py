@@ -291,7 +291,7 @@ async def send(session: aiohttp.ClientSession, base_url: str, model: str, r: Pla
     except (ValueError, KeyError):
         path = ""
     attrs = {"http.request.method": "POST", "url.full": base_url + path, "jouletrace.loadgen.task": r.task,
-             "jouletrace.loadgen.request_id": request_id}
+             "jouletrace.loadgen.request_id": request_id, "gen_ai.request.model": model}
     if not diffusion:
         attrs["gen_ai.request.max_tokens"] = r.max_tokens
     span, res.trace_id, res.span_id = tracer.start(f"POST {path}", attrs)

@@ -61,6 +61,7 @@ class RunConfig:
     progress: bool = True
     energy_wait_s: float = 180.0
     diffusion: DiffusionParams = DiffusionParams()  # image and video tasks
+    power_limit_w: float | None = None  # the GPUs' power limit during the run, recorded (power sweeps set it)
 
 
 async def server_model(session: aiohttp.ClientSession, base_url: str) -> str:
@@ -75,6 +76,16 @@ async def server_model(session: aiohttp.ClientSession, base_url: str) -> str:
         raise ServerUnreachable(f"cannot reach the server at {base_url}: {e or type(e).__name__}") from e
     except (KeyError, IndexError, TypeError, ValueError) as e:
         raise ServerUnreachable(f"{base_url}/v1/models lists no model") from e
+
+
+async def reachable(session: aiohttp.ClientSession, base_url: str) -> None:
+    """ServerUnreachable unless the server answers `GET /v1/models` at all (any status: some servers
+    cannot list a local model directory, and the model is named already)."""
+    try:
+        async with session.get(base_url + "/v1/models", timeout=aiohttp.ClientTimeout(total=15)):
+            pass
+    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        raise ServerUnreachable(f"cannot reach the server at {base_url}: {e or type(e).__name__}") from e
 
 
 async def run(cfg: RunConfig, stop: asyncio.Event | None = None) -> tuple[dict, Path]:
@@ -104,7 +115,7 @@ async def run(cfg: RunConfig, stop: asyncio.Event | None = None) -> tuple[dict, 
         else:
             model = cfg.model or await server_model(session, base)
             if cfg.model:
-                await server_model(session, base)  # reachable?
+                await reachable(session, base)
         load_cfg = LoadConfig(base, model, cfg.sampling, cfg.stream, cfg.rate, cfg.arrival, cfg.burstiness,
                               cfg.concurrency, cfg.seed, cfg.request_timeout_s)
         scraper = BatchScraper(cfg.metrics_url or base + "/metrics")
@@ -153,7 +164,7 @@ async def run(cfg: RunConfig, stop: asyncio.Event | None = None) -> tuple[dict, 
                     "lengths": None if cfg.dataset else spec.source},
         "sampling": dataclasses.asdict(cfg.sampling), "exporter": cfg.exporter,
         "energy_source": None if cfg.no_energy else ("exporter" if cfg.exporter else "nvml"),
-        "engine_metrics_samples": len(scraper.samples),
+        "engine_metrics_samples": len(scraper.samples), "power_limit_w": cfg.power_limit_w,
     }
     if diffusion:
         meta.update({"item_kind": spec.api, "diffusion_api": cfg.diffusion.api,
@@ -164,6 +175,7 @@ async def run(cfg: RunConfig, stop: asyncio.Event | None = None) -> tuple[dict, 
     out.mkdir(parents=True, exist_ok=True)
     name = f"{result['date']}-{spec.name}-{_slug(model)}-n{cfg.num_requests}"
     name += f"-b{cfg.max_num_seqs}" if cfg.max_num_seqs else ""
+    name += f"-{cfg.power_limit_w:g}W" if cfg.power_limit_w else ""
     name += "-partial" if outcome.interrupted else ""
     path = out / f"{name}.json"
     k = 1

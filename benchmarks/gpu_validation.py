@@ -8,7 +8,7 @@ client spans sent to the exporter. Changes no GPU setting.
 
 Writes DIR/runs/*.json (the load generator's results), DIR/summary.json and the logs. Per batch:
 the load generator's figures; the exporter's window energy against an independent reading of the
-NVML counter (counter edges every 0.5 s, interpolated to the window's ends); at the end,
+NVML counter (counter edges back to back, about every 100 ms, interpolated to the window's ends); at the end,
 conservation (attributed + idle vs measured energy) and the sampler's CPU per GPU-second against
 naive 10 Hz counter polling that ran for the whole sweep in this process."""
 
@@ -77,9 +77,10 @@ def metric(text: str, name: str) -> float:
 
 
 class Edges:
-    """Counter edges (unix s, J) of GPU 0 every `period_s`, from a thread."""
+    """Counter edges (unix s, J) of GPU 0 every `period_s` (0: back to back, one per counter update,
+    about every 100 ms), from a thread."""
 
-    def __init__(self, handle, period_s: float = 0.5):
+    def __init__(self, handle, period_s: float = 0.0):
         self.handle, self.period_s, self.points = handle, period_s, []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)

@@ -15,7 +15,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from . import energy_api, gpu, simgpu
+from . import diagnose, energy_api, gpu, simgpu
 from .config import ExporterConfig
 from .engine import EngineScraper
 from .forward import Forwarder, hold_seconds
@@ -69,6 +69,7 @@ class Exporter:
         self.intake_stats = IntakeStats()
         self.engines = EngineScraper(list(cfg.engine_metrics), self.ledger.completion_tokens,
                                      interval_s=cfg.engine_interval, max_models=cfg.max_models)
+        self.history = diagnose.History(self.samplers, self.ledger, lambda: self.engines.states)
         self.registry = CollectorRegistry(auto_describe=False)
         forward_snapshot = self.forwarder.snapshot if self.forwarder else None
         self.config_reloads: collections.Counter = collections.Counter()
@@ -93,6 +94,7 @@ class Exporter:
         for s in self.samplers:
             self._spawn(f"sampler-gpu{s.device.index}", s.run, self._stop)
         self._spawn("attribution", self._attribute)
+        self._spawn("diagnosis", self.history.run, self._stop)
         self.engines.start()
         cfg = self.cfg
         if self.forwarder is not None:
@@ -187,6 +189,7 @@ class Exporter:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/api/v1/energy", energy_api.handler(self.samplers))
+        app.router.add_get("/diagnose", diagnose.handler(self.history))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, port).start()

@@ -43,6 +43,8 @@ from .sampler import GPUSampler
 ENERGY_BUCKETS_J = np.array([0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000,
                              10000, 25000, 50000, 100000])
 _IMAGE, _VIDEO = 1, 2
+#: Phase kinds: prefill, decode, or a whole request without phase durations (generic spans, media).
+PREFILL, DECODE, WHOLE = 0, 1, 2
 
 #: on_results(keys (uint64), energy_j (float64), completion_tokens (int64), status)
 ResultsCallback = Callable[[np.ndarray, np.ndarray, np.ndarray, str], None]
@@ -73,6 +75,8 @@ class ModelTotals:
     videos: int
     bucket_counts: list[int]  # per bucket of ENERGY_BUCKETS_J, then +Inf; not cumulative
     energy_observed_j: float  # sum of the histogram's observations
+    prefill_energy_j: float = 0.0  # of energy_j, attributed to prefill phases
+    decode_energy_j: float = 0.0  # of energy_j, attributed to decode phases
 
 
 @dataclass(slots=True)
@@ -116,8 +120,8 @@ class WindowStats:
 def batch_phases(rows: np.ndarray) -> tuple[np.ndarray, ...]:
     """GPU phases of a batch's requests, by the rule above.
 
-    Returns (start, end, weight in tokens/s, output tokens generated, row index), one entry per
-    phase of positive length; each request has one or two phases (prefill, decode).
+    Returns (start, end, weight in tokens/s, output tokens generated, row index, kind: PREFILL,
+    DECODE or WHOLE), one entry per phase of positive length; each request has one or two phases.
     """
     s, e = rows["start"], rows["end"]
     kind, count = rows["output_kind"], rows["output_count"]
@@ -141,10 +145,11 @@ def batch_phases(rows: np.ndarray) -> tuple[np.ndarray, ...]:
     tokens = np.concatenate((a_tokens, np.maximum(completion[b], 1))).astype(float)
     gen = np.concatenate((a_gen, completion[b])).astype(float)
     row = np.concatenate((idx, b))
+    kind = np.concatenate((np.where(phased, PREFILL, WHOLE), np.full(len(b), DECODE))).astype(np.int8)
     keep = end > start
-    start, end, tokens, gen, row = start[keep], end[keep], tokens[keep], gen[keep], row[keep]
+    start, end, tokens, gen, row, kind = start[keep], end[keep], tokens[keep], gen[keep], row[keep], kind[keep]
     order = np.lexsort((start, row))  # by request, then time
-    return start[order], end[order], (tokens / (end - start))[order], gen[order], row[order]
+    return start[order], end[order], (tokens / (end - start))[order], gen[order], row[order], kind[order]
 
 
 class _Table:
@@ -214,10 +219,11 @@ class Ledger:
         self._m_counts = np.zeros((slots, 5), dtype=np.int64)  # requests, prompt, completion, images, videos
         self._m_hist = np.zeros((slots, len(ENERGY_BUCKETS_J) + 1), dtype=np.int64)
         self._m_observed = np.zeros(slots)
+        self._m_phase_energy = np.zeros((slots, 3))  # by PREFILL, DECODE, WHOLE
         self.gpus = [GPUTotals() for _ in self.samplers]
         self._req = _Table(model="i4", run_start="f8", run_end="f8", energy="f8", done="?", kind="i1",
                            count="i8", prompt="i8", completion="i8", key="u8", late="?")
-        self._ph = _Table(start="f8", end="f8", weight="f8", gen="f8", req="i8")
+        self._ph = _Table(start="f8", end="f8", weight="f8", gen="f8", req="i8", kind="i1")
         self._n_done = 0
         self._complete_until = float("-inf")  # requests ending before this are complete
         self._window: collections.deque = collections.deque()
@@ -290,7 +296,7 @@ class Ledger:
                 rows, ids = rows[fresh], ids[fresh]
             self.spans_accepted += len(rows)
             models = np.array([self._model(name) for name in batch.models], dtype=np.int32)[rows["model"]]
-            p_start, p_end, p_weight, p_gen, p_row = batch_phases(rows)
+            p_start, p_end, p_weight, p_gen, p_row, p_kind = batch_phases(rows)
             run_start = np.minimum.reduceat(p_start, _firsts(p_row)) if len(p_row) else p_start
             run_end = np.maximum.reduceat(p_end, _firsts(p_row)) if len(p_row) else p_end
             ran = p_row[_firsts(p_row)] if len(p_row) else p_row
@@ -314,7 +320,8 @@ class Ledger:
                              kind=r["output_kind"], count=r["output_count"], prompt=r["prompt_tokens"],
                              completion=r["completion_tokens"], key=ids[live], late=late[live])
             ph = live[p_row]
-            self._ph.append(start=p_start[ph], end=p_end[ph], weight=p_weight[ph], gen=p_gen[ph], req=index[p_row[ph]])
+            self._ph.append(start=p_start[ph], end=p_end[ph], weight=p_weight[ph], gen=p_gen[ph], req=index[p_row[ph]],
+                            kind=p_kind[ph])
 
     def _report_duplicates(self, rows: np.ndarray, ids: np.ndarray, fresh: np.ndarray) -> None:
         """Report "duplicate" for copies whose original is not pending (in this batch or the table);
@@ -359,8 +366,11 @@ class Ledger:
     def _settle(self, now: float, final: bool) -> None:
         groups = self._horizons(now, final)
         ps, pe, pw, preq = self._ph.col("start"), self._ph.col("end"), self._ph.col("weight"), self._ph.col("req")
+        model = self._req.col("model")
+        phase_slot = model[preq] * 3 + self._ph.col("kind")  # (model, phase kind) of each phase
         n_req = len(self._req)
         req_energy = np.zeros(n_req)
+        phase_energy = np.zeros(self._m_phase_energy.size)
         pass_measured = 0.0
         for (f, h), gids in groups.items():
             mask = (pe > f) & (ps < h)
@@ -380,7 +390,9 @@ class Ledger:
                     energy[row] = np.diff(sampler.timeline.energy_at(bounds))
             ratio = np.where(running, energy.sum(axis=0) / np.where(running, weight, 1.0), 0.0)
             prefix = np.concatenate(([0.0], np.cumsum(ratio)))
-            req_energy += np.bincount(preq[mask], weights=w * (prefix[ei] - prefix[si]), minlength=n_req)
+            energy_of_phase = w * (prefix[ei] - prefix[si])
+            req_energy += np.bincount(preq[mask], weights=energy_of_phase, minlength=n_req)
+            phase_energy += np.bincount(phase_slot[mask], weights=energy_of_phase, minlength=phase_energy.size)
             for row, g in enumerate(gids):
                 idle = float(energy[row][~running].sum())
                 total = float(energy[row].sum())
@@ -388,11 +400,11 @@ class Ledger:
                 self.gpus[g].attributed_j += total - idle
                 self.gpus[g].finalized_until = h
                 pass_measured += total
-        model = self._req.col("model")
         pass_model_energy = np.bincount(model, weights=req_energy, minlength=len(self._m_energy))
         if groups:
             self._req.col("energy")[:] += req_energy
             self._m_energy += pass_model_energy
+            self._m_phase_energy += phase_energy.reshape(self._m_phase_energy.shape)
 
         # Requests are complete once every healthy GPU has finalized past their end.
         healthy = [t.finalized_until for t, s in zip(self.gpus, self.samplers)
@@ -521,7 +533,8 @@ class Ledger:
             for m, name in enumerate(self.model_names):
                 c = self._m_counts[m].tolist()
                 out.append((name, ModelTotals(float(self._m_energy[m]), *c, self._m_hist[m].tolist(),
-                                              float(self._m_observed[m]))))
+                                              float(self._m_observed[m]), float(self._m_phase_energy[m, PREFILL]),
+                                              float(self._m_phase_energy[m, DECODE]))))
             return out
 
 

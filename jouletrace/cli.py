@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      "measures --engine-url on real GPUs) and the load generator's chat workload "
                                      "at a few batch sizes; shows live J/token and writes results and plots.")
     add_run_arguments(run)
+    from jouletrace.diagnose import add_arguments as add_diagnose_arguments
+
+    diagnose = sub.add_parser("diagnose", help="ask a running exporter where the joules go and what to change",
+                              description="Reads a running exporter's /diagnose: the latent factors (batch, queue, "
+                                          "KV cache, GPU utilization, power) over a window and ranked findings, "
+                                          "each with its evidence, expected effect and action.")
+    add_diagnose_arguments(diagnose)
     exporter = sub.add_parser("exporter", help="run the daemon: sample GPU energy, take OTLP spans, serve /metrics",
                               description="Samples GPU energy, receives OTLP spans, attributes energy to requests "
                                           "and serves Prometheus metrics. Every option can also be set by the "

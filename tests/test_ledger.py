@@ -42,7 +42,7 @@ def test_concurrent_requests_split_by_tokens_processed(clock):
 
 
 def phases(r: RequestRecord) -> list[tuple]:
-    start, end, weight, gen, _ = batch_phases(RequestBatch.from_records([r]).rows)
+    start, end, weight, gen, *_ = batch_phases(RequestBatch.from_records([r]).rows)
     return [(float(a), float(b), float(c), float(d)) for a, b, c, d in zip(start, end, weight, gen)]
 
 

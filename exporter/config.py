@@ -9,6 +9,8 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .powercap import Deadline, deadlines, non_negative, optional_deadline, switch
+
 
 def address(text: str) -> tuple[str, int] | None:
     """`host:port` (IPv6 as `[::1]:port`); empty or `off` disables the listener."""
@@ -123,6 +125,23 @@ OPTIONS = (
     Option("forward_timeout", positive(float), "10", "seconds one forwarding call may take before it is retried"),
     Option("shutdown_scrape_wait", float, "15", "after SIGTERM and the final attribution, seconds /metrics keeps "
            "serving for a last scrape (it stops at the first one); keep it below the pod's grace period"),
+    Option("powercap_actuation", switch, "off", "on: the admin API (POST/DELETE /api/v1/powercap) may change the "
+           "GPUs' power limits, within the guards below"),
+    Option("powercap_token_file", str, "", "file of admin bearer tokens, one per line (a mounted Kubernetes "
+           "secret); read on every request"),
+    Option("powercap_min", non_negative, "0", "lowest power limit actuation may set, W per GPU (0: the device's)"),
+    Option("powercap_max", non_negative, "0", "highest power limit actuation may set, W per GPU (0: the device's)"),
+    Option("powercap_max_step", positive(float), "100", "largest change of a GPU's power limit in one request, W"),
+    Option("powercap_cooldown", non_negative, "60", "seconds between two power-limit changes"),
+    Option("powercap_guard_deadline", optional_deadline, "median_itl:100", "latency deadline [basis:]ms whose "
+           "violation rolls a power-limit change back (off: never); basis median_itl, p99_tpot or generation_latency"),
+    Option("powercap_rollback_windows", positive(int), "3", "consecutive windows (--window) over the guard "
+           "deadline that roll a change back"),
+    Option("powercap_audit_log", str, "", "file to append a JSON line to per power-limit change (empty: the log)"),
+    Option("powercap_deadlines", deadlines, "median_itl:50,median_itl:100,median_itl:250", "latency deadlines "
+           "[basis:]ms the power-cap advice answers"),
+    Option("powercap_budget", non_negative, "0", "power budget of this exporter's GPUs, W: also advise the limit "
+           "that serves the most within it (0: off)"),
     Option("log_level", str, "info", "debug, info, warning or error"),
 )
 
@@ -199,6 +218,17 @@ class ExporterConfig:
     forward_otlp: str = ""
     forward_buffer_bytes: int = 64 << 20
     forward_timeout: float = 10.0
+    powercap_actuation: bool = False
+    powercap_token_file: str = ""
+    powercap_min: float = 0.0
+    powercap_max: float = 0.0
+    powercap_max_step: float = 100.0
+    powercap_cooldown: float = 60.0
+    powercap_guard_deadline: Deadline | None = Deadline("median_itl", 100.0)
+    powercap_rollback_windows: int = 3
+    powercap_audit_log: str = ""
+    powercap_deadlines: tuple[Deadline, ...] = deadlines("median_itl:50,median_itl:100,median_itl:250")
+    powercap_budget: float = 0.0
 
     RELOADABLE = ("log_level", "engine_metrics", "engine_interval", "window")  # applied live on reload
 

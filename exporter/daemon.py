@@ -22,6 +22,7 @@ from .forward import Forwarder, hold_seconds
 from .intake import IntakeStats, start_grpc_intake, start_http_intake
 from .ledger import Ledger
 from .metrics import JouletraceCollector
+from .powercap import PowerCap, PowerCapConfig
 from .sampler import GPUSampler
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class Exporter:
         self.ledger = Ledger(self.samplers, settle_delay_s=cfg.settle_delay, window_s=cfg.window,
                              max_pending=cfg.max_pending, max_models=cfg.max_models,
                              on_results=self.forwarder.on_results if self.forwarder else None)
+        self.powercap = PowerCap(PowerCapConfig.from_config(cfg), self.samplers, self.ledger)
         self.intake_stats = IntakeStats()
         self.engines = EngineScraper(list(cfg.engine_metrics), self.ledger.completion_tokens,
                                      interval_s=cfg.engine_interval, max_models=cfg.max_models)
@@ -77,6 +79,7 @@ class Exporter:
                                              self.engines.states, forward_snapshot=forward_snapshot,
                                              selection=selection, config_reloads=self.config_reloads)
         self.registry.register(self.collector)
+        self.registry.register(self.powercap.collector)
         self.attribution_errors = 0
         self.ports: dict[str, int] = {}
         self._stop = threading.Event()
@@ -94,6 +97,7 @@ class Exporter:
         for s in self.samplers:
             self._spawn(f"sampler-gpu{s.device.index}", s.run, self._stop)
         self._spawn("attribution", self._attribute)
+        self._spawn("powercap", self.powercap.run, self._stop)
         self._spawn("diagnosis", self.history.run, self._stop)
         self.engines.start()
         cfg = self.cfg
@@ -103,11 +107,11 @@ class Exporter:
         if cfg.metrics_addr:
             self.ports["metrics"] = await self._serve_metrics(*cfg.metrics_addr)
         if cfg.otlp_http_addr:
-            runner = await start_http_intake(*cfg.otlp_http_addr, self.ledger, self.intake_stats, **intake)
+            runner = await start_http_intake(*cfg.otlp_http_addr, self.powercap.sink, self.intake_stats, **intake)
             self._runners.append(runner)
             self.ports["otlp_http"] = _bound_port(runner)
         if cfg.otlp_grpc_addr:
-            self._grpc = await start_grpc_intake(*cfg.otlp_grpc_addr, self.ledger, self.intake_stats, **intake)
+            self._grpc = await start_grpc_intake(*cfg.otlp_grpc_addr, self.powercap.sink, self.intake_stats, **intake)
             self.ports["otlp_grpc"] = self._grpc.bound_port
         log.info("listening: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
 
@@ -137,7 +141,8 @@ class Exporter:
         """Graceful stop: close the span intake, take a last counter reading of every GPU, attribute
         everything received up to it (without waiting the settle delay: no span can come any more),
         forward what that released, then keep serving /metrics until one scrape has seen the final
-        numbers or `scrape_wait_s` has passed."""
+        numbers or `scrape_wait_s` has passed. Power limits the exporter changed are restored first."""
+        await asyncio.to_thread(self.powercap.restore)
         await self.engines.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=2.0)
@@ -189,6 +194,7 @@ class Exporter:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/api/v1/energy", energy_api.handler(self.samplers))
+        self.powercap.add_routes(app)
         app.router.add_get("/diagnose", diagnose.handler(self.history))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()

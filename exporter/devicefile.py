@@ -257,7 +257,8 @@ class FileGPU(GPUDevice):
 
     Reads raise GPUError "gpu_lost" while the file is missing, was replaced (a restarted engine) or
     holds a corrupt reading, and "stale" when the reading is older than `stale_s`; `reopen()` maps
-    the file now at `path`. Until the file is first opened, `uuid` is a placeholder.
+    the file now at `path`. Until the file is first opened, `uuid` is a placeholder. A power limit
+    set here is requested in the file; the engine enforces it from its next step.
     """
 
     backend = "sim"
@@ -293,10 +294,8 @@ class FileGPU(GPUDevice):
         self.uuid, self.name, self.memory_total_bytes = spec.uuid, spec.name, spec.memory_total_bytes
 
     def _reading(self, call: str) -> Reading:
-        if self._file is None or self._file.replaced():
-            raise GPUError(call, "gpu_lost", f"device file {self.path} is missing or was replaced")
         try:
-            reading = self._file.read(self.index)
+            reading = self._mapped(call).read(self.index)
         except DeviceBusy as exc:
             raise GPUError(call, "busy", str(exc)) from None
         if not all(map(math.isfinite, (reading.time, reading.energy_j, reading.power_w))):
@@ -305,6 +304,26 @@ class FileGPU(GPUDevice):
         if age > self._stale_s:
             raise GPUError(call, "stale", f"the last reading is {age:.1f} s old")
         return reading
+
+    def _mapped(self, call: str) -> DeviceFile:
+        if self._file is None or self._file.replaced():
+            raise GPUError(call, "gpu_lost", f"device file {self.path} is missing or was replaced")
+        return self._file
+
+    def power_limit_constraints_w(self) -> tuple[float, float]:
+        spec = self._mapped("power_limit_constraints").slots[self.index]
+        return spec.power_limit_min_w, spec.power_limit_max_w
+
+    def power_limit_w(self) -> float:
+        """The limit requested in the file: what the engine enforces from its next step, or the
+        next engine from its first."""
+        return self._mapped("power_limit").requested_power_limit(self.index)
+
+    def set_power_limit_w(self, watts: float) -> None:
+        try:
+            self._mapped("set_power_limit").request_power_limit(self.index, watts)
+        except ValueError as exc:
+            raise GPUError("set_power_limit", "invalid_argument", str(exc)) from None
 
     def energy_mj(self) -> tuple[int, float | None]:
         reading = self._reading("energy")

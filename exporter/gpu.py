@@ -1,7 +1,8 @@
 """The GPU device interface shared by every backend, and GPU selection.
 
 A backend opens devices; a device answers cheap reads (power, status) and the costly cumulative
-energy counter. Units: watts, millijoules (counter), hertz, bytes, degrees Celsius, ratios 0-1.
+energy counter, and may take a power limit within its constraints. Units: watts, millijoules
+(counter), hertz, bytes, degrees Celsius, ratios 0-1.
 """
 
 from __future__ import annotations
@@ -84,6 +85,19 @@ class GPUDevice(abc.ABC):
 
     def reopen(self) -> None:
         """Re-acquire the device after errors (a GPU that comes back is picked up again)."""
+
+    def power_limit_constraints_w(self) -> tuple[float, float]:
+        """The lowest and highest power limit the device accepts (W)."""
+        raise NotSupported("power_limit_constraints")
+
+    def power_limit_w(self) -> float:
+        """The power limit set on the device, the one `set_power_limit_w` changes (W). The enforced
+        limit (`status()`) can be lower where other limits bind."""
+        raise NotSupported("power_limit")
+
+    def set_power_limit_w(self, watts: float) -> None:
+        """Enforce a power limit of `watts` W from now on (real GPUs: needs root)."""
+        raise NotSupported("set_power_limit")
 
 
 @dataclass(frozen=True, slots=True)

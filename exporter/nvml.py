@@ -156,6 +156,17 @@ class NVMLDevice(GPUDevice):
         finally:
             self._gpm_samples = [current, previous]
 
+    def power_limit_constraints_w(self) -> tuple[float, float]:
+        n = self._nvml
+        low_mw, high_mw = self._call("power_limit_constraints", n.nvmlDeviceGetPowerManagementLimitConstraints)
+        return low_mw / 1000.0, high_mw / 1000.0
+
+    def power_limit_w(self) -> float:
+        return self._call("power_limit", self._nvml.nvmlDeviceGetPowerManagementLimit) / 1000.0
+
+    def set_power_limit_w(self, watts: float) -> None:
+        self._call("set_power_limit", self._nvml.nvmlDeviceSetPowerManagementLimit, int(round(watts * 1000)))
+
     def reopen(self) -> None:
         n = self._nvml
         try:

@@ -2,8 +2,9 @@
 
 Power is piecewise constant over 100 ms ticks: idle power plus load times the dynamic range,
 perturbed by a deterministic noise derived from (seed, GPU index, tick) and capped at the power
-limit. The energy counter is the exact integral of that power, so the same seed and the same read
-times give the same numbers. Faults can be injected for tests.
+limit; a new power limit applies from the next tick. The energy counter is the exact integral
+of that power, so the same seed and the same read times give the same numbers. Faults can be
+injected for tests.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class SimulatedGPU(GPUDevice):
         idle_w: float = 75.0,
         max_w: float = 700.0,
         power_limit_w: float = 700.0,
+        min_power_limit_w: float = 200.0,
         noise: float = 0.02,
         load: float | Callable[[float], float] = 0.0,
         energy_counter: bool = True,
@@ -58,7 +60,7 @@ class SimulatedGPU(GPUDevice):
         self.seed = seed
         self.idle_w = idle_w
         self.max_w = max_w
-        self.power_limit_w = power_limit_w
+        self.min_power_limit_w = min_power_limit_w
         self.noise = noise
         self.has_energy_counter = energy_counter
         self.memory_total_bytes = memory_total_bytes
@@ -67,6 +69,8 @@ class SimulatedGPU(GPUDevice):
         self._t = self._created = clock()
         self._load_since = [self._t]  # load history: loads[i] holds from load_since[i] on
         self._loads = [load]
+        self._limit_since = [self._t]  # limit history, as the load's
+        self._limits = [power_limit_w]
         self._energy_j = 0.0
         self._counter_offset_mj = 0
         self.fail_reads = 0  # the next N reads raise GPUError("gpu_lost")
@@ -76,13 +80,17 @@ class SimulatedGPU(GPUDevice):
         load = self._loads[max(0, bisect.bisect_right(self._load_since, t) - 1)]
         return min(1.0, max(0.0, load(t) if callable(load) else load))
 
+    def limit_at(self, t: float) -> float:
+        """The power limit in force at `t` (W)."""
+        return self._limits[max(0, bisect.bisect_right(self._limit_since, t) - 1)]
+
     def _uncapped_power(self, tick: int) -> float:
         t = tick * TICK_S
         p = self.idle_w + self.load_at(t) * (self.max_w - self.idle_w)
         return p * (1.0 + self.noise * _unit_noise(self.seed, self.index, tick))
 
     def power_at_tick(self, tick: int) -> float:
-        return min(self._uncapped_power(tick), self.power_limit_w)
+        return min(self._uncapped_power(tick), self.limit_at(tick * TICK_S))
 
     def _integral(self, t0: float, t1: float) -> float:
         """Exact energy (J) from `t0` to `t1`."""
@@ -151,16 +159,17 @@ class SimulatedGPU(GPUDevice):
             self._check_fault("status")
             tick = math.floor(self._clock() / TICK_S)
         load = self.load_at(tick * TICK_S)
+        limit = self.limit_at(tick * TICK_S)
         uncapped = self._uncapped_power(tick)
-        capped = uncapped > self.power_limit_w
-        clock_scale = min(1.0, self.power_limit_w / uncapped) if capped else 1.0
+        capped = uncapped > limit
+        clock_scale = min(1.0, limit / uncapped) if capped else 1.0
         return GPUStatus(
-            power_limit_w=self.power_limit_w,
+            power_limit_w=limit,
             sm_clock_hz=(0.35 + 0.65 * min(1.0, load * 4)) * MAX_SM_CLOCK_HZ * clock_scale,
             utilization=load,
             memory_used_bytes=int(self.memory_total_bytes * (0.1 + 0.8 * load)),
             memory_total_bytes=self.memory_total_bytes,
-            temperature_c=30.0 + 45.0 * min(uncapped, self.power_limit_w) / self.max_w,
+            temperature_c=30.0 + 45.0 * min(uncapped, limit) / self.max_w,
             clocks_event_reasons={"sw_power_cap": capped, "hw_slowdown": False, "sw_thermal": False,
                                   "hw_thermal": False, "hw_power_brake": False},
             sm_occupancy=0.6 * load,
@@ -170,6 +179,23 @@ class SimulatedGPU(GPUDevice):
 
     def reopen(self) -> None:
         self._check_fault("reopen")
+
+    def power_limit_constraints_w(self) -> tuple[float, float]:
+        return self.min_power_limit_w, self.max_w
+
+    def power_limit_w(self) -> float:
+        return self._limits[-1]
+
+    def set_power_limit_w(self, watts: float) -> None:
+        low, high = self.power_limit_constraints_w()
+        if not low <= watts <= high:
+            raise GPUError("set_power_limit", "invalid_argument", f"{watts:g} W is outside {low:g}-{high:g} W")
+        with self._lock:
+            self._check_fault("set_power_limit")
+            now = self._clock()
+            self._advance(now)
+            self._limit_since.append((math.floor(now / TICK_S) + 1) * TICK_S)
+            self._limits.append(float(watts))
 
 
 def open_devices(selection: Selection, *, count: int = 1, seed: int = 0,

@@ -36,9 +36,11 @@ def _plotted(results: list[dict]) -> list[dict]:
 
 def _label(r: dict, by_batch: bool) -> str:
     if by_batch:
-        return str(r["max_num_seqs"])
-    rate = r.get("request_rate")
-    return "closed" if rate in (None, "inf") else f"{float(rate):g}/s"
+        label = str(r["max_num_seqs"])
+    else:
+        rate = r.get("request_rate")
+        label = "closed" if rate in (None, "inf") else f"{float(rate):g}/s"
+    return f"{label}, {r['power_limit_w']:g} W" if r.get("power_limit_w") else label
 
 
 def write_plots(results: list[dict], out_dir: str | Path,

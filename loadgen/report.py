@@ -173,12 +173,12 @@ def _finite(v):
     return v
 
 
-CSV_KEYS = ("date", "task", "model_id", "max_num_seqs", "request_rate", "max_concurrency", "num_prompts", "completed",
-            "failed", "duration", "energy_per_token_j", "energy_per_response_j", "avg_power_w",
-            "window_output_throughput", "output_tokens_per_joule", "output_throughput", "request_goodput",
-            "median_itl_ms", "p99_itl_ms", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "median_e2el_ms",
-            "mean_running_batch", "stable", "result_file", "item_kind", "total_items", "energy_per_item_j",
-            "median_generation_latency_ms", "p99_generation_latency_ms")
+CSV_KEYS = ("date", "task", "model_id", "max_num_seqs", "power_limit_w", "request_rate", "max_concurrency",
+            "num_prompts", "completed", "failed", "duration", "energy_per_token_j", "energy_per_response_j",
+            "avg_power_w", "window_output_throughput", "output_tokens_per_joule", "output_throughput",
+            "request_goodput", "median_itl_ms", "p99_itl_ms", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms",
+            "median_e2el_ms", "mean_running_batch", "stable", "result_file", "item_kind", "total_items",
+            "energy_per_item_j", "median_generation_latency_ms", "p99_generation_latency_ms")
 
 
 def append_csv(path: Path, result: dict) -> None:

@@ -1,6 +1,7 @@
 """`jouletrace loadgen sweep` and `plot`: one closed-loop run per batch size against a server
-launched from a command template, or one run per request rate against a running server; then the
-sweep's plots.
+launched from a command template, or one run per request rate against a running server; with
+`--power-limits`, those points at each GPU power limit (loadgen/powersweep.py); then the sweep's
+plots.
 
 Server mode: for each max_num_seqs, the template (shlex-split; `{port}` and `{max_num_seqs}`
 substituted) is started in its own process group with its output in `server-b<N>.log`, polled
@@ -8,13 +9,15 @@ until `GET /health` answers 200, loaded by the single-run runner, and stopped (S
 group, SIGKILL after a grace). Ctrl-C stops the current point and its server; what is done is
 written and plotted.
 
-Exit codes: 0 done; 1 a point failed (server did not start, or its run failed); 2 bad options or
-no energy source; 130 interrupted."""
+Exit codes: 0 done; 1 a point failed (server did not start, its run failed, or its power limit
+did not hold); 2 bad options, no energy source, or the exporter cannot set the power limits; 130
+interrupted."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import math
 import os
@@ -28,9 +31,12 @@ from pathlib import Path
 
 import aiohttp
 
+from jouletrace.exporter.powercap import Deadline
+
 from .datasets import DatasetError
 from .energy import EnergyUnavailable
 from .plots import DEFAULT_DEADLINES_MS, load_results, write_plots
+from .powersweep import PowerCapError, PowerLimits, add_advise_parser, print_advice
 from .runner import RunConfig, ServerUnreachable, run, until_signalled
 
 BATCH_LADDER = (8, 16, 32, 64, 96, 128, 192, 256, 384, 512)
@@ -148,6 +154,7 @@ class SweepPoint:
     error: str = ""
     server_pid: int | None = None
     server_exit: int | None = None
+    power_limit_w: float | None = None
 
 
 @dataclasses.dataclass
@@ -161,6 +168,8 @@ class SweepConfig:
     server_timeout_s: float = 1200.0
     stop_grace_s: float = 30.0
     server_cwd: str | None = None
+    power_limits: tuple = ()            # W per GPU, set through the exporter's admin API; empty: left alone
+    admin_token_file: str | None = None
 
 
 def _say(cfg: SweepConfig, msg: str) -> None:
@@ -169,54 +178,76 @@ def _say(cfg: SweepConfig, msg: str) -> None:
 
 async def sweep(cfg: SweepConfig, stop: asyncio.Event | None = None) -> tuple[list[SweepPoint], bool]:
     """Runs every point in order; returns (points, interrupted). Each run writes its JSON and its
-    summary.csv row (the runner's). ValueError, DatasetError and EnergyUnavailable (the options
-    are wrong for every point) propagate after the current server is stopped."""
+    summary.csv row (the runner's). ValueError, DatasetError, EnergyUnavailable and PowerCapError
+    (the options are wrong for every point) propagate after the current server is stopped and the
+    power limits are put back."""
     stop = stop or asyncio.Event()
     out = Path(cfg.base.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     points: list[SweepPoint] = []
     if cfg.server_cmd:
-        todo = [(b, cfg.base.rate) for b in cfg.batch_sizes]
+        inner = [(b, cfg.base.rate) for b in cfg.batch_sizes]
     else:
-        todo = [(cfg.base.max_num_seqs, r) for r in cfg.rates]
-    for k, (b, rate) in enumerate(todo):
-        if stop.is_set():
-            return points, True
-        point = SweepPoint(b, rate)
-        points.append(point)
-        what = f"max_num_seqs {b}" if cfg.server_cmd else f"rate {rate:g}/s"
-        _say(cfg, f"point {k + 1}/{len(todo)}: {what}")
-        server = None
-        base_url = cfg.base.base_url
-        try:
-            if cfg.server_cmd:
-                port = cfg.port or free_port()
-                base_url = f"http://{cfg.host}:{port}"
-                server = Server(server_command(cfg.server_cmd, port, b), out / f"server-b{b}.log", cfg.server_cwd)
-                point.server_pid = server.pid
-                if not await server.wait_healthy(base_url, cfg.server_timeout_s, stop):
-                    point.error = "interrupted while the server started"
-                    return points, True
-            run_cfg = dataclasses.replace(cfg.base, base_url=base_url, max_num_seqs=b, rate=rate)
-            point.result, point.path = await run(run_cfg, stop)
-            if point.result.get("interrupted"):
+        inner = [(cfg.base.max_num_seqs, r) for r in cfg.rates]
+    todo = [(w, b, rate) for w in (cfg.power_limits or (None,)) for b, rate in inner]
+    limits = (PowerLimits(cfg.base.exporter, cfg.admin_token_file, cfg.power_limits) if cfg.power_limits
+              else contextlib.nullcontext())
+    async with limits:
+        for k, (watts, b, rate) in enumerate(todo):
+            if stop.is_set():
                 return points, True
-            if point.result["completed"] == 0:
-                point.error = "no request succeeded"
-            elif point.result.get("energy_error") and not cfg.base.no_energy:
-                point.error = f"energy: {point.result['energy_error']}"
-        except (ServerStartError, ServerUnreachable) as e:
-            point.error = str(e)
-            _say(cfg, f"{what}: {e}")
-        finally:
-            if server is not None:
-                point.server_exit = await asyncio.to_thread(server.stop, cfg.stop_grace_s)
-        if point.result is not None:
-            r = point.result
-            jpt = f"{r['energy_per_token_j']:.4f} J/token" if r.get("energy_per_token_j") else "no energy"
-            _say(cfg, f"{what}: {r['completed']}/{r['num_prompts']} completed, {jpt}, "
-                      f"median ITL {r['median_itl_ms']:.1f} ms; {point.path}")
+            point = SweepPoint(b, rate, power_limit_w=watts)
+            points.append(point)
+            what = f"max_num_seqs {b}" if cfg.server_cmd else f"rate {rate:g}/s"
+            what = what if watts is None else f"{watts:g} W, {what}"
+            _say(cfg, f"point {k + 1}/{len(todo)}: {what}")
+            if watts is not None and not await limits.apply(watts, stop):
+                point.error = "interrupted while the power limit was set"
+                return points, True
+            if not await _run_point(cfg, point, what, out, stop):
+                return points, True
+            if watts is not None and point.result is not None and not await limits.holds(watts):
+                point.error = "the power limit changed during the run (the exporter's latency guard rolled it back?)"
+                _say(cfg, f"{what}: {point.error}")
     return points, stop.is_set()
+
+
+async def _run_point(cfg: SweepConfig, point: SweepPoint, what: str, out: Path, stop: asyncio.Event) -> bool:
+    """Runs one point (launching its server with --server-cmd); False when interrupted."""
+    server = None
+    base_url = cfg.base.base_url
+    b = point.max_num_seqs
+    try:
+        if cfg.server_cmd:
+            port = cfg.port or free_port()
+            base_url = f"http://{cfg.host}:{port}"
+            log_name = f"server-b{b}" + (f"-{point.power_limit_w:g}W" if point.power_limit_w else "") + ".log"
+            server = Server(server_command(cfg.server_cmd, port, b), out / log_name, cfg.server_cwd)
+            point.server_pid = server.pid
+            if not await server.wait_healthy(base_url, cfg.server_timeout_s, stop):
+                point.error = "interrupted while the server started"
+                return False
+        run_cfg = dataclasses.replace(cfg.base, base_url=base_url, max_num_seqs=b, rate=point.rate,
+                                      power_limit_w=point.power_limit_w)
+        point.result, point.path = await run(run_cfg, stop)
+        if point.result.get("interrupted"):
+            return False
+        if point.result["completed"] == 0:
+            point.error = "no request succeeded"
+        elif point.result.get("energy_error") and not cfg.base.no_energy:
+            point.error = f"energy: {point.result['energy_error']}"
+    except (ServerStartError, ServerUnreachable) as e:
+        point.error = str(e)
+        _say(cfg, f"{what}: {e}")
+    finally:
+        if server is not None:
+            point.server_exit = await asyncio.to_thread(server.stop, cfg.stop_grace_s)
+    if point.result is not None:
+        r = point.result
+        jpt = f"{r['energy_per_token_j']:.4f} J/token" if r.get("energy_per_token_j") else "no energy"
+        _say(cfg, f"{what}: {r['completed']}/{r['num_prompts']} completed, {jpt}, "
+                  f"median ITL {r['median_itl_ms']:.1f} ms; {point.path}")
+    return True
 
 
 async def _main(cfg: SweepConfig) -> tuple[list[SweepPoint], bool]:
@@ -236,6 +267,9 @@ def add_sweep_parsers(sub, add_run_options) -> None:
     p.add_argument("--batch-sizes", default=",".join(map(str, BATCH_LADDER)),
                    help="max_num_seqs values with --server-cmd (default: the study's ladder)")
     p.add_argument("--rates", help="request rates (req/s, `inf` = closed loop) with --base-url")
+    p.add_argument("--power-limits", help="GPU power limits, W: every point at each, set through the --exporter's "
+                   "admin API (its --powercap-actuation on); the limits found at the start are put back at the end")
+    p.add_argument("--admin-token-file", help="file holding the exporter's admin bearer token (--power-limits)")
     p.add_argument("--host", default="127.0.0.1", help="the launched server's host, for /health and the load")
     p.add_argument("--port", type=int, help="the launched server's port (default: a free one per point)")
     p.add_argument("--server-timeout", type=float, default=1200.0, help="s to wait for the server's /health")
@@ -251,6 +285,7 @@ def add_sweep_parsers(sub, add_run_options) -> None:
     q.add_argument("--itl-deadlines-ms", default=",".join(f"{d:g}" for d in DEFAULT_DEADLINES_MS))
     q.add_argument("--out", help="directory of the PNGs (default: RESULTS_DIR)")
     q.set_defaults(func=plot_main)
+    add_advise_parser(sub)
 
 
 def sweep_config(args: argparse.Namespace) -> SweepConfig:
@@ -266,14 +301,21 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
             raise ValueError("--server-cmd must contain {port}")
         if "{max_num_seqs}" not in args.server_cmd:
             raise ValueError("--server-cmd must contain {max_num_seqs}")
-    elif not args.rates:
-        raise ValueError("--base-url sweeps request rates: give --rates (e.g. 1,2,4,inf)")
+    elif not args.rates and not args.power_limits:
+        raise ValueError("--base-url sweeps request rates or power limits: give --rates (e.g. 1,2,4,inf) or "
+                         "--power-limits")
+    if args.power_limits and not (args.exporter and args.admin_token_file):
+        raise ValueError("--power-limits sets the limits through the exporter's admin API: give --exporter and "
+                         "--admin-token-file")
     base = config(argparse.Namespace(**{**vars(args), "base_url": args.base_url or "http://unset"}))
     return SweepConfig(base=base, server_cmd=args.server_cmd,
                        batch_sizes=tuple(parse_list(args.batch_sizes, int, "--batch-sizes")),
-                       rates=tuple(parse_list(args.rates, float, "--rates")) if args.rates else (math.inf,),
+                       rates=tuple(parse_list(args.rates, float, "--rates")) if args.rates else (base.rate,),
                        host=args.host, port=args.port, server_timeout_s=args.server_timeout,
-                       stop_grace_s=args.stop_grace)
+                       stop_grace_s=args.stop_grace,
+                       power_limits=tuple(parse_list(args.power_limits, float, "--power-limits"))
+                       if args.power_limits else (),
+                       admin_token_file=args.admin_token_file)
 
 
 def _plots(results: list[dict], out_dir, deadlines: list[float], name: str) -> None:
@@ -289,7 +331,7 @@ def main(args: argparse.Namespace) -> int:
         cfg = sweep_config(args)
         deadlines = parse_list(args.itl_deadlines_ms, float, "--itl-deadlines-ms")
         points, interrupted = asyncio.run(_main(cfg))
-    except (ValueError, DatasetError, EnergyUnavailable) as e:
+    except (ValueError, DatasetError, EnergyUnavailable, PowerCapError) as e:
         print(f"jouletrace loadgen sweep: {e}", file=sys.stderr)
         return 2
     for pt in points:
@@ -298,6 +340,8 @@ def main(args: argparse.Namespace) -> int:
     results = [pt.result for pt in points if pt.result is not None]
     if not args.no_plots and results:
         _plots(results, cfg.base.out_dir, deadlines, "sweep")
+    if cfg.power_limits and results:
+        print_advice(results, [Deadline("median_itl", d) for d in deadlines])
     failed = [pt for pt in points if pt.error and not interrupted]
     _say(cfg, f"{sum(1 for pt in points if pt.result)} of {len(points)} points run"
               + (f", {len(failed)} failed" if failed else "") + (" (interrupted)" if interrupted else "")

@@ -100,7 +100,9 @@ def serve_main(args: argparse.Namespace) -> int:
 
 
 def plan_main(args: argparse.Namespace) -> int:
-    from .whatif import min_energy, provision, run_point, write_plot
+    from jouletrace.loadgen.frontier import provision
+
+    from .whatif import min_energy, run_point, write_plot
 
     try:
         model, gpu, lengths = _shape(args)

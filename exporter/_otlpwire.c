@@ -1,12 +1,15 @@
 /*
  * _otlpwire: OTLP/protobuf trace export requests read straight off the wire into request rows.
  *
- *     decode(body, default_model) -> (rows, models, request_ids, rejected, ignored, errors)
+ *     decode(body, default_model) -> (rows, models, pods, request_ids, rejected, ignored, errors)
  *
  * body is any contiguous bytes-like object holding an ExportTraceServiceRequest. Each request
  * span becomes one ROW_SIZE-byte row of `rows` (bytes; the layout of records.REQUEST_DTYPE, given
  * by ROW_LAYOUT), its request id one str of `request_ids`; a row's `model` indexes `models`, the
- * distinct model names of the message in order of first use. `rejected` and `ignored` count the
+ * distinct model names of the message in order of first use; its `pod` indexes `pods`, the
+ * distinct Kubernetes pods (`namespace/name`, or `name` alone) its resources name through
+ * k8s.namespace.name and k8s.pod.name, or is -1 for a span whose resource names none. `rejected`
+ * and `ignored` count the
  * invalid request spans and the spans that are not requests; `errors` holds up to MAX_ERRORS
  * messages about rejected spans. Which spans are requests and what makes one invalid is told in
  * exporter/otlp.py; the rules here are the same as its OTLP/JSON decoder's.
@@ -14,7 +17,7 @@
  * ValueError, with the byte offset, when the message itself is unusable: a truncated or overlong
  * varint, a length past the end of its enclosing message, a group or an invalid wire type, field
  * number 0, a field read here arriving with another wire type than its schema's, or invalid UTF-8
- * in a string turned into text (request ids, model names, service.name, token counts written as
+ * in a string turned into text (request ids, model names, service.name, pod names, token counts written as
  * strings). Fields not read here are skipped by wire type without looking inside, so nothing
  * recurses: AnyValue arrays and key-value lists are never descended.
  *
@@ -51,6 +54,7 @@
 #define MAX_TOKENS 1000000000
 #define MAX_MODEL_CHARS 128
 #define MAX_REQUEST_ID_CHARS 256
+#define MAX_POD_NAME_CHARS 253 /* Kubernetes' longest object name */
 #define MAX_ERRORS 5
 #define MAX_ID_BYTES_IN_ERRORS 64 /* longer span ids are cut in error messages */
 
@@ -64,11 +68,12 @@ typedef struct {
     uint8_t trace_id[16];
     uint8_t span_id[8];
     int32_t model;
+    int32_t pod;        /* -1: the resource names no pod */
     int8_t output_kind; /* 0 text, 1 image, 2 video */
-    uint8_t pad[3];
+    uint8_t pad[7];
 } Row;
 
-_Static_assert(sizeof(Row) == 104, "a row is 104 bytes");
+_Static_assert(sizeof(Row) == 112, "a row is 112 bytes");
 
 enum { KIND_TEXT = 0, KIND_IMAGE = 1, KIND_VIDEO = 2 };
 
@@ -110,6 +115,8 @@ static const char *const ATTR_KEYS[N_ATTRS] = {
 };
 
 #define SERVICE_NAME "service.name"
+#define POD_NAME "k8s.pod.name"
+#define POD_NAMESPACE "k8s.namespace.name"
 #define UNKNOWN_SERVICE "unknown_service"
 #define LLM_REQUEST "llm_request"
 
@@ -188,6 +195,10 @@ typedef struct {
 
     AnyValue service;       /* service.name of the current resource (AV_NONE: absent) */
     int32_t fallback_index; /* -1 until first used in the current resource */
+    AnyValue pod_name, pod_namespace; /* k8s.pod.name, k8s.namespace.name of the current resource */
+    int32_t resource_pod;   /* its index in pods; -1: none; -2 until first used */
+    PyObject *pods;         /* list of str */
+    PyObject *pod_index;    /* dict: pod str -> index */
 
     PyObject *request_ids; /* list of str */
     PyObject *errors;      /* list of str */
@@ -637,6 +648,49 @@ fallback_model(Decoder *d)
     return d->fallback_index;
 }
 
+/* The pod of the current resource: `namespace/name` from k8s.namespace.name and k8s.pod.name,
+ * `name` alone without a namespace, -1 without a name (each part cut to MAX_POD_NAME_CHARS). */
+static int32_t
+resource_pod(Decoder *d)
+{
+    const AnyValue *nm = &d->pod_name, *ns = &d->pod_namespace;
+    PyObject *name, *key, *found, *index;
+    Py_ssize_t n;
+    if (d->resource_pod != -2)
+        return d->resource_pod;
+    if (nm->type != AV_STRING || nm->n == 0)
+        return d->resource_pod = -1;
+    name = text(d, nm->s, nm->n, MAX_POD_NAME_CHARS, POD_NAME);
+    if (name == NULL)
+        return -2;
+    if (ns->type == AV_STRING && ns->n > 0) {
+        PyObject *space = text(d, ns->s, ns->n, MAX_POD_NAME_CHARS, POD_NAMESPACE);
+        key = space == NULL ? NULL : PyUnicode_FromFormat("%U/%U", space, name);
+        Py_XDECREF(space);
+        Py_DECREF(name);
+    }
+    else {
+        key = name;
+    }
+    if (key == NULL)
+        return -2;
+    found = PyDict_GetItemWithError(d->pod_index, key);
+    if (found != NULL) {
+        Py_DECREF(key);
+        return d->resource_pod = (int32_t)PyLong_AsLong(found);
+    }
+    n = PyList_GET_SIZE(d->pods);
+    index = PyErr_Occurred() ? NULL : PyLong_FromSsize_t(n);
+    if (index == NULL || PyDict_SetItem(d->pod_index, key, index) < 0 || PyList_Append(d->pods, key) < 0) {
+        Py_XDECREF(index);
+        Py_DECREF(key);
+        return -2;
+    }
+    Py_DECREF(index);
+    Py_DECREF(key);
+    return d->resource_pod = (int32_t)n;
+}
+
 /* ---------------------------------------------------------------------------------------------
  * Judging a request span. Each check answers 0 (valid), 1 (invalid: d->reason says why, if a
  * message is still wanted) or -1 (a Python error). */
@@ -914,7 +968,7 @@ judge_span(Decoder *d, const Span *s)
     const uint8_t *sp;
     size_t sn;
     PyObject *rid;
-    int32_t model;
+    int32_t model, pod;
     Row *row;
     int i;
 
@@ -978,7 +1032,8 @@ judge_span(Decoder *d, const Span *s)
     if (sn == 0)
         string_attr(s, A_REQUEST_MODEL, &sp, &sn);
     model = sn == 0 ? fallback_model(d) : model_of_bytes(d, sp, sn);
-    if (model < 0 || (row = new_row(d)) == NULL) {
+    pod = model < 0 ? -2 : resource_pod(d);
+    if (pod < -1 || (row = new_row(d)) == NULL) {
         Py_DECREF(rid);
         return -1;
     }
@@ -994,6 +1049,7 @@ judge_span(Decoder *d, const Span *s)
     memcpy(row->trace_id, s->tid, 16);
     memcpy(row->span_id, s->sid, 8);
     row->model = model;
+    row->pod = pod;
     row->output_kind = (int8_t)kind;
     memset(row->pad, 0, sizeof row->pad);
 
@@ -1078,7 +1134,7 @@ decode_scope_spans(Decoder *d, const uint8_t *p, const uint8_t *end)
     return r;
 }
 
-/* A Resource's service.name, into d->service (the last one wins). */
+/* A Resource's service.name, k8s.pod.name and k8s.namespace.name, into d (the last one wins). */
 static int
 scan_resource(Decoder *d, const uint8_t *p, const uint8_t *end)
 {
@@ -1090,8 +1146,11 @@ scan_resource(Decoder *d, const uint8_t *p, const uint8_t *end)
             EXPECT(d, f, WT_LEN, "Resource.attributes");
             if (scan_keyvalue(d, f.p, f.p + f.n, &kv) < 0)
                 return -1;
-            if (bytes_eq(kv.key, kv.key_n, SERVICE_NAME, sizeof(SERVICE_NAME) - 1)
-                && read_value(d, f.p, f.p + f.n, &kv, &d->service) < 0)
+            AnyValue *into = bytes_eq(kv.key, kv.key_n, SERVICE_NAME, sizeof(SERVICE_NAME) - 1) ? &d->service
+                : bytes_eq(kv.key, kv.key_n, POD_NAME, sizeof(POD_NAME) - 1) ? &d->pod_name
+                : bytes_eq(kv.key, kv.key_n, POD_NAMESPACE, sizeof(POD_NAMESPACE) - 1) ? &d->pod_namespace
+                : NULL;
+            if (into != NULL && read_value(d, f.p, f.p + f.n, &kv, into) < 0)
                 return -1;
         }
     }
@@ -1106,8 +1165,9 @@ decode_resource_spans(Decoder *d, const uint8_t *p, const uint8_t *end)
     int r;
 
     /* The resource may follow its spans on the wire, or come in several parts: read it first. */
-    d->service.type = AV_NONE;
+    d->service.type = d->pod_name.type = d->pod_namespace.type = AV_NONE;
     d->fallback_index = -1;
+    d->resource_pod = -2;
     while ((r = next_field(d, &q, end, &f)) > 0) {
         if (f.num == 1) {
             EXPECT(d, f, WT_LEN, "ResourceSpans.resource");
@@ -1147,10 +1207,10 @@ decode_request(Decoder *d, const uint8_t *p, const uint8_t *end)
 
 PyDoc_STRVAR(decode_doc,
 "decode(body, default_model, /)\n--\n\n"
-"Read an OTLP/protobuf ExportTraceServiceRequest: (rows, models, request_ids, rejected,\n"
+"Read an OTLP/protobuf ExportTraceServiceRequest: (rows, models, pods, request_ids, rejected,\n"
 "ignored, errors). rows holds one ROW_SIZE-byte row per request span (ROW_LAYOUT); each row's\n"
-"model indexes models; request_ids runs parallel to the rows. Raises ValueError if the message\n"
-"itself is malformed.");
+"model indexes models and its pod pods (-1: none); request_ids runs parallel to the rows.\n"
+"Raises ValueError if the message itself is malformed.");
 
 static PyObject *
 otlpwire_decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -1187,10 +1247,12 @@ otlpwire_decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     d.models = PyList_New(0);
     d.model_index = PyDict_New();
     d.raw_models = PyDict_New();
+    d.pods = PyList_New(0);
+    d.pod_index = PyDict_New();
     d.request_ids = PyList_New(0);
     d.errors = PyList_New(0);
     if (d.rows == NULL || d.models == NULL || d.model_index == NULL || d.raw_models == NULL
-        || d.request_ids == NULL || d.errors == NULL)
+        || d.pods == NULL || d.pod_index == NULL || d.request_ids == NULL || d.errors == NULL)
         goto done;
 
     if (decode_request(&d, body, body + view.len) < 0)
@@ -1198,14 +1260,15 @@ otlpwire_decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (_PyBytes_Resize(&d.rows, d.nrows * (Py_ssize_t)sizeof(Row)) < 0)
         goto done;
 
-    result = PyTuple_New(6);
+    result = PyTuple_New(7);
     if (result == NULL)
         goto done;
     PyTuple_SET_ITEM(result, 0, d.rows);
     PyTuple_SET_ITEM(result, 1, d.models);
-    PyTuple_SET_ITEM(result, 2, d.request_ids);
-    PyTuple_SET_ITEM(result, 5, d.errors);
-    d.rows = d.models = d.request_ids = d.errors = NULL;
+    PyTuple_SET_ITEM(result, 2, d.pods);
+    PyTuple_SET_ITEM(result, 3, d.request_ids);
+    PyTuple_SET_ITEM(result, 6, d.errors);
+    d.rows = d.models = d.pods = d.request_ids = d.errors = NULL;
     {
         PyObject *rejected = PyLong_FromSsize_t(d.rejected);
         PyObject *ignored = PyLong_FromSsize_t(d.ignored);
@@ -1215,8 +1278,8 @@ otlpwire_decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             Py_CLEAR(result);
             goto done;
         }
-        PyTuple_SET_ITEM(result, 3, rejected);
-        PyTuple_SET_ITEM(result, 4, ignored);
+        PyTuple_SET_ITEM(result, 4, rejected);
+        PyTuple_SET_ITEM(result, 5, ignored);
     }
 
 done:
@@ -1224,6 +1287,8 @@ done:
     Py_XDECREF(d.models);
     Py_XDECREF(d.model_index);
     Py_XDECREF(d.raw_models);
+    Py_XDECREF(d.pods);
+    Py_XDECREF(d.pod_index);
     Py_XDECREF(d.request_ids);
     Py_XDECREF(d.errors);
     Py_XDECREF(d.reason);
@@ -1254,7 +1319,7 @@ row_layout(void)
     } fields[] = {
         FIELD(start), FIELD(end), FIELD(queue_s), FIELD(prefill_s), FIELD(decode_s),
         FIELD(ttft_s), FIELD(prompt_tokens), FIELD(completion_tokens), FIELD(output_count),
-        FIELD(trace_id), FIELD(span_id), FIELD(model), FIELD(output_kind),
+        FIELD(trace_id), FIELD(span_id), FIELD(model), FIELD(pod), FIELD(output_kind),
     };
 #undef FIELD
     size_t n = sizeof fields / sizeof fields[0], i;
@@ -1303,6 +1368,7 @@ PyInit__otlpwire(void)
         || PyModule_AddIntConstant(m, "MAX_TOKENS", MAX_TOKENS) < 0
         || PyModule_AddIntConstant(m, "MAX_MODEL_CHARS", MAX_MODEL_CHARS) < 0
         || PyModule_AddIntConstant(m, "MAX_REQUEST_ID_CHARS", MAX_REQUEST_ID_CHARS) < 0
+        || PyModule_AddIntConstant(m, "MAX_POD_NAME_CHARS", MAX_POD_NAME_CHARS) < 0
         || PyModule_AddIntConstant(m, "MAX_ERRORS", MAX_ERRORS) < 0)
         goto fail;
     return m;

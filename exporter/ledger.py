@@ -12,6 +12,12 @@ queue time) to end with weight (prompt + output tokens) / duration; image and vi
 weight (images or videos) / duration. Over any finalized interval, attributed plus idle energy
 equals the timeline's measured energy.
 
+Placement. By default every request runs on every GPU of the ledger (one server over the GPUs
+of its pod). Given a placement (node mode: which GPUs each Kubernetes pod holds), a request whose
+span names a placed pod runs only on that pod's GPUs, so a GPU shared by several pods is split
+among their requests alone, and each GPU's energy stays with the pods that hold it. A request
+whose pod is not placed (or that names none) runs on every GPU and is counted as unplaced.
+
 Spans arrive after their request ends; a request whose time was partly finalized before its span
 arrived is counted as late and gets energy only for its unfinalized time.
 
@@ -45,6 +51,10 @@ ENERGY_BUCKETS_J = np.array([0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 50
 _IMAGE, _VIDEO = 1, 2
 #: Phase kinds: prefill, decode, or a whole request without phase durations (generic spans, media).
 PREFILL, DECODE, WHOLE = 0, 1, 2
+
+#: Placement bit masks over the ledger's GPUs (bit g: GPU g); EVERY_GPU for unplaced requests.
+MAX_GPUS = 64
+EVERY_GPU = np.uint64(2**64 - 1)
 
 #: on_results(keys (uint64), energy_j (float64), completion_tokens (int64), status)
 ResultsCallback = Callable[[np.ndarray, np.ndarray, np.ndarray, str], None]
@@ -92,7 +102,7 @@ class WindowStats:
 
     energy_j: float  # energy attributed to the model's requests in the window
     output_tokens: float  # output tokens generated in the window
-    measured_j: float  # all energy measured on the GPUs in the window (idle included)
+    measured_j: float  # all energy measured in the window (idle included) on the GPUs the model runs on
     seconds: float
     image_energy_j: float = 0.0
     images: int = 0
@@ -195,10 +205,13 @@ class Ledger:
         window_s: float = 60.0,
         max_pending: int = 100_000,
         max_models: int = 50,
+        max_pods: int = 256,
         clock: Callable[[], float] = time.time,
         on_results: ResultsCallback | None = None,
     ):
         self.samplers = list(samplers)
+        if len(self.samplers) > MAX_GPUS:
+            raise ValueError(f"{len(self.samplers)} GPUs: a ledger splits the energy of {MAX_GPUS} at most")
         retention = min(s.timeline.retention_s for s in self.samplers) if self.samplers else 600.0
         if settle_delay_s >= retention:
             raise ValueError(f"settle delay {settle_delay_s}s must be shorter than retention {retention}s")
@@ -220,9 +233,16 @@ class Ledger:
         self._m_hist = np.zeros((slots, len(ENERGY_BUCKETS_J) + 1), dtype=np.int64)
         self._m_observed = np.zeros(slots)
         self._m_phase_energy = np.zeros((slots, 3))  # by PREFILL, DECODE, WHOLE
+        self._model_gpus = np.zeros(slots, dtype=np.uint64)  # GPUs each model's requests were placed on
+        # pods: slot 0 is "no pod"; named pods beyond max_pods fold into `other`
+        self._pod_labels = LabelLimiter(max_pods)
+        self.pod_names: list[str] = [""]
+        self._pod_index: dict[str, int] = {"": 0}
+        self._p_energy = np.zeros(max_pods + 2)
+        self._placement: dict[str, np.uint64] = {}  # pod -> GPU mask; `name` alone too where unique
         self.gpus = [GPUTotals() for _ in self.samplers]
         self._req = _Table(model="i4", run_start="f8", run_end="f8", energy="f8", done="?", kind="i1",
-                           count="i8", prompt="i8", completion="i8", key="u8", late="?")
+                           count="i8", prompt="i8", completion="i8", key="u8", late="?", pod="i4", gpus="u8")
         self._ph = _Table(start="f8", end="f8", weight="f8", gen="f8", req="i8", kind="i1")
         self._n_done = 0
         self._complete_until = float("-inf")  # requests ending before this are complete
@@ -234,6 +254,7 @@ class Ledger:
         self.spans_late = 0  # part of the request's time was finalized before its span arrived
         self.spans_expired = 0  # all of it was: no energy, tokens still counted
         self.spans_duplicate = 0
+        self.spans_unplaced = 0  # placement is set but names no GPU for the span's pod
         self.passes = 0
         self.pass_seconds = 0.0
 
@@ -245,6 +266,45 @@ class Ledger:
             idx = self._model_index[label] = len(self.model_names)
             self.model_names.append(label)
         return idx
+
+    def _pod(self, name: str) -> int:
+        label = self._pod_labels(name) if name else ""
+        idx = self._pod_index.get(label)
+        if idx is None:
+            idx = self._pod_index[label] = len(self.pod_names)
+            self.pod_names.append(label)
+        return idx
+
+    def set_placement(self, pods: dict[str, Sequence[int]]) -> None:
+        """Which ledger GPUs (indices into `samplers`) each pod (`namespace/name`) holds, for
+        requests accepted from now on; empty: every request runs on every GPU."""
+        placement: dict[str, np.uint64] = {}
+        names: dict[str, list[str]] = {}
+        for pod, gpus in pods.items():
+            mask = 0
+            for g in gpus:
+                if not 0 <= g < len(self.samplers):
+                    raise ValueError(f"pod {pod}: no GPU {g} among {len(self.samplers)}")
+                mask |= 1 << g
+            if mask:
+                placement[pod] = np.uint64(mask)
+                names.setdefault(pod.rpartition("/")[2], []).append(pod)
+        for name, full in names.items():  # spans without a namespace match a pod name unique on the node
+            if len(full) == 1 and name not in placement:
+                placement[name] = placement[full[0]]
+        with self._lock:
+            self._placement = placement
+
+    def _placed(self, batch: RequestBatch, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(pod slot, GPU mask) of each row, counting the unplaced ones."""
+        slots = np.array([self._pod(name) for name in batch.pods] + [0], dtype=np.int32)
+        masks = [self._placement.get(name) for name in batch.pods] + [None]
+        pod = rows["pod"]
+        if self._placement:
+            unplaced = np.array([m is None for m in masks])
+            self.spans_unplaced += int(unplaced[pod].sum())
+        gpus = np.array([EVERY_GPU if m is None else m for m in masks], dtype=np.uint64)
+        return slots[pod], gpus[pod]  # pod -1 (none) indexes the sentinel at the end
 
     @property
     def pending(self) -> int:
@@ -296,6 +356,8 @@ class Ledger:
                 rows, ids = rows[fresh], ids[fresh]
             self.spans_accepted += len(rows)
             models = np.array([self._model(name) for name in batch.models], dtype=np.int32)[rows["model"]]
+            pods, gpus = self._placed(batch, rows)
+            np.bitwise_or.at(self._model_gpus, models, gpus)
             p_start, p_end, p_weight, p_gen, p_row, p_kind = batch_phases(rows)
             run_start = np.minimum.reduceat(p_start, _firsts(p_row)) if len(p_row) else p_start
             run_end = np.maximum.reduceat(p_end, _firsts(p_row)) if len(p_row) else p_end
@@ -318,7 +380,8 @@ class Ledger:
             r = rows[live]
             self._req.append(model=models[live], run_start=starts[live], run_end=ends[live], energy=0.0, done=False,
                              kind=r["output_kind"], count=r["output_count"], prompt=r["prompt_tokens"],
-                             completion=r["completion_tokens"], key=ids[live], late=late[live])
+                             completion=r["completion_tokens"], key=ids[live], late=late[live], pod=pods[live],
+                             gpus=gpus[live])
             ph = live[p_row]
             self._ph.append(start=p_start[ph], end=p_end[ph], weight=p_weight[ph], gen=p_gen[ph], req=index[p_row[ph]],
                             kind=p_kind[ph])
@@ -365,44 +428,24 @@ class Ledger:
 
     def _settle(self, now: float, final: bool) -> None:
         groups = self._horizons(now, final)
-        ps, pe, pw, preq = self._ph.col("start"), self._ph.col("end"), self._ph.col("weight"), self._ph.col("req")
+        ps, pe, preq = self._ph.col("start"), self._ph.col("end"), self._ph.col("req")
         model = self._req.col("model")
         phase_slot = model[preq] * 3 + self._ph.col("kind")  # (model, phase kind) of each phase
+        placed = self._req.col("gpus")[preq]
         n_req = len(self._req)
         req_energy = np.zeros(n_req)
         phase_energy = np.zeros(self._m_phase_energy.size)
-        pass_measured = 0.0
+        pass_measured = np.zeros(len(self.samplers))  # per GPU
         for (f, h), gids in groups.items():
-            mask = (pe > f) & (ps < h)
-            s = np.clip(ps[mask], f, h)
-            e = np.clip(pe[mask], f, h)
-            w = pw[mask]
-            bounds = np.unique(np.concatenate(([f, h], s, e)))
-            si = np.searchsorted(bounds, s)
-            ei = np.searchsorted(bounds, e)
-            k = len(bounds)
-            running = (np.bincount(si, minlength=k) - np.bincount(ei, minlength=k)).cumsum()[:-1] > 0
-            weight = (np.bincount(si, weights=w, minlength=k) - np.bincount(ei, weights=w, minlength=k)).cumsum()[:-1]
-            energy = np.empty((len(gids), k - 1))
-            for row, g in enumerate(gids):
-                sampler = self.samplers[g]
-                with sampler.lock:
-                    energy[row] = np.diff(sampler.timeline.energy_at(bounds))
-            ratio = np.where(running, energy.sum(axis=0) / np.where(running, weight, 1.0), 0.0)
-            prefix = np.concatenate(([0.0], np.cumsum(ratio)))
-            energy_of_phase = w * (prefix[ei] - prefix[si])
-            req_energy += np.bincount(preq[mask], weights=energy_of_phase, minlength=n_req)
-            phase_energy += np.bincount(phase_slot[mask], weights=energy_of_phase, minlength=phase_energy.size)
-            for row, g in enumerate(gids):
-                idle = float(energy[row][~running].sum())
-                total = float(energy[row].sum())
-                self.gpus[g].idle_j += idle
-                self.gpus[g].attributed_j += total - idle
-                self.gpus[g].finalized_until = h
-                pass_measured += total
+            live = (pe > f) & (ps < h)
+            for sharing, mask in _sharing(gids, live, placed):
+                energy_of_phase, pass_measured[sharing] = self._split(f, h, mask, sharing)
+                req_energy += np.bincount(preq[mask], weights=energy_of_phase, minlength=n_req)
+                phase_energy += np.bincount(phase_slot[mask], weights=energy_of_phase, minlength=phase_energy.size)
         pass_model_energy = np.bincount(model, weights=req_energy, minlength=len(self._m_energy))
         if groups:
             self._req.col("energy")[:] += req_energy
+            self._p_energy += np.bincount(self._req.col("pod"), weights=req_energy, minlength=len(self._p_energy))
             self._m_energy += pass_model_energy
             self._m_phase_energy += phase_energy.reshape(self._m_phase_energy.shape)
 
@@ -429,6 +472,31 @@ class Ledger:
             last["model_energy"] = last["model_energy"] + pass_model_energy
             last["measured"] += pass_measured
         self._expire(now)
+
+    def _split(self, f: float, h: float, mask: np.ndarray, gids: list[int]) -> tuple[np.ndarray, float]:
+        """Split the energy of GPUs `gids` over [f, h) among the phases `mask` selects and finalize
+        them to h. Returns each selected phase's energy and each GPU's measured energy (J)."""
+        ps, pe, pw = self._ph.col("start")[mask], self._ph.col("end")[mask], self._ph.col("weight")[mask]
+        s, e = np.clip(ps, f, h), np.clip(pe, f, h)
+        bounds = np.unique(np.concatenate(([f, h], s, e)))
+        si, ei = np.searchsorted(bounds, s), np.searchsorted(bounds, e)
+        k = len(bounds)
+        running = (np.bincount(si, minlength=k) - np.bincount(ei, minlength=k)).cumsum()[:-1] > 0
+        weight = (np.bincount(si, weights=pw, minlength=k) - np.bincount(ei, weights=pw, minlength=k)).cumsum()[:-1]
+        energy = np.empty((len(gids), k - 1))
+        for row, g in enumerate(gids):
+            sampler = self.samplers[g]
+            with sampler.lock:
+                energy[row] = np.diff(sampler.timeline.energy_at(bounds))
+        ratio = np.where(running, energy.sum(axis=0) / np.where(running, weight, 1.0), 0.0)
+        prefix = np.concatenate(([0.0], np.cumsum(ratio)))
+        for row, g in enumerate(gids):
+            idle = float(energy[row][~running].sum())
+            total = float(energy[row].sum())
+            self.gpus[g].idle_j += idle
+            self.gpus[g].attributed_j += total - idle
+            self.gpus[g].finalized_until = h
+        return pw * (prefix[ei] - prefix[si]), energy.sum(axis=1)
 
     def _report_completed(self, idx: np.ndarray) -> None:
         """Report the results of requests (rows `idx` of the request table) that just completed."""
@@ -516,10 +584,17 @@ class Ledger:
             seconds = entries[-1]["end"] - entries[0]["start"]
             total = {key: sum(e[key] for e in entries) for key in
                      ("model_energy", "tokens", "measured", "image_energy", "images", "video_energy", "videos")}
-            return {name: WindowStats(float(total["model_energy"][m]), float(total["tokens"][m]), total["measured"],
+            on = (self._model_gpus[:, None] >> np.arange(len(self.samplers), dtype=np.uint64)) & np.uint64(1) == 1
+            measured = on @ total["measured"]  # per model: the energy of the GPUs it runs on
+            return {name: WindowStats(float(total["model_energy"][m]), float(total["tokens"][m]), float(measured[m]),
                                       seconds, float(total["image_energy"][m]), int(total["images"][m]),
                                       float(total["video_energy"][m]), int(total["videos"][m]))
                     for m, name in enumerate(self.model_names)}
+
+    def pod_energy(self) -> list[tuple[str, float]]:
+        """Energy attributed to each named pod's requests (J, monotonic), `other` for those past the cap."""
+        with self._lock:
+            return [(name, float(self._p_energy[i])) for i, name in enumerate(self.pod_names) if name]
 
     def completion_tokens(self, model: str) -> int:
         """Output tokens of finished requests seen in spans for `model` (0 if never seen)."""
@@ -536,6 +611,20 @@ class Ledger:
                                               float(self._m_observed[m]), float(self._m_phase_energy[m, PREFILL]),
                                               float(self._m_phase_energy[m, DECODE]))))
             return out
+
+
+def _sharing(gids: list[int], live: np.ndarray, placed: np.ndarray):
+    """Split GPUs `gids` into sets that run the same phases: yields (GPUs, mask of the `live`
+    phases whose placement mask (`placed`) includes them)."""
+    masks = np.unique(placed[live])
+    if not len(masks) or (len(masks) == 1 and masks[0] == EVERY_GPU):
+        yield gids, live  # the usual case: every phase runs on every GPU
+        return
+    sets: dict[bytes, list[int]] = {}
+    for g in gids:
+        sets.setdefault(((masks >> np.uint64(g)) & np.uint64(1)).tobytes(), []).append(g)
+    for sharing in sets.values():
+        yield sharing, live & (((placed >> np.uint64(sharing[0])) & np.uint64(1)) == 1)
 
 
 def _firsts(sorted_groups: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ What makes the whole message unusable (`DecodeError`)
     protobuf that is not well-formed: a truncated or overlong varint, a length past the end of
     its message, a group or an invalid wire type, a field this decoder reads arriving with
     another wire type than the schema's, invalid UTF-8 in a string it turns into text (request
-    ids, model names, ``service.name``, token counts written as strings). Fields it does not read
+    ids, model names, ``service.name``, pod names, token counts written as strings). Fields it does not read
     are skipped by their wire type without being looked into. For JSON: text that is not JSON, or
     containers above the span level (``resourceSpans``, ``scopeSpans``, ``spans``, a span) of the
     wrong JSON type.
@@ -31,6 +31,12 @@ Model and request id
     configured default model; cut to 128 characters. The request id is ``gen_ai.request.id``,
     else ``gen_ai.response.id``, else the span id in hex; cut to 256 characters. If an attribute
     key repeats within a span, the last occurrence wins (OTLP requires keys to be unique).
+
+Pod
+    The Kubernetes pod that served a span comes from its resource: ``k8s.namespace.name`` and
+    ``k8s.pod.name`` as ``namespace/name`` (``name`` alone without a namespace; each part cut to
+    253 characters); a resource without ``k8s.pod.name`` names no pod. Node mode places each
+    request on the GPUs its pod holds.
 
 Protobuf decoding speed
     Protobuf is read by a C extension (`_otlpwire`, exporter/_otlpwire.c) that walks the wire
@@ -59,6 +65,7 @@ MAX_TOKENS = _otlpwire.MAX_TOKENS  # 10**9
 MAX_MODEL_CHARS = _otlpwire.MAX_MODEL_CHARS  # 128
 MAX_REQUEST_ID_CHARS = _otlpwire.MAX_REQUEST_ID_CHARS  # 256
 MAX_ERRORS = _otlpwire.MAX_ERRORS  # 5
+MAX_POD_NAME_CHARS = _otlpwire.MAX_POD_NAME_CHARS  # 253
 
 _MEDIA = frozenset(("image", "video"))
 
@@ -78,6 +85,8 @@ K_TTFT = "gen_ai.latency.time_to_first_token"
 K_CHOICE_COUNT = "gen_ai.request.choice.count"
 K_N = "gen_ai.request.n"
 K_SERVICE_NAME = "service.name"
+K_POD_NAME = "k8s.pod.name"
+K_POD_NAMESPACE = "k8s.namespace.name"
 LLM_REQUEST = "llm_request"
 
 
@@ -119,10 +128,10 @@ def decode_protobuf(body, default_model: str) -> DecodeResult:
     """Decode a binary `ExportTraceServiceRequest` (any bytes-like object). Raises `DecodeError`
     if it is malformed. The batch's rows are a read-only view of the decoder's buffer."""
     try:
-        rows, models, request_ids, rejected, ignored, errors = _otlpwire.decode(body, default_model)
+        rows, models, pods, request_ids, rejected, ignored, errors = _otlpwire.decode(body, default_model)
     except ValueError as exc:
         raise DecodeError(f"not a valid ExportTraceServiceRequest: {exc}") from None
-    batch = RequestBatch(np.frombuffer(rows, REQUEST_DTYPE), models, request_ids)
+    batch = RequestBatch(np.frombuffer(rows, REQUEST_DTYPE), models, request_ids, pods)
     return DecodeResult(batch, rejected, ignored, errors)
 
 
@@ -329,7 +338,13 @@ def _jseconds(attrs: dict, key: str) -> float | None:
     return _seconds(tag, val, key)
 
 
-def _jspan(span: dict, fallback: str) -> RequestRecord | None:
+def _pod_of(resource_attrs: dict) -> str:
+    name = _jstr(resource_attrs, K_POD_NAME)[:MAX_POD_NAME_CHARS]
+    space = _jstr(resource_attrs, K_POD_NAMESPACE)[:MAX_POD_NAME_CHARS]
+    return f"{space}/{name}" if name and space else name
+
+
+def _jspan(span: dict, fallback: str, pod: str) -> RequestRecord | None:
     """One JSON span as a record; None if it is not an inference request."""
     attrs = _jattrs(span)
     pk = K_PROMPT if K_PROMPT in attrs else (K_INPUT if K_INPUT in attrs else None)
@@ -374,7 +389,7 @@ def _jspan(span: dict, fallback: str) -> RequestRecord | None:
         request_id=rid[:MAX_REQUEST_ID_CHARS], model=model[:MAX_MODEL_CHARS], start=start / 1e9,
         end=end / 1e9, prompt_tokens=prompt, completion_tokens=completion, queue_s=queue,
         prefill_s=prefill, decode_s=decode, ttft_s=ttft, output_kind=kind, output_count=count,
-        trace_id=tid, span_id=sid,
+        trace_id=tid, span_id=sid, pod=pod,
     )
 
 
@@ -409,15 +424,17 @@ def decode_json(body: bytes, default_model: str) -> DecodeResult:
         where = f"resourceSpans[{i}]"
         if not isinstance(rs, dict):
             raise DecodeError(f"{where} is not a JSON object")
-        service_name = ""
+        resource_attrs = {}
         resource = rs.get("resource")
         if resource is not None:
             if not isinstance(resource, dict):
                 raise DecodeError(f"{where}.resource is not a JSON object")
             try:
-                service_name = _jstr(_jattrs(resource), K_SERVICE_NAME)
+                resource_attrs = _jattrs(resource)
             except _Invalid as exc:
                 raise DecodeError(f"{where}.resource: {exc}") from None
+        service_name = _jstr(resource_attrs, K_SERVICE_NAME)
+        pod = _pod_of(resource_attrs)
         fallback = _model_fallback(service_name, default_model)
         for j, ss in enumerate(_jlist(rs, "scopeSpans", "scope_spans", where)):
             swhere = f"{where}.scopeSpans[{j}]"
@@ -427,7 +444,7 @@ def decode_json(body: bytes, default_model: str) -> DecodeResult:
                 if not isinstance(span, dict):
                     raise DecodeError(f"{swhere}.spans[{k}] is not a JSON object")
                 try:
-                    rec = _jspan(span, fallback)
+                    rec = _jspan(span, fallback, pod)
                 except _Invalid as exc:
                     rejected += 1
                     _note(errors, _jspan_id_for_error(span), str(exc))

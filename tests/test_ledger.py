@@ -187,3 +187,81 @@ def test_a_failing_gpu_never_stops_the_others_and_its_energy_comes_back(clock):
     assert rig.ledger.gpus[1].finalized_until > stuck + 20  # picked up again, the gap included
     assert rig.attributed_j() + rig.idle_j() == pytest.approx(rig.measured_j(), rel=1e-9)
     assert rig.measured_j() == pytest.approx(rig.true_j(), rel=1e-3)
+
+
+def test_node_placement_keeps_each_gpus_energy_with_the_pods_that_hold_it(clock):
+    """GPU 0 is shared by pods a and b (time-slicing), GPU 1 is pod c's alone."""
+    rig = Rig(clock, gpus=2, load=0.6, settle_delay_s=20.0)
+    rig.ledger.set_placement({"ns/a": [0], "ns/b": [0], "ns/c": [1]})
+    rig.run(2.0)
+    a = rig.request(3.0, 5.0, completion=300, prefill=0.0, rid="a", model="A", pod="ns/a")
+    b = rig.request(3.0, 5.0, completion=100, prefill=0.0, rid="b", model="B", pod="ns/b")
+    c = rig.request(3.0, 5.0, completion=50, prefill=0.0, rid="c", model="C", pod="ns/c")
+    rig.run(10.0)
+    rig.submit([a, b, c])
+    rig.run(25.0)
+    gpu0, gpu1 = (s.timeline.energy(a.start, a.end) for s in rig.samplers)
+    energy = {name: m.energy_j for name, m in rig.ledger.snapshot_models()}
+    # on GPU 0, a processes 3x b's tokens per second; c has GPU 1 to itself whatever its tokens
+    assert energy["A"] == pytest.approx(0.75 * gpu0, rel=1e-9)
+    assert energy["B"] == pytest.approx(0.25 * gpu0, rel=1e-9)
+    assert energy["C"] == pytest.approx(gpu1, rel=1e-9)
+    assert dict(rig.ledger.pod_energy()) == pytest.approx({"ns/a": 0.75 * gpu0, "ns/b": 0.25 * gpu0, "ns/c": gpu1})
+    assert rig.ledger.gpus[0].attributed_j == pytest.approx(gpu0, rel=1e-9)
+    assert rig.ledger.spans_unplaced == 0
+    assert rig.attributed_j() + rig.idle_j() == pytest.approx(rig.measured_j(), rel=1e-9)
+    window = rig.ledger.window()  # throughput per watt of each model counts only its GPUs' energy
+    assert window["C"].measured_j == pytest.approx(sum(g.idle_j + g.attributed_j for g in rig.ledger.gpus[1:]),
+                                                   rel=0.05)
+    assert window["A"].measured_j == window["B"].measured_j < window["C"].measured_j + window["A"].measured_j
+
+
+def test_unplaced_spans_run_on_every_gpu_and_are_counted(clock):
+    rig = Rig(clock, gpus=2, load=0.6, settle_delay_s=20.0)
+    rig.ledger.set_placement({"ns/a": [0], "other-ns/b": [1], "x/dup": [0], "y/dup": [1]})
+    rig.run(2.0)
+    named = rig.request(3.0, 5.0, rid="named", model="A", pod="a")  # no namespace: the one pod named a
+    stray = rig.request(3.0, 5.0, rid="stray", model="S", pod="ns/gone")
+    ambiguous = rig.request(3.0, 5.0, rid="amb", model="S", pod="dup")  # two pods are named dup
+    bare = rig.request(3.0, 5.0, rid="bare", model="S")
+    rig.run(10.0)
+    rig.submit([named, stray, ambiguous, bare])
+    rig.run(25.0)
+    assert rig.ledger.spans_unplaced == 3
+    gpu0, gpu1 = (s.timeline.energy(named.start, named.end) for s in rig.samplers)
+    energy = {name: m.energy_j for name, m in rig.ledger.snapshot_models()}
+    # equal weights: GPU 0 split four ways, GPU 1 three ways (named runs on GPU 0 only)
+    assert energy["A"] == pytest.approx(gpu0 / 4, rel=1e-9)
+    assert energy["S"] == pytest.approx(3 * gpu0 / 4 + gpu1, rel=1e-9)
+    assert dict(rig.ledger.pod_energy()) == pytest.approx({"a": gpu0 / 4, "ns/gone": gpu0 / 4 + gpu1 / 3,
+                                                          "dup": gpu0 / 4 + gpu1 / 3})
+
+
+def test_placement_rejects_unknown_gpus(clock):
+    rig = Rig(clock, gpus=2)
+    with pytest.raises(ValueError, match="no GPU 2"):
+        rig.ledger.set_placement({"ns/a": [2]})
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10**6), n=st.integers(0, 30))
+def test_conservation_holds_per_gpu_under_random_placements(clock, seed, n):
+    rng = random.Random(seed)
+    rig = Rig(clock, gpus=3, seed=seed, settle_delay_s=20.0)
+    pods = {f"ns/p{i}": rng.sample(range(3), rng.randint(1, 3)) for i in range(4)}
+    rig.ledger.set_placement(pods)
+    reqs = []
+    for i in range(n):
+        pod = rng.choice([*pods, "ns/unknown", ""])
+        reqs.append(rig.request(rng.uniform(0.5, 30.0), rng.uniform(0.01, 10.0), completion=rng.randint(0, 500),
+                                rid=str(i), span_id=i + 1, pod=pod, model=pod or "none"))
+    rig.run(45.0)
+    rig.submit(reqs)
+    rig.run(30.0)
+    assert rig.attributed_j() + rig.idle_j() == pytest.approx(rig.measured_j(), rel=1e-6)
+    by_model = {name: m.energy_j for name, m in rig.models().items() if name != "none"}
+    assert dict(rig.ledger.pod_energy()) == pytest.approx(by_model, rel=1e-9, abs=1e-9)
+    assert rig.ledger.spans_unplaced == sum(r.pod not in pods for r in reqs)
+    for g, totals in enumerate(rig.ledger.gpus):
+        if not any(r.pod not in pods or g in pods[r.pod] for r in reqs):
+            assert totals.attributed_j == 0  # no request was placed on it: all its energy is idle

@@ -86,6 +86,7 @@ def decode_both(msg, default_model: str = DEFAULT_MODEL):
     assert a.batch.records() == b.batch.records()
     assert a.batch.rows.tobytes() == b.batch.rows.tobytes()  # NaNs and padding too
     assert a.batch.models == b.batch.models and a.batch.request_ids == b.batch.request_ids
+    assert a.batch.pods == b.batch.pods
     assert (a.rejected, a.ignored) == (b.rejected, b.ignored)
     assert len(a.errors) == len(b.errors)
     for ea, eb in zip(a.errors, b.errors):
@@ -386,6 +387,34 @@ def test_several_resources_and_scopes():
     ]
     assert res.batch.records()[3].model == "llama-3.1-8b"
     assert res.spans == 6
+
+
+def with_resource(msg, **attrs):
+    for k, v in attrs.items():
+        set_attr(msg.resource_spans[0].resource, k, v)
+    return msg
+
+
+def test_pod_comes_from_resource_attributes():
+    pod = {"k8s.pod.name": "llama-7f9c-abcde", "k8s.namespace.name": "serving"}
+    msg = with_resource(make_request([genai_span(), genai_span()], service_name="svc"), **pod)
+    msg.resource_spans.extend(with_resource(make_request([genai_span()]), **{"k8s.pod.name": "bare"}).resource_spans)
+    msg.resource_spans.extend(make_request([genai_span()]).resource_spans)  # no pod
+    msg.resource_spans.extend(with_resource(make_request([genai_span()]), **{"k8s.namespace.name": "x"}).resource_spans)
+    res = decode_both(msg)
+    assert res.batch.pods == ["serving/llama-7f9c-abcde", "bare"]
+    assert res.batch.rows["pod"].tolist() == [0, 0, 1, -1, -1]
+    assert [r.pod for r in res.batch.records()] == ["serving/llama-7f9c-abcde"] * 2 + ["bare", "", ""]
+
+
+def test_pod_names_are_cut_and_must_be_utf8():
+    res = decode_both(with_resource(make_request([genai_span()]), **{"k8s.pod.name": "p" * 300,
+                                                                      "k8s.namespace.name": "n" * 300}))
+    assert res.batch.pods == ["n" * 253 + "/" + "p" * 253]
+    bad = request_of_spans(raw_span(kv("gen_ai.usage.prompt_tokens", ival(3))),
+                           resource=ld(1, kv("k8s.pod.name", sval(b"\xff\xfe"))))
+    with pytest.raises(DecodeError, match="invalid UTF-8 in k8s.pod.name"):
+        decode_protobuf(bad, DEFAULT_MODEL)
 
 
 # ------------------------------------------------------------------------------------------

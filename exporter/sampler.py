@@ -3,8 +3,15 @@
 Every `power_interval_s` (100 ms) the power is read into the GPU's timeline; every
 `counter_interval_s` the energy counter is read and its delta settles the timeline, so the
 timeline's totals equal the counter while its resolution is the power samples'. A GPU without the
-counter settles with the power integral instead (method "power_integral"). Counter resets and
-implausible jumps are rejected and counted; the power integral stands in for that interval.
+counter settles with the power integral instead (method "power_integral"); one without power
+readings spreads each counter delta evenly over its interval.
+
+A counter reading that goes back (driver reload) or jumps implausibly is rejected and counted, and
+the power integral stands in for that interval. The next reading is taken against the last
+accepted one where that is plausible (the rejected one was a glitch: the counter's energy since
+the last accepted reading, less what the power integral already settled, settles this interval,
+so the totals equal the counter again), else against the rejected one (the counter restarted or
+stepped there). Status (cheap readings) errors are counted but do not stop the energy sampling.
 """
 
 from __future__ import annotations
@@ -57,7 +64,9 @@ class GPUSampler:
         self.counter_rejected = 0
         self.cpu_seconds = 0.0
         self.counter_reads = 0
-        self._last_counter_mj: int | None = None
+        self.has_power = True  # False once the device says it has no power reading
+        self._last_counter_mj: int | None = None  # the last counter reading (mJ), accepted or not
+        self._accepted: tuple[int, float, float] | None = None  # last accepted: (mJ, time, timeline total J)
         self._next_counter = float("-inf")
         self._next_status = float("-inf")
         self._down_since: float | None = None
@@ -88,20 +97,36 @@ class GPUSampler:
 
     def _sample(self) -> None:
         now = self._clock()
-        power, t_power = self.device.power_w()
+        if self.has_power:
+            self._sample_power(now)
+        if now >= self._next_status:
+            self._next_status = now + self.status_interval_s
+            try:
+                status = self.device.status()
+            except GPUError as exc:  # unknown until the next status read; energy carries on
+                self.errors[(exc.call, exc.code)] += 1
+                status = GPUStatus()
+            with self.lock:
+                self.status = status
+        if now >= self._next_counter:
+            self._settle()
+            self._next_counter = now + self.counter_interval_s
+
+    def _sample_power(self, now: float) -> None:
+        try:
+            power, t_power = self.device.power_w()
+        except NotSupported:
+            if self.method == POWER_INTEGRAL:
+                raise  # neither counter nor power: nothing to measure
+            log.warning("GPU %s has no power reading: each counter delta is spread evenly over its interval",
+                        self.gpu_label)
+            self.has_power = False
+            return
         t_power = _when(t_power, now, self._clock())
         with self.lock:
             self.timeline.add_power(t_power, power)
             self.power_w = power
             self.last_sample_time = t_power
-        if now >= self._next_status:
-            status = self.device.status()
-            with self.lock:
-                self.status = status
-            self._next_status = now + self.status_interval_s
-        if now >= self._next_counter:
-            self._settle()
-            self._next_counter = now + self.counter_interval_s
 
     def _settle(self) -> None:
         """Read the counter (or fall back to the power integral) and settle the timeline."""
@@ -112,6 +137,8 @@ class GPUSampler:
             try:
                 counter_mj, t_device = self.device.energy_mj()
             except NotSupported:
+                if not self.has_power:
+                    raise  # neither counter nor power: nothing to measure
                 log.warning("GPU %s has no energy counter: integrating power instead", self.gpu_label)
                 self.method = POWER_INTEGRAL
             t = _when(t_device, t0, self._clock())
@@ -123,25 +150,41 @@ class GPUSampler:
             if not tl.started:
                 tl.start(t)
                 self._last_counter_mj = counter_mj
+                if counter_mj is not None:
+                    self._accepted = (counter_mj, t, 0.0)
                 return
             if t <= tl.settled_until:
                 return
-            energy_j = tl.pending_integral(t)
-            if counter_mj is not None and self._last_counter_mj is not None:
-                delta_mj = counter_mj - self._last_counter_mj
-                plausible_j = self.max_plausible_w * (t - tl.settled_until) + 1.0
-                if delta_mj < 0:
-                    self.counter_resets += 1
-                    log.warning("GPU %s energy counter went back by %d mJ (reset): interval integrated from power",
-                                self.gpu_label, -delta_mj)
-                elif delta_mj / 1000.0 > plausible_j:
-                    self.counter_rejected += 1
-                    log.warning("GPU %s energy counter jumped by %.0f J in %.1f s: rejected, power integrated",
-                                self.gpu_label, delta_mj / 1000.0, t - tl.settled_until)
-                else:
-                    energy_j = delta_mj / 1000.0
+            energy_j = None if counter_mj is None else self._counter_energy(counter_mj, t)
+            tl.settle(t, tl.pending_integral(t) if energy_j is None else energy_j)
             self._last_counter_mj = counter_mj
-            tl.settle(t, energy_j)
+            if energy_j is not None:
+                self._accepted = (counter_mj, t, tl.total_j)
+
+    def _counter_energy(self, counter_mj: int, t: float) -> float | None:
+        """The energy (J) the counter gives from the last settlement to `t`, or None where the
+        reading is rejected (counted as a reset when it went back, else as a jump)."""
+        tl = self.timeline
+        base_mj, base_t, base_total_j = self._accepted
+        if self._plausible(counter_mj - base_mj, t - base_t):
+            # past a rejected reading, the power integral settled part of this delta already
+            return max(0.0, (counter_mj - base_mj) / 1000.0 - (tl.total_j - base_total_j))
+        delta_mj = counter_mj - self._last_counter_mj
+        if self._plausible(delta_mj, t - tl.settled_until):
+            return delta_mj / 1000.0  # the counter restarted or stepped at the last reading
+        if delta_mj < 0:
+            self.counter_resets += 1
+            log.warning("GPU %s energy counter went back by %d mJ (reset): interval integrated from power",
+                        self.gpu_label, -delta_mj)
+        else:
+            self.counter_rejected += 1
+            log.warning("GPU %s energy counter jumped by %.0f J in %.1f s: rejected, power integrated",
+                        self.gpu_label, delta_mj / 1000.0, t - tl.settled_until)
+        return None
+
+    def _plausible(self, delta_mj: int, seconds: float) -> bool:
+        """Whether a counter delta of `delta_mj` over `seconds` is physically possible."""
+        return 0 <= delta_mj <= (self.max_plausible_w * seconds + 1.0) * 1000.0
 
     def read_counter_soon(self) -> None:
         """Read the energy counter at the next step (within one power interval), not at its period."""

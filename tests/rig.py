@@ -31,11 +31,14 @@ def run_sampler(sampler, clock: FakeClock, seconds: float, step: float = 0.1) ->
 
 
 class Rig:
-    def __init__(self, clock, gpus: int = 1, settle_delay_s: float = 5.0, load=None, seed: int = 1, **ledger_kwargs):
+    def __init__(self, clock, gpus: int = 1, settle_delay_s: float = 5.0, load=None, seed: int = 1, devices=None,
+                 **ledger_kwargs):
+        """`gpus` fresh SimulatedGPUs, or the given `devices` (then true_j needs their true_energy_j)."""
         self.clock = clock
         self.t0 = clock.t
         load = load if load is not None else (lambda t: wave_load(t, 30.0))
-        self.devices = [SimulatedGPU(i, seed=seed, load=load, clock=clock) for i in range(gpus)]
+        self.devices = devices if devices is not None else [
+            SimulatedGPU(i, seed=seed, load=load, clock=clock) for i in range(gpus)]
         self.samplers = [GPUSampler(d, clock=clock, counter_interval_s=2.0) for d in self.devices]
         self.ledger = Ledger(self.samplers, settle_delay_s=settle_delay_s, clock=clock, **ledger_kwargs)
 

@@ -3,14 +3,22 @@
 Every `interval_s` each configured URL (vLLM's `/metrics`) is fetched with aiohttp and parsed;
 running and waiting requests, KV-cache usage and token counters are kept per `model_name`, so
 batch size and memory pressure can be read next to energy. The engine's output-token counter is
-also the cross-check of span intake: tokens seen in spans vs tokens the engine counted. An
-engine that is down, slow or answers garbage is counted and logged once per change of state.
+also the cross-check of span intake: tokens seen in spans vs tokens the engine counted.
+
+Faults: an engine that is down, slow (no whole answer within `timeout_s`) or answers garbage
+(HTTP error, no vLLM series, a body over MAX_BODY_BYTES) is counted by reason and logged once
+per change of state; its last good values are kept (`EngineState.values`, with `last_success`),
+and the gauges among them are not exported until it answers again. Each engine is scraped by a
+task of its own, so one that hangs delays no other, and the body is parsed on a worker thread
+(only the lines of VLLM_SERIES), so a huge answer never holds up the event loop that serves span
+intake and /metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -28,7 +36,12 @@ VLLM_SERIES = {
     "vllm:prompt_tokens": "prompt_tokens",  # the parser strips `_total` from counters
     "vllm:generation_tokens": "generation_tokens",
 }
+#: Gauges among them: a value of the last good scrape, not exported while the engine fails.
+GAUGES = ("requests_running", "requests_waiting", "kv_cache_usage_ratio")
 MAX_BODY_BYTES = 8 << 20
+# the samples and TYPE lines of VLLM_SERIES (counters' samples end in _total or _created)
+_WANTED = re.compile(r"^(?:# TYPE )?(?:%s)(?:_total|_created)?(?=[\s{]).*$"
+                     % "|".join(map(re.escape, VLLM_SERIES)), re.M)
 UNKNOWN, UP, DOWN, SLOW, GARBAGE = "unknown", "up", "down", "slow", "garbage"
 
 
@@ -49,10 +62,12 @@ class EngineState:
 
 
 def parse_vllm(text: str) -> dict[str, dict[str, float]]:
-    """The VLLM_SERIES values per model_name, summed over the other labels (engines, reasons)."""
+    """The VLLM_SERIES values per model_name, summed over the other labels (engines, reasons).
+
+    Lines of other series are skipped unparsed: a malformed one does not lose these values."""
     out: dict[str, dict[str, float]] = {}
     found = False
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families("\n".join(_WANTED.findall(text)) + "\n"):
         key = VLLM_SERIES.get(family.name)
         if key is None:
             continue
@@ -82,26 +97,24 @@ class EngineScraper:
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.max_models = max_models
-        self._task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
-        if self.states:  # no engine configured: no loop waking every interval for nothing
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        """One scrape loop per engine (none when no engine is configured)."""
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run(st)) for st in self.states]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _run(self) -> None:
+    async def _run(self, st: EngineState) -> None:
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
                 started = time.monotonic()
-                await asyncio.gather(*(self.scrape(session, s) for s in self.states))
+                await self.scrape(session, st)
                 await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
 
     async def scrape(self, session: aiohttp.ClientSession, st: EngineState) -> None:
@@ -110,10 +123,12 @@ class EngineScraper:
             async with session.get(st.url) as r:
                 if r.status != 200:
                     raise ValueError(f"HTTP {r.status}")
-                body = await r.content.read(MAX_BODY_BYTES + 1)
-                if len(body) > MAX_BODY_BYTES:
-                    raise ValueError(f"answer larger than {MAX_BODY_BYTES} bytes")
-            values = parse_vllm(body.decode("utf-8", errors="replace"))
+                body = bytearray()
+                async for chunk in r.content.iter_any():
+                    body += chunk
+                    if len(body) > MAX_BODY_BYTES:
+                        raise ValueError(f"answer larger than {MAX_BODY_BYTES} bytes")
+            values = await asyncio.to_thread(parse_vllm, body.decode("utf-8", errors="replace"))
             values = dict(list(values.items())[: self.max_models])
         except asyncio.TimeoutError:
             self._set(st, SLOW, f"no answer within {self.timeout_s}s")

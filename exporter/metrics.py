@@ -9,7 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from .. import __version__
-from .engine import UP, EngineState, span_token_ratio
+from .engine import GAUGES, UP, EngineState, span_token_ratio
 from .forward import DELAY_BUCKETS_S
 from .gpu import Selection
 from .ledger import ENERGY_BUCKETS_J, Ledger
@@ -169,7 +169,8 @@ class JouletraceCollector(Collector):
                                   "the engine counted since the first scrape: below 1 means spans are missing.",
                                   labels=lab)
         for st in self.engines:
-            up.add_metric([st.url], 1.0 if st.state == UP else 0.0)
+            answers = st.state == UP
+            up.add_metric([st.url], 1.0 if answers else 0.0)
             for reason, n in sorted(st.failures.items()):
                 failures.add_metric([st.url, reason], n)
             for model, series in st.values.items():
@@ -177,7 +178,7 @@ class JouletraceCollector(Collector):
                 for family, key in ((running, "requests_running"), (waiting, "requests_waiting"),
                                     (kv, "kv_cache_usage_ratio"), (prompt, "prompt_tokens"),
                                     (generation, "generation_tokens")):
-                    if key in series:
+                    if key in series and (answers or key not in GAUGES):  # a failed engine's gauges are stale
                         family.add_metric(labels, series[key])
                 value = span_token_ratio(st, model, self.ledger.completion_tokens(model))
                 if value is not None:

@@ -56,8 +56,10 @@ def wait_for(predicate, timeout_s: float, what: str, period_s: float = 0.2):
 class ExporterProcess:
     """`jouletrace exporter` in a subprocess on free loopback ports."""
 
-    def __init__(self, *args: str, env: dict | None = None):
-        self.metrics_port, self.grpc_port, self.http_port = free_port(), free_port(), free_port()
+    def __init__(self, *args: str, env: dict | None = None, ports: tuple[int, int, int] | None = None):
+        """`ports`: metrics, OTLP/gRPC and OTLP/HTTP (a stopped exporter's `ports`, to restart it on
+        them); free ones by default."""
+        self.metrics_port, self.grpc_port, self.http_port = ports or (free_port(), free_port(), free_port())
         cmd = [sys.executable, "-m", "jouletrace", "exporter",
                "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
                "--otlp-grpc-addr", f"127.0.0.1:{self.grpc_port}",
@@ -73,6 +75,10 @@ class ExporterProcess:
             raise
         if self.proc.poll() is not None:
             raise RuntimeError(f"exporter exited {self.proc.returncode}:\n{self.output()}")
+
+    @property
+    def ports(self) -> tuple[int, int, int]:
+        return self.metrics_port, self.grpc_port, self.http_port
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.metrics_port}{path}"
@@ -158,6 +164,17 @@ class PrometheusProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+async def serve_app(app) -> tuple:
+    """An aiohttp application served on a free loopback port from the running event loop: (runner, port)."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
 
 
 class BackgroundApp:

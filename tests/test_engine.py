@@ -9,7 +9,7 @@ import logging
 import aiohttp
 import pytest
 from aiohttp import web
-from servers import ExporterProcess, free_port, http_get, wait_for
+from servers import ExporterProcess, free_port, http_get, serve_app, wait_for
 
 from jouletrace.exporter.engine import DOWN, GARBAGE, SLOW, UP, EngineScraper, parse_vllm, span_token_ratio
 
@@ -65,10 +65,7 @@ def test_states_are_counted_and_logged_once_per_change(caplog):
         engine = FakeEngine()
         app = web.Application()
         app.router.add_get("/metrics", engine.handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runner, port = await serve_app(app)
         span_tokens = {"llama": 100.0}
         scraper = EngineScraper([f"http://127.0.0.1:{port}/metrics", f"http://127.0.0.1:{free_port()}/metrics"],
                                 span_tokens.get, timeout_s=0.5)

@@ -93,7 +93,12 @@ OPTIONS = (
     Option("pod", pod_name, "", "this pod as namespace/name (Kubernetes downward API): its GPUs are looked up in the "
                            "kubelet's PodResources API when --gpus is all"),
     Option("pod_resources_socket", str, "/var/lib/kubelet/pod-resources/kubelet.sock",
-           "the kubelet's PodResources socket, read with --pod"),
+           "the kubelet's PodResources socket, read with --pod and in node mode"),
+    Option("node_mode", switch, "off", "on: serve every pod of the node; each GPU's energy goes to the requests of "
+           "the pods holding it (PodResources), spans naming their pod by k8s.namespace.name and k8s.pod.name"),
+    Option("pod_refresh", positive(float), "15", "node mode: seconds between reads of the pods holding each GPU"),
+    Option("max_pods", positive(int), "256", "distinct pod labels of the per-pod energy at most; later ones fold "
+                                             "into `other`"),
     Option("sim_gpus", positive(int), "1", "number of simulated GPUs (sim backend)"),
     Option("sim_load", sim_load, "wave", "simulated GPU load: a fraction 0-1, or `wave` (idle to full and back every 5 min)"),
     Option("sim_seed", int, "0", "seed of the simulated GPUs' power noise"),
@@ -196,6 +201,9 @@ class ExporterConfig:
     gpus: str
     pod: str
     pod_resources_socket: str
+    node_mode: bool
+    pod_refresh: float
+    max_pods: int
     sim_gpus: int
     sim_load: str | float
     sim_seed: int

@@ -22,6 +22,7 @@ from .forward import Forwarder, hold_seconds
 from .intake import IntakeStats, start_grpc_intake, start_http_intake
 from .ledger import Ledger
 from .metrics import JouletraceCollector
+from .placement import PodPlacement
 from .powercap import PowerCap, PowerCapConfig
 from .sampler import GPUSampler
 
@@ -65,7 +66,7 @@ class Exporter:
                                        hold_s=hold_seconds(cfg.settle_delay, cfg.counter_interval),
                                        buffer_bytes=cfg.forward_buffer_bytes, timeout_s=cfg.forward_timeout)
         self.ledger = Ledger(self.samplers, settle_delay_s=cfg.settle_delay, window_s=cfg.window,
-                             max_pending=cfg.max_pending, max_models=cfg.max_models,
+                             max_pending=cfg.max_pending, max_models=cfg.max_models, max_pods=cfg.max_pods,
                              on_results=self.forwarder.on_results if self.forwarder else None)
         self.powercap = PowerCap(PowerCapConfig.from_config(cfg), self.samplers, self.ledger)
         self.intake_stats = IntakeStats()
@@ -80,6 +81,11 @@ class Exporter:
                                              selection=selection, config_reloads=self.config_reloads)
         self.registry.register(self.collector)
         self.registry.register(self.powercap.collector)
+        self.placement = None
+        if cfg.node_mode:
+            self.placement = PodPlacement(self.ledger, [d.uuid for d in self.devices], cfg.pod_resources_socket,
+                                          cfg.pod_refresh)
+            self.registry.register(self.placement.collector)
         self.attribution_errors = 0
         self.ports: dict[str, int] = {}
         self._stop = threading.Event()
@@ -99,6 +105,8 @@ class Exporter:
         self._spawn("attribution", self._attribute)
         self._spawn("powercap", self.powercap.run, self._stop)
         self._spawn("diagnosis", self.history.run, self._stop)
+        if self.placement is not None:
+            self._spawn("placement", self.placement.run, self._stop)
         self.engines.start()
         cfg = self.cfg
         if self.forwarder is not None:

@@ -9,6 +9,7 @@ from rig import Rig
 from jouletrace.exporter.config import OPTIONS
 from jouletrace.exporter.intake import IntakeStats
 from jouletrace.exporter.metrics import JouletraceCollector
+from jouletrace.exporter.placement import PodPlacement
 
 README = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -28,6 +29,7 @@ def test_every_metric_is_documented(clock):
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JouletraceCollector(rig.samplers, rig.ledger, IntakeStats().snapshot, clock=clock))
+    registry.register(PodPlacement(rig.ledger, [], "", 1.0).collector)
     text = generate_latest(registry).decode()
     families = set(re.findall(r"^# TYPE (\S+) (\S+)", text, re.M))
     assert len(families) > 30

@@ -83,6 +83,31 @@ def test_the_sidecar_keeps_otlp_on_localhost_and_vllm_sends_there():
     (vllm,) = containers(docs, "vllm")
     assert "--otlp-traces-endpoint=http://127.0.0.1:4317" in vllm["args"]
     assert any(e["name"] == "OTEL_SERVICE_NAME" for e in vllm["env"])
+    assert_names_its_pod(vllm)
+
+
+def assert_names_its_pod(server: dict) -> None:
+    """The server's spans carry its pod: OTEL_RESOURCE_ATTRIBUTES from the downward API, defined after
+    the variables it expands (Kubernetes expands $(VAR) from earlier entries only)."""
+    names = [e["name"] for e in server["env"]]
+    attrs = next(e["value"] for e in server["env"] if e["name"] == "OTEL_RESOURCE_ATTRIBUTES")
+    assert dict(kv.split("=") for kv in attrs.split(",")) == {"k8s.namespace.name": "$(POD_NAMESPACE)",
+                                                              "k8s.pod.name": "$(POD_NAME)"}
+    fields = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in server["env"] if "valueFrom" in e}
+    assert fields["POD_NAME"] == "metadata.name" and fields["POD_NAMESPACE"] == "metadata.namespace"
+    assert names.index("OTEL_RESOURCE_ATTRIBUTES") > max(names.index("POD_NAME"), names.index("POD_NAMESPACE"))
+
+
+def test_the_node_daemonset_places_requests_by_pod_and_reads_podresources():
+    (c,) = containers(build("node"))
+    assert "--node-mode=on" in c["args"]
+    assert {m["mountPath"] for m in c["volumeMounts"]} == {"/var/lib/kubelet/pod-resources"}
+
+
+def test_the_readme_snippet_for_node_mode_servers_is_what_the_sidecar_uses():
+    text = (ROOT / "k8s" / "README.md").read_text()
+    snippet = yaml.safe_load(text.split("```yaml\n", 1)[1].split("```", 1)[0])
+    assert_names_its_pod(snippet)
 
 
 def test_the_monitoring_overlay_carries_the_generated_rules_and_dashboards():

@@ -213,6 +213,7 @@ def test_one_span_per_request_with_its_trace_context(raw: RawRun):
         assert r.response_id == r.expected_response_id
         resource, span = raw.spans[r.expected_span_request_id]
         assert resource.get("service.name") == raw.model
+        assert (resource.get("k8s.namespace.name"), resource.get("k8s.pod.name")) == ("inference", f"{raw.model}-0")
         assert span.kind == span.SPAN_KIND_SERVER
         assert span.trace_id.hex() == r.trace_id, r.request_id
         assert span.parent_span_id.hex() == r.parent_span_id, r.request_id

@@ -83,6 +83,8 @@ def vllm_env(served_name: str, protocol: str = "grpc") -> dict:
         "TRANSFORMERS_OFFLINE": "1",
         "OTEL_SERVICE_NAME": served_name,
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": protocol,
+        # as the k8s manifests set it from the downward API: node mode places spans by their pod
+        "OTEL_RESOURCE_ATTRIBUTES": f"k8s.namespace.name=inference,k8s.pod.name={served_name}-0",
         # Spans leave in batches; the SDK's default is every 5 s. Half a second keeps them well
         # inside the exporter's settle delay, so no request's energy is split before its span.
         "OTEL_BSP_SCHEDULE_DELAY": "500",

@@ -1,0 +1,133 @@
+"""Node mode: which of the exporter's GPUs each pod on the node holds, kept in the ledger.
+
+Every `refresh_s` the kubelet's PodResources API lists the node's containers and their GPU ids;
+each pod (`namespace/name`) is placed on the exporter's GPUs whose UUIDs it holds, and the ledger
+splits each GPU's energy among the requests of the pods placed on it (ledger.py). A GPU shared
+by time-slicing appears under several pods: the NVIDIA device plugin names its replicas
+`<uuid>::<n>`, read here as the GPU `<uuid>`. When the kubelet does not answer, the last
+placement stays and the failure is counted.
+
+Spans name their pod through the resource attributes `k8s.namespace.name` and `k8s.pod.name`
+(set from the downward API; see k8s/README.md). Rendered here: which pods hold each GPU, the
+energy attributed to each pod's requests, unplaced spans and the refreshes.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+from typing import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .ledger import Ledger
+from .podresources import ContainerGPUs, PodResourcesError, list_gpus
+
+log = logging.getLogger(__name__)
+
+POD_LABELS = ["k8s_namespace", "k8s_pod"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    """A container holding one of the exporter's GPUs (ledger index `gpu`)."""
+
+    gpu: int
+    namespace: str
+    pod: str
+    container: str
+
+
+def gpu_uuid(device_id: str) -> str:
+    """The GPU a PodResources device id names: a time-slicing replica `<uuid>::<n>` is `<uuid>`."""
+    return device_id.split("::", 1)[0]
+
+
+def holders_of(containers: list[ContainerGPUs], gpu_uuids: list[str]) -> list[Holder]:
+    """The containers holding the exporter's GPUs (`gpu_uuids`, in ledger order), one per GPU held."""
+    index = {uuid: i for i, uuid in enumerate(gpu_uuids)}
+    out: set[Holder] = set()
+    for c in containers:
+        for device_id in c.device_ids:
+            g = index.get(gpu_uuid(device_id))
+            if g is not None:
+                out.add(Holder(g, c.namespace, c.pod, c.container))
+    return sorted(out, key=dataclasses.astuple)
+
+
+def pod_placement(holders: list[Holder]) -> dict[str, list[int]]:
+    """Each pod (`namespace/name`) and the ledger GPUs its containers hold."""
+    pods: dict[str, list[int]] = collections.defaultdict(list)
+    for h in holders:
+        gpus = pods[f"{h.namespace}/{h.pod}"]
+        if h.gpu not in gpus:
+            gpus.append(h.gpu)
+    return dict(pods)
+
+
+class PodPlacement:
+    """Keeps `ledger`'s placement in step with the kubelet; `run(stop)` refreshes on a thread."""
+
+    def __init__(self, ledger: Ledger, gpu_uuids: list[str], socket_path: str, refresh_s: float,
+                 lister: Callable[[str], list[ContainerGPUs]] = list_gpus):
+        self.ledger = ledger
+        self.gpu_uuids = list(gpu_uuids)
+        self.socket_path = socket_path
+        self.refresh_s = refresh_s
+        self._list = lister
+        self.holders: list[Holder] = []
+        self.refreshes: collections.Counter[str] = collections.Counter()  # "ok" or "error"
+        self.collector = PlacementCollector(self)
+
+    def refresh(self) -> None:
+        """One refresh; a kubelet that does not answer leaves the last placement in force."""
+        try:
+            containers = self._list(self.socket_path)
+        except PodResourcesError as exc:
+            self.refreshes["error"] += 1
+            log.warning("pod placement not refreshed: %s", exc)
+            return
+        holders = holders_of(containers, self.gpu_uuids)
+        self.ledger.set_placement(pod_placement(holders))
+        if holders != self.holders:
+            log.info("pod placement: %s", "; ".join(f"GPU {h.gpu}: {h.namespace}/{h.pod}" for h in holders) or "none")
+        self.holders = holders
+        self.refreshes["ok"] += 1
+
+    def run(self, stop: threading.Event) -> None:
+        while True:
+            self.refresh()
+            if stop.wait(self.refresh_s):
+                return
+
+
+class PlacementCollector(Collector):
+    def __init__(self, placement: PodPlacement):
+        self.placement = placement
+
+    def describe(self):
+        return []
+
+    def collect(self) -> Iterator:
+        p = self.placement
+        holds = GaugeMetricFamily("jouletrace_gpu_pod_info", "1 for each container that holds the GPU (kubelet "
+                                  "PodResources); several pods on one GPU share it by time-slicing.",
+                                  labels=["gpu", "uuid", *POD_LABELS, "container"])
+        for h in p.holders:
+            holds.add_metric([str(h.gpu), p.gpu_uuids[h.gpu], h.namespace, h.pod, h.container], 1)
+        energy = CounterMetricFamily("jouletrace_pod_energy_joules", "GPU energy attributed to the requests of "
+                                     "the pod named by their spans; `other` past the pod cap.", labels=POD_LABELS)
+        for pod, joules in p.ledger.pod_energy():
+            namespace, _, name = pod.rpartition("/")
+            energy.add_metric([namespace, name], joules)
+        unplaced = CounterMetricFamily("jouletrace_spans_unplaced", "Request spans whose pod holds none of the "
+                                       "node's GPUs or that name no pod: attributed across every GPU.")
+        unplaced.add_metric([], p.ledger.spans_unplaced)
+        refreshes = CounterMetricFamily("jouletrace_pod_placement_refreshes", "Reads of the kubelet's "
+                                        "PodResources API for the pod placement, by result.", labels=["result"])
+        for result in ("ok", "error"):
+            refreshes.add_metric([result], p.refreshes[result])
+        yield from (holds, energy, unplaced, refreshes)

@@ -1,5 +1,6 @@
 """The exporter killed mid-run (SIGKILL, or SIGTERM's graceful stop) and restarted on the same ports
-while its GPU keeps drawing power and a request runs across the restart.
+while its GPU keeps drawing power and a request runs across the restart; and a GPU that disappears
+from a running exporter and comes back with its counter restarted.
 
 The GPU is a device-file GPU drawing a constant 300 W whose counter started long before either
 exporter (5 MJ), so the device's truth is known at every instant. The restarted exporter's
@@ -9,6 +10,7 @@ time after its own start, and what both processes counted together never exceeds
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -142,4 +144,28 @@ def test_restart_counts_no_joule_twice(tmp_path, sig):
         first.stop()
         if second is not None:
             assert second.stop() == 0, second.output()
+        gpu.stop()
+
+
+def test_a_gpu_that_disappears_and_comes_back_with_a_restarted_counter(tmp_path):
+    path = str(tmp_path / "gpus")
+    gpu = ConstantPowerGPU(path)
+    exporter = ExporterProcess("--gpu", "sim", "--sim-device-file", path, "--counter-interval", "0.5")
+    try:
+        wait_for(lambda: metric(exporter, "jouletrace_gpu_energy_joules_total") > 0, 10, "energy")
+        assert metric(exporter, "jouletrace_gpu_up") == 1
+        gpu.stop()
+        os.unlink(path)  # the engine and its GPUs are gone
+        wait_for(lambda: metric(exporter, "jouletrace_gpu_up") == 0, 10, "the GPU marked down")
+        assert metric(exporter, "jouletrace_gpu_read_errors_total", code="gpu_lost") >= 1
+        gpu = ConstantPowerGPU(path, counter_j=0.0)  # a new engine: its counter starts from zero
+        back = time.time()
+        wait_for(lambda: metric(exporter, "jouletrace_gpu_up") == 1, 10, "the GPU picked up again")
+        wait_for(lambda: metric(exporter, "jouletrace_gpu_counter_resets_total") == 1, 10, "the counter reset")
+        url = exporter.url(f"/api/v1/energy?start={back + 1.0}&end={back + 2.0}")
+        wait_for(lambda: http_get(url)[0] == 200, 10, "the window settled")
+        assert json.loads(http_get(url)[1])["joules"] == pytest.approx(POWER_W, abs=0.01)
+        assert metric(exporter, "jouletrace_gpu_counter_rejected_total") == 0
+    finally:
+        assert exporter.stop() == 0, exporter.output()
         gpu.stop()

@@ -108,6 +108,7 @@ class WindowStats:
     images: int = 0
     video_energy_j: float = 0.0
     videos: int = 0
+    gpus: int = 1  # GPUs the model runs on (those measured_j covers)
 
     @property
     def joules_per_output_token(self) -> float | None:
@@ -588,7 +589,7 @@ class Ledger:
             measured = on @ total["measured"]  # per model: the energy of the GPUs it runs on
             return {name: WindowStats(float(total["model_energy"][m]), float(total["tokens"][m]), float(measured[m]),
                                       seconds, float(total["image_energy"][m]), int(total["images"][m]),
-                                      float(total["video_energy"][m]), int(total["videos"][m]))
+                                      float(total["video_energy"][m]), int(total["videos"][m]), int(on[m].sum()))
                     for m, name in enumerate(self.model_names)}
 
     def pod_energy(self) -> list[tuple[str, float]]:

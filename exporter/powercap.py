@@ -496,7 +496,6 @@ class History:
             return None
         self.last_end = end
         latency = self.spans.window(start, end)
-        n = len(self.samplers)
         observed = []
         for model, ws in stats.items():
             items = ws.images + ws.videos
@@ -506,8 +505,8 @@ class History:
                 energy, rate = (ws.image_energy_j + ws.video_energy_j) / items, items / seconds
             else:
                 continue
-            observed.append(OperatingPoint(model, limit, energy, rate, ws.measured_j / seconds / n,
-                                           latency.get(model, {}), n, time=end))
+            observed.append(OperatingPoint(model, limit, energy, rate, ws.measured_j / seconds / ws.gpus,
+                                           latency.get(model, {}), ws.gpus, time=end))
         self.points.extend(observed)
         return Observation(start, end, limit, observed)
 

@@ -214,6 +214,7 @@ def test_node_placement_keeps_each_gpus_energy_with_the_pods_that_hold_it(clock)
     assert window["C"].measured_j == pytest.approx(sum(g.idle_j + g.attributed_j for g in rig.ledger.gpus[1:]),
                                                    rel=0.05)
     assert window["A"].measured_j == window["B"].measured_j < window["C"].measured_j + window["A"].measured_j
+    assert [window[m].gpus for m in "ABC"] == [1, 1, 1]
 
 
 def test_unplaced_spans_run_on_every_gpu_and_are_counted(clock):

@@ -13,7 +13,8 @@ body too large        413                         RESOURCE_EXHAUSTED   too_large
 undecodable           400 + google.rpc.Status     INVALID_ARGUMENT     malformed (messages)
 bad Content-Type or   415                         -                    unsupported_media_type
 Content-Encoding                                                       (messages)
-sink full             503 + Retry-After           UNAVAILABLE          queue_full (spans)
+sink full             503 + Retry-After           UNAVAILABLE +        queue_full (spans)
+                                                  RetryInfo
 bug in the intake     500                         INTERNAL             internal (messages)
 ====================  ==========================  ===================  ======================
 
@@ -31,16 +32,17 @@ import asyncio
 import json
 import logging
 import threading
+import time
 import zlib
 
 import grpc
 from aiohttp import web
-from google.protobuf import json_format
-from google.rpc import code_pb2, status_pb2
+from google.protobuf import any_pb2, duration_pb2, json_format
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from .ledger import span_keys
-from .otlp import DecodeError, DecodeResult, decode_json, decode_protobuf
+from .otlp import DecodeError, DecodeResult, decode_json, decode_protobuf, reject_future
 from .records import IntakeFull
 
 __all__ = [
@@ -169,7 +171,7 @@ def _decode_and_submit(body, decode, sink, default_model: str):
     """Shared by both protocols: (outcome, result, message). outcome is "ok", "malformed" or
     "queue_full"."""
     try:
-        result = decode(body, default_model)
+        result = reject_future(decode(body, default_model), time.time())
     except DecodeError as exc:
         return "malformed", None, str(exc)[:MAX_ERROR_MESSAGE_CHARS]
     if len(result.batch):
@@ -384,22 +386,22 @@ async def start_grpc_intake(
         stats.count("grpc", code.name, **kw)
 
     async def process(request: bytes):
-        """(status code or None for OK, details, response bytes)."""
+        """(status code or None for OK, details, response bytes; trailing metadata for an error)."""
         if len(request) > max_bytes:
             count(grpc.StatusCode.RESOURCE_EXHAUSTED, rejected={"too_large": 1})
             return (
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"message of {len(request)} bytes exceeds the limit of {max_bytes}", b"",
+                f"message of {len(request)} bytes exceeds the limit of {max_bytes}", (),
             )
         outcome, result, message = await _decode_and_submit_async(
             request, decode_protobuf, sink, default_model
         )
         if outcome == "malformed":
             count(grpc.StatusCode.INVALID_ARGUMENT, rejected={"malformed": 1})
-            return grpc.StatusCode.INVALID_ARGUMENT, message, b""
+            return grpc.StatusCode.INVALID_ARGUMENT, message, ()
         if outcome == "queue_full":
             count(grpc.StatusCode.UNAVAILABLE, **_counts(result, outcome))
-            return grpc.StatusCode.UNAVAILABLE, message, b""
+            return grpc.StatusCode.UNAVAILABLE, message, _retry_trailers(message)
         count(grpc.StatusCode.OK, **_counts(result, outcome))
         _forward(forward, request, result, "protobuf")
         if result.rejected:
@@ -417,10 +419,10 @@ async def start_grpc_intake(
         except Exception:
             log.exception("OTLP/gRPC intake failed on a request")
             count(grpc.StatusCode.INTERNAL, rejected={"internal": 1})
-            code, details, response = grpc.StatusCode.INTERNAL, "internal error", b""
+            code, details, response = grpc.StatusCode.INTERNAL, "internal error", ()
         if code is not None:
             log.debug("OTLP/gRPC %s: %s", code.name, details)
-            await context.abort(code, details)
+            await context.abort(code, details, response)
         return response
 
     # Requests arrive as raw bytes (no deserializer) so their size can be checked and counted here.
@@ -453,6 +455,20 @@ async def start_grpc_intake(
     server.bound_port = bound  # grpc.aio.Server has no accessor for it
     log.info("OTLP/gRPC intake listening on %s (port %d)", address, bound)
     return server
+
+
+def _retry_trailers(message: str) -> tuple[tuple[str, bytes], ...]:
+    """Trailing metadata of an UNAVAILABLE answer asking the sender to retry in RETRY_AFTER_S s:
+    a google.rpc.RetryInfo in the status details (as the OTLP specification reads it) and alone
+    under ``google.rpc.retryinfo-bin`` (as OpenTelemetry's Python exporter reads it)."""
+    info = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=RETRY_AFTER_S))
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=message, details=[detail])
+    return (
+        ("grpc-status-details-bin", status.SerializeToString()),
+        ("google.rpc.retryinfo-bin", info.SerializeToString()),
+    )
 
 
 def bound_port(server) -> int:

@@ -13,7 +13,8 @@ What makes a request span invalid (it is *rejected*, the rest of the message is 
     token counts that are not whole numbers in [0, 10^9]; latencies that are negative, not finite
     or not numbers; a zero start or end time, or an end before the start; a trace id that is not
     16 bytes or a span id that is not 8 bytes; an image/video count that is not a whole number
-    >= 1. In OTLP/JSON, also a trace/span id that is not hex, a time that is not an integer, and a
+    >= 1; an end more than `MAX_FUTURE_S` after the receiver's clock (`reject_future`, applied by
+    the intake: such a request would stay pending until then). In OTLP/JSON, also a trace/span id that is not hex, a time that is not an integer, and a
     malformed ``attributes`` list inside the span.
 
 What makes the whole message unusable (`DecodeError`)
@@ -59,13 +60,14 @@ import numpy as np
 from . import _otlpwire
 from .records import REQUEST_DTYPE, RequestBatch, RequestRecord
 
-__all__ = ["DecodeError", "DecodeResult", "decode_protobuf", "decode_json"]
+__all__ = ["DecodeError", "DecodeResult", "decode_protobuf", "decode_json", "reject_future"]
 
 MAX_TOKENS = _otlpwire.MAX_TOKENS  # 10**9
 MAX_MODEL_CHARS = _otlpwire.MAX_MODEL_CHARS  # 128
 MAX_REQUEST_ID_CHARS = _otlpwire.MAX_REQUEST_ID_CHARS  # 256
 MAX_ERRORS = _otlpwire.MAX_ERRORS  # 5
 MAX_POD_NAME_CHARS = _otlpwire.MAX_POD_NAME_CHARS  # 253
+MAX_FUTURE_S = 300.0  # clock skew tolerated between sender and receiver, s
 
 _MEDIA = frozenset(("image", "video"))
 
@@ -118,6 +120,22 @@ class DecodeResult:
     def spans(self) -> int:
         """All spans the message held."""
         return len(self.batch) + self.rejected + self.ignored
+
+
+def reject_future(result: DecodeResult, now: float) -> DecodeResult:
+    """`result` less the request spans ending more than MAX_FUTURE_S after `now` (Unix s), which
+    are counted as rejected."""
+    future = result.batch.rows["end"] > now + MAX_FUTURE_S
+    if not future.any():
+        return result
+    errors = list(result.errors)
+    kept = []
+    for rec, late in zip(result.batch.records(), future):
+        if late:
+            _note(errors, rec.span_id, f"end time is {rec.end - now:.0f} s in the future")
+        else:
+            kept.append(rec)
+    return DecodeResult(RequestBatch.from_records(kept), result.rejected + int(future.sum()), result.ignored, errors)
 
 
 # --------------------------------------------------------------------------------------------

@@ -108,6 +108,11 @@ OPTIONS = (
     Option("metrics_addr", address, "0.0.0.0:9464", "Prometheus /metrics, /healthz, /readyz listener"),
     Option("otlp_grpc_addr", address, "127.0.0.1:4317", "OTLP/gRPC span listener (`off` disables)"),
     Option("otlp_http_addr", address, "127.0.0.1:4318", "OTLP/HTTP span listener, POST /v1/traces (`off` disables)"),
+    Option("tls_cert_file", str, "", "PEM server certificate (with its chain) of the metrics/admin listener and both "
+           "OTLP listeners, read at start; empty: plaintext"),
+    Option("tls_key_file", str, "", "PEM private key of --tls-cert-file, unencrypted (a mounted secret)"),
+    Option("tls_client_ca_file", str, "", "PEM CA certificates: the OTLP listeners require a client certificate "
+           "signed by one of them (mutual TLS); empty: no client certificate asked"),
     Option("max_message_bytes", positive(int), str(4 << 20), "largest OTLP message accepted, bytes (after gunzip)"),
     Option("max_pending", positive(int), "100000", "requests held for attribution at most; beyond, senders are told to retry"),
     Option("max_models", positive(int), "50", "distinct model labels at most; later ones fold into `other`"),
@@ -211,6 +216,9 @@ class ExporterConfig:
     metrics_addr: tuple[str, int] | None
     otlp_grpc_addr: tuple[str, int] | None
     otlp_http_addr: tuple[str, int] | None
+    tls_cert_file: str
+    tls_key_file: str
+    tls_client_ca_file: str
     max_message_bytes: int
     max_pending: int
     max_models: int

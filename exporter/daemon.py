@@ -15,7 +15,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from . import diagnose, energy_api, gpu, simgpu
+from . import diagnose, energy_api, gpu, simgpu, tls
 from .config import ExporterConfig
 from .engine import EngineScraper
 from .forward import Forwarder, hold_seconds
@@ -53,6 +53,10 @@ class Exporter:
 
     def __init__(self, cfg: ExporterConfig, devices: list[gpu.GPUDevice] | None = None):
         self.cfg = cfg
+        self.tls = tls.load(cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_client_ca_file)
+        if cfg.powercap_actuation and self.tls is None:
+            log.warning("power-cap actuation is on without TLS: admin tokens cross the network in the clear "
+                        "(--tls-cert-file)")
         selection = gpu_selection(cfg) if devices is None else gpu.Selection()
         self.devices = devices if devices is not None else open_configured_devices(cfg, selection)
         if not self.devices:
@@ -115,13 +119,17 @@ class Exporter:
         if cfg.metrics_addr:
             self.ports["metrics"] = await self._serve_metrics(*cfg.metrics_addr)
         if cfg.otlp_http_addr:
-            runner = await start_http_intake(*cfg.otlp_http_addr, self.powercap.sink, self.intake_stats, **intake)
+            runner = await start_http_intake(*cfg.otlp_http_addr, self.powercap.sink, self.intake_stats, **intake,
+                                             ssl_context=self.tls.otlp_http if self.tls else None)
             self._runners.append(runner)
             self.ports["otlp_http"] = _bound_port(runner)
         if cfg.otlp_grpc_addr:
-            self._grpc = await start_grpc_intake(*cfg.otlp_grpc_addr, self.powercap.sink, self.intake_stats, **intake)
+            self._grpc = await start_grpc_intake(*cfg.otlp_grpc_addr, self.powercap.sink, self.intake_stats, **intake,
+                                                 credentials=self.tls.otlp_grpc if self.tls else None)
             self.ports["otlp_grpc"] = self._grpc.bound_port
-        log.info("listening: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
+        log.info("listening: %s (%s)", ", ".join(f"{k}={v}" for k, v in self.ports.items()),
+                 "plaintext" if self.tls is None else
+                 "TLS, OTLP clients need a certificate" if self.tls.mutual else "TLS")
 
     def reload(self, new: ExporterConfig) -> None:
         """Applies the options of `new` that can change live; logs and counts the others."""
@@ -196,7 +204,8 @@ class Exporter:
                 log.exception("attribution pass failed")
 
     # -- HTTP: metrics and health ---------------------------------------------------------
-    async def _serve_metrics(self, host: str, port: int) -> int:
+    def metrics_app(self) -> web.Application:
+        """The metrics port's routes: all read-only but the power-cap admin API's POST and DELETE."""
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
@@ -204,9 +213,12 @@ class Exporter:
         app.router.add_get("/api/v1/energy", energy_api.handler(self.samplers))
         self.powercap.add_routes(app)
         app.router.add_get("/diagnose", diagnose.handler(self.history))
-        runner = web.AppRunner(app, access_log=None)
+        return app
+
+    async def _serve_metrics(self, host: str, port: int) -> int:
+        runner = web.AppRunner(self.metrics_app(), access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=self.tls.metrics if self.tls else None).start()
         self._metrics_runner = runner
         return _bound_port(runner)
 

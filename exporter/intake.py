@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import threading
 import time
 import zlib
@@ -237,9 +238,11 @@ def _status_body(code: int, message: str, as_json: bool) -> bytes:
 
 
 async def start_http_intake(
-    host: str, port: int, sink, stats: IntakeStats, *, max_bytes: int, default_model: str, forward=None
+    host: str, port: int, sink, stats: IntakeStats, *, max_bytes: int, default_model: str, forward=None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> web.AppRunner:
-    """Serve ``POST /v1/traces`` (OTLP/HTTP, protobuf or JSON, optionally gzip) on host:port.
+    """Serve ``POST /v1/traces`` (OTLP/HTTP, protobuf or JSON, optionally gzip) on host:port,
+    over TLS with ``ssl_context``.
 
     Returns the started runner; ``bound_port(runner)`` (or ``runner.addresses[0][1]``) is the
     port, ``await runner.cleanup()`` stops it. Bodies over max_bytes, before or after gzip
@@ -336,7 +339,7 @@ async def start_http_intake(
     app.router.add_post(TRACES_PATH, guarded)
     runner = web.AppRunner(app, access_log=None, auto_decompress=False, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     try:
         await site.start()
     except BaseException:
@@ -372,9 +375,11 @@ def _closing(resp: web.Response) -> web.Response:
 # OTLP/gRPC
 
 async def start_grpc_intake(
-    host: str, port: int, sink, stats: IntakeStats, *, max_bytes: int, default_model: str, forward=None
+    host: str, port: int, sink, stats: IntakeStats, *, max_bytes: int, default_model: str, forward=None,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> grpc.aio.Server:
-    """Serve ``opentelemetry.proto.collector.trace.v1.TraceService/Export`` on host:port.
+    """Serve ``opentelemetry.proto.collector.trace.v1.TraceService/Export`` on host:port, over TLS
+    with ``credentials``.
 
     Returns the started server; its ``bound_port`` attribute (or ``bound_port(server)``) is the
     port, ``await server.stop(grace)`` stops it. Messages over max_bytes are answered RESOURCE_EXHAUSTED and counted; gRPC's own
@@ -442,7 +447,7 @@ async def start_grpc_intake(
     )
     address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     except RuntimeError as exc:
         bound = 0
         why = f": {exc}"

@@ -20,9 +20,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+def http_get(url: str, timeout: float = 5.0, context=None) -> tuple[int, str]:
+    """(status, body); status 0 when no answer came. `context`: the client's ssl.SSLContext for https."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
@@ -56,9 +57,11 @@ def wait_for(predicate, timeout_s: float, what: str, period_s: float = 0.2):
 class ExporterProcess:
     """`jouletrace exporter` in a subprocess on free loopback ports."""
 
-    def __init__(self, *args: str, env: dict | None = None, ports: tuple[int, int, int] | None = None):
+    def __init__(self, *args: str, env: dict | None = None, ports: tuple[int, int, int] | None = None,
+                 tls=None):
         """`ports`: metrics, OTLP/gRPC and OTLP/HTTP (a stopped exporter's `ports`, to restart it on
-        them); free ones by default."""
+        them); free ones by default. `tls`: the ssl.SSLContext to reach an exporter serving https."""
+        self.tls = tls
         self.metrics_port, self.grpc_port, self.http_port = ports or (free_port(), free_port(), free_port())
         cmd = [sys.executable, "-m", "jouletrace", "exporter",
                "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
@@ -68,7 +71,7 @@ class ExporterProcess:
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
         try:
-            wait_for(lambda: self.proc.poll() is not None or http_get(self.url("/readyz"))[0] == 200, 30,
+            wait_for(lambda: self.proc.poll() is not None or http_get(self.url("/readyz"), context=tls)[0] == 200, 30,
                      "exporter readiness")
         except TimeoutError:
             self.stop()
@@ -81,7 +84,7 @@ class ExporterProcess:
         return self.metrics_port, self.grpc_port, self.http_port
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}{path}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.metrics_port}{path}"
 
     def output(self) -> str:
         self.log.flush()

@@ -40,3 +40,15 @@ def test_every_metric_is_documented(clock):
         if kind == "info" and not name.endswith("_info"):
             documented += "_info"
         assert f"`{documented}`" in README, f"{documented} ({kind}) is not in the README's metric reference"
+
+
+def test_every_direct_dependency_says_what_it_is_for():
+    import tomllib
+
+    project = tomllib.loads((pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    section = README.split("\n## Dependencies\n", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `([^`]+)` \|[^|]*\| (\S[^|]*) \|$", section, re.M))
+    requirements = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    for requirement in requirements:
+        name = re.match(r"[A-Za-z0-9._-]+", requirement).group(0)
+        assert name in rows, f"{name} is not in the README's Dependencies table"

@@ -18,6 +18,9 @@ span names a placed pod runs only on that pod's GPUs, so a GPU shared by several
 among their requests alone, and each GPU's energy stays with the pods that hold it. A request
 whose pod is not placed (or that names none) runs on every GPU and is counted as unplaced.
 
+Span times are on the sender's clock; a sender whose clock runs ahead of the exporter's is
+detected and its spans moved onto the exporter's clock (clockskew.py).
+
 Spans arrive after their request ends; a request whose time was partly finalized before its span
 arrived is counted as late and gets energy only for its unfinalized time.
 
@@ -41,6 +44,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .clockskew import ClockSkew
 from .labels import LabelLimiter
 from .records import IntakeFull, RequestBatch
 from .sampler import GPUSampler
@@ -256,6 +260,7 @@ class Ledger:
         self.spans_expired = 0  # all of it was: no energy, tokens still counted
         self.spans_duplicate = 0
         self.spans_unplaced = 0  # placement is set but names no GPU for the span's pod
+        self.skew = ClockSkew()
         self.passes = 0
         self.pass_seconds = 0.0
 
@@ -357,6 +362,7 @@ class Ledger:
                 rows, ids = rows[fresh], ids[fresh]
             self.spans_accepted += len(rows)
             models = np.array([self._model(name) for name in batch.models], dtype=np.int32)[rows["model"]]
+            rows = self.skew.correct(rows, models, self._clock())
             pods, gpus = self._placed(batch, rows)
             np.bitwise_or.at(self._model_gpus, models, gpus)
             p_start, p_end, p_weight, p_gen, p_row, p_kind = batch_phases(rows)
@@ -596,6 +602,11 @@ class Ledger:
         """Energy attributed to each named pod's requests (J, monotonic), `other` for those past the cap."""
         with self._lock:
             return [(name, float(self._p_energy[i])) for i, name in enumerate(self.pod_names) if name]
+
+    def clock_offsets(self) -> dict[str, float]:
+        """Each model's senders' clock offset (s; negative: ahead of the exporter, corrected)."""
+        with self._lock:
+            return {self.model_names[m]: offset for m, offset in self.skew.offsets().items()}
 
     def completion_tokens(self, model: str) -> int:
         """Output tokens of finished requests seen in spans for `model` (0 if never seen)."""

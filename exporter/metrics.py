@@ -212,6 +212,15 @@ class JouletraceCollector(Collector):
         yield late
         yield CounterMetricFamily("jouletrace_spans_duplicate", "Request spans seen twice (same trace and span id), "
                                   "counted once.", value=led.spans_duplicate)
+        offset = GaugeMetricFamily("jouletrace_span_clock_offset_seconds", "Least (arrival - end) of the model's "
+                                   "request spans over 2 minutes: the senders' clock lag plus the shortest export "
+                                   "delay; negative: their clock is ahead, and their spans are corrected.",
+                                   labels=["model"])
+        for model, seconds in led.clock_offsets().items():
+            offset.add_metric([model], seconds)
+        yield offset
+        yield CounterMetricFamily("jouletrace_spans_clock_corrected", "Request spans moved back onto the exporter's "
+                                  "clock because their sender's clock is ahead.", value=led.skew.corrected)
         yield GaugeMetricFamily("jouletrace_requests_pending", "Requests held for attribution.", value=led.pending)
         yield CounterMetricFamily("jouletrace_model_labels_folded", "Spans whose model label folded into `other` "
                                   "(the model label cap was reached).", value=led.folded_models)

@@ -1,5 +1,6 @@
 """Attribution: conservation, the split rule, late and duplicate spans, limits, window aggregates."""
 
+import dataclasses
 import random
 
 import pytest
@@ -116,9 +117,9 @@ def test_late_expired_and_duplicate_spans_are_counted(clock):
 def test_full_ledger_refuses_and_keeps_what_it_has(clock):
     rig = Rig(clock, max_pending=3)
     rig.run(1.0)
-    rig.submit([rig.request(100.0 + i, 1.0, span_id=i + 1) for i in range(3)])
+    rig.submit([rig.request(0.1 * i, 0.5, span_id=i + 1) for i in range(3)])
     with pytest.raises(IntakeFull):
-        rig.submit([rig.request(200.0, 1.0, span_id=9)])
+        rig.submit([rig.request(0.3, 0.5, span_id=9)])
     assert rig.ledger.pending == 3
 
 
@@ -266,3 +267,23 @@ def test_conservation_holds_per_gpu_under_random_placements(clock, seed, n):
     for g, totals in enumerate(rig.ledger.gpus):
         if not any(r.pod not in pods or g in pods[r.pod] for r in reqs):
             assert totals.attributed_j == 0  # no request was placed on it: all its energy is idle
+
+
+def test_a_sender_clock_ahead_is_corrected_and_one_behind_is_reported(clock):
+    rig = Rig(clock, load=0.7, settle_delay_s=5.0)
+    rig.run(10.0)
+    on_time = rig.request(6.0, 4.0, rid="a", model="on-time", span_id=1)
+    ahead = dataclasses.replace(rig.request(6.0, 4.0, rid="b", model="ahead", span_id=2),
+                                start=on_time.start + 30.0, end=on_time.end + 30.0)
+    rig.submit([on_time, ahead])  # both just ended; the second sender's clock is 30 s ahead
+    rig.run(10.0)
+    behind = dataclasses.replace(rig.request(16.0, 4.0, rid="c", model="behind", span_id=3),
+                                 start=clock.t - 2.0 - 1.5, end=clock.t - 1.5)
+    rig.submit([behind])
+    rig.run(10.0)
+    energy = {name: m.energy_j for name, m in rig.ledger.snapshot_models()}
+    assert energy["ahead"] == pytest.approx(energy["on-time"], rel=1e-4)  # moved onto the exporter's clock (to its lag)
+    assert rig.ledger.skew.corrected == 1
+    offsets = rig.ledger.clock_offsets()
+    assert offsets["ahead"] == pytest.approx(-30.0, abs=0.2) and offsets["behind"] == pytest.approx(1.5, abs=0.2)
+    assert energy["behind"] > 0 and rig.ledger.spans_late == 0  # reported, left as it is

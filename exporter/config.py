@@ -51,11 +51,19 @@ def pod_name(text: str) -> str:
     return text
 
 
+def _no_credentials(text: str) -> str:
+    """`text`, a URL, unless it holds credentials (`user:password@`): secrets never go in a flag's
+    value, and the error does not repeat them."""
+    if "@" in urllib.parse.urlsplit(text).netloc:
+        raise argparse.ArgumentTypeError("a URL with credentials (user:password@) is refused: secrets go in files")
+    return text
+
+
 def url(text: str) -> str:
     text = text.strip()
     if not text.startswith(("http://", "https://")):
         raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {text!r}")
-    return text
+    return _no_credentials(text)
 
 
 def forward_url(text: str) -> str:
@@ -64,7 +72,7 @@ def forward_url(text: str) -> str:
     parts = urllib.parse.urlsplit(text)
     if text and (parts.scheme not in ("grpc", "grpcs", "http", "https") or not parts.netloc):
         raise argparse.ArgumentTypeError(f"expected grpc://host:port or an http(s):// URL, got {text!r}")
-    return text
+    return _no_credentials(text)
 
 
 @dataclass(frozen=True, slots=True)

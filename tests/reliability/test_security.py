@@ -116,6 +116,14 @@ def test_defaults_keep_otlp_on_loopback_actuation_off_and_no_tls():
     assert tls.load(cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_client_ca_file) is None
 
 
+@pytest.mark.parametrize("variable", ["JOULETRACE_FORWARD_OTLP", "JOULETRACE_ENGINE_METRICS"])
+def test_a_url_option_with_credentials_is_refused_without_repeating_them(variable):
+    with pytest.raises(ValueError, match="secrets go in files") as error:
+        ExporterConfig.from_namespace(build_parser().parse_args(["exporter"]),
+                                      {variable: "https://jouletrace:pa55word@127.0.0.1:8000/v1/traces"})
+    assert "pa55word" not in str(error.value)
+
+
 def test_every_route_of_the_metrics_port_is_read_only_unless_actuation_is_on(exporter):
     app = Exporter(config("--gpu", "sim")).metrics_app()
     writable = {(r.method, r.resource.canonical) for r in app.router.routes() if r.method not in READ_ONLY}

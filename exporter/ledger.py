@@ -31,7 +31,9 @@ Per-request results. Given `on_results`, the ledger reports each request span's 
 identity key (`span_keys`): its energy once it completes (`"settled"`, or `"late_partial"` when
 part of its time had been split before its span arrived), `"late"` with 0 J when all of it had,
 and `"duplicate"` with 0 J for a copy of a span whose original is no longer pending (a copy of a
-pending span is answered by the original's result, since both share the key).
+pending span is answered by the original's result, since both share the key). Span identities are
+remembered for the timeline's retention, at most `SEEN_PER_PENDING` x `max_pending` of them: under
+a flood, the oldest are forgotten first and memory stays bounded.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ PREFILL, DECODE, WHOLE = 0, 1, 2
 #: Placement bit masks over the ledger's GPUs (bit g: GPU g); EVERY_GPU for unplaced requests.
 MAX_GPUS = 64
 EVERY_GPU = np.uint64(2**64 - 1)
+
+#: Span identities remembered for duplicates, per request that may be pending.
+SEEN_PER_PENDING = 2
 
 #: on_results(keys (uint64), energy_j (float64), completion_tokens (int64), status)
 ResultsCallback = Callable[[np.ndarray, np.ndarray, np.ndarray, str], None]
@@ -343,6 +348,8 @@ class Ledger:
             distinct = taken - {0}
         self._seen |= distinct
         self._seen_by_time.append((float(rows["end"].max()), distinct))
+        while len(self._seen) > SEEN_PER_PENDING * self.max_pending and len(self._seen_by_time) > 1:
+            self._seen.difference_update(self._seen_by_time.popleft()[1])
         return fresh
 
     def submit(self, batch: RequestBatch) -> None:

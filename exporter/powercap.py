@@ -42,7 +42,7 @@ from prometheus_client.registry import Collector
 from jouletrace.loadgen.frontier import deadline_choices, pareto_frontier, provision
 
 from . import actuation
-from .ledger import Ledger
+from .ledger import SEEN_PER_PENDING, Ledger
 from .records import RequestBatch
 from .sampler import GPUSampler
 
@@ -364,7 +364,8 @@ def describe(advice: Sequence[ModelAdvice]) -> list[str]:
 class SpanLatency:
     """The span intake's sink: passes each batch to the ledger and keeps, per finished request, its
     end, model, mean inter-token latency (decode time / (output tokens - 1)) with its token gaps as
-    weight, and for image and video requests the generation latency; for `hold_s` seconds."""
+    weight, and for image and video requests the generation latency; for `hold_s` seconds, and of
+    at most `SEEN_PER_PENDING` x the ledger's `max_pending` requests (the oldest go first)."""
 
     def __init__(self, ledger: Ledger, hold_s: float, clock: Callable[[], float] = time.time):
         self.ledger = ledger
@@ -372,6 +373,7 @@ class SpanLatency:
         self._clock = clock
         self._lock = threading.Lock()
         self._chunks: collections.deque = collections.deque()  # (latest end, columns)
+        self._rows = 0
 
     def submit(self, batch: RequestBatch) -> None:
         self.ledger.submit(batch)  # raises IntakeFull: nothing kept
@@ -389,9 +391,11 @@ class SpanLatency:
         }
         with self._lock:
             self._chunks.append((float(rows["end"].max()), columns))
+            self._rows += len(rows)
             cutoff = self._clock() - self.hold_s
-            while self._chunks and self._chunks[0][0] < cutoff:
-                self._chunks.popleft()
+            cap = SEEN_PER_PENDING * self.ledger.max_pending
+            while self._chunks and (self._chunks[0][0] < cutoff or self._rows > cap):
+                self._rows -= len(self._chunks.popleft()[1]["end"])
 
     def window(self, start: float, end: float) -> dict[str, dict[str, float]]:
         """Latency (ms) by basis, per model, of the requests that ended in (start, end]."""

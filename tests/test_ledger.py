@@ -287,3 +287,14 @@ def test_a_sender_clock_ahead_is_corrected_and_one_behind_is_reported(clock):
     offsets = rig.ledger.clock_offsets()
     assert offsets["ahead"] == pytest.approx(-30.0, abs=0.2) and offsets["behind"] == pytest.approx(1.5, abs=0.2)
     assert energy["behind"] > 0 and rig.ledger.spans_late == 0  # reported, left as it is
+
+
+def test_span_ids_kept_for_duplicates_stay_bounded(clock):
+    rig = Rig(clock, max_pending=10, settle_delay_s=5.0)
+    rig.run(20.0)
+    for b in range(20):  # 200 distinct old spans (no pending slot taken), 10 at a time
+        rig.submit([rig.request(1.0 + i * 0.1, 0.5, span_id=1 + b * 10 + i) for i in range(10)])
+    assert rig.ledger.spans_expired == 200
+    assert len(rig.ledger._seen) <= 2 * 10
+    rig.submit([rig.request(1.9, 0.5, span_id=200)])  # the last batch's ids are still known
+    assert rig.ledger.spans_duplicate == 1

@@ -17,6 +17,8 @@ from jouletrace.exporter.records import RequestBatch, RequestRecord
 
 
 class Stub:
+    max_pending = 100
+
     def submit(self, batch):
         self.batch = batch
 
@@ -47,6 +49,15 @@ def test_span_latency_per_model(clock):
     spans.submit(RequestBatch.from_records([record(clock.t, 1.0, 51)]))
     assert spans.window(t - 10, t) == {}  # held for hold_s only
     assert weighted_median(np.array([3.0, 1.0, 2.0]), np.array([1, 1, 5])) == 2.0
+
+
+def test_span_latency_holds_at_most_twice_the_pending_limit(clock):
+    spans = SpanLatency(Stub(), hold_s=100.0, clock=clock)  # Stub: max_pending 100
+    for b in range(5):  # 250 requests in 5 batches
+        spans.submit(RequestBatch.from_records([record(clock.t - 1 - i / 100, 1.0, 51 + b) for i in range(50)]))
+    gaps = spans.window(clock.t - 10, clock.t)["llama"]
+    assert gaps["median_itl"] == pytest.approx(1000 / 53)  # the oldest 50 (51 tokens) were forgotten
+    assert sum(len(c["end"]) for _, c in spans._chunks) == 200
 
 
 class Deployment:

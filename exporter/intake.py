@@ -2,7 +2,8 @@
 
 Both servers decode each export request with `exporter.otlp`, hand its request spans to
 ``sink.submit(batch)`` as one `RequestBatch` (not called when the message holds none) and answer
-per the OTLP specification:
+per the OTLP specification. While ``sink.full`` holds, a message is refused before it is decoded
+(shed), so that refusing a flood costs little:
 
 ====================  ==========================  ===================  ======================
 outcome               HTTP                        gRPC                 counted as rejected
@@ -13,8 +14,8 @@ body too large        413                         RESOURCE_EXHAUSTED   too_large
 undecodable           400 + google.rpc.Status     INVALID_ARGUMENT     malformed (messages)
 bad Content-Type or   415                         -                    unsupported_media_type
 Content-Encoding                                                       (messages)
-sink full             503 + Retry-After           UNAVAILABLE +        queue_full (spans)
-                                                  RetryInfo
+sink full             503 + Retry-After           UNAVAILABLE +        queue_full (spans), or
+                                                  RetryInfo            shed (messages)
 bug in the intake     500                         INTERNAL             internal (messages)
 ====================  ==========================  ===================  ======================
 
@@ -61,7 +62,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("http", "grpc")
-REASONS = ("too_large", "malformed", "invalid_span", "queue_full", "unsupported_media_type", "internal")
+REASONS = ("too_large", "malformed", "invalid_span", "queue_full", "shed", "unsupported_media_type", "internal")
 
 TRACES_PATH = "/v1/traces"
 GRPC_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
@@ -169,8 +170,10 @@ def _partial_message(result: DecodeResult) -> str:
 
 
 def _decode_and_submit(body, decode, sink, default_model: str):
-    """Shared by both protocols: (outcome, result, message). outcome is "ok", "malformed" or
-    "queue_full"."""
+    """Shared by both protocols: (outcome, result, message). outcome is "ok", "malformed",
+    "queue_full" or "shed" (refused undecoded; result None)."""
+    if sink.full:
+        return "shed", None, "request ledger is full; retry later"
     try:
         result = reject_future(decode(body, default_model), time.time())
     except DecodeError as exc:
@@ -404,7 +407,7 @@ async def start_grpc_intake(
         if outcome == "malformed":
             count(grpc.StatusCode.INVALID_ARGUMENT, rejected={"malformed": 1})
             return grpc.StatusCode.INVALID_ARGUMENT, message, ()
-        if outcome == "queue_full":
+        if outcome in ("queue_full", "shed"):
             count(grpc.StatusCode.UNAVAILABLE, **_counts(result, outcome))
             return grpc.StatusCode.UNAVAILABLE, message, _retry_trailers(message)
         count(grpc.StatusCode.OK, **_counts(result, outcome))

@@ -322,6 +322,11 @@ class Ledger:
         return len(self._req) - self._n_done
 
     @property
+    def full(self) -> bool:
+        """Whether as many requests are pending as may be: the intake sheds messages undecoded."""
+        return self.pending >= self.max_pending
+
+    @property
     def folded_models(self) -> int:
         return self._labels.folded
 

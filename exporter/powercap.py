@@ -375,6 +375,10 @@ class SpanLatency:
         self._chunks: collections.deque = collections.deque()  # (latest end, columns)
         self._rows = 0
 
+    @property
+    def full(self) -> bool:
+        return self.ledger.full
+
     def submit(self, batch: RequestBatch) -> None:
         self.ledger.submit(batch)  # raises IntakeFull: nothing kept
         rows = batch.rows

@@ -40,14 +40,15 @@ JS = {"Content-Type": "application/json"}
 class ListSink:
     def __init__(self) -> None:
         self.records: list[RequestRecord] = []
-        self.full = False
+        self.full = False  # shed messages before decoding
+        self.refusing = False  # refuse batches when submitted
         self.broken = False
 
     def submit(self, batch: RequestBatch) -> None:
         assert isinstance(batch, RequestBatch) and len(batch) > 0
         if self.broken:
             raise RuntimeError("sink bug")
-        if self.full:
+        if self.refusing:
             raise IntakeFull()
         self.records.extend(batch.records())
 
@@ -416,19 +417,32 @@ def test_http_unsupported_media_type_is_415():
     run(body)
 
 
-def test_http_queue_full_is_503_with_retry_after():
+# A ledger found full before decoding sheds the message (counted as one); one that fills as the
+# batch is submitted refuses its spans (counted each). Both answers say to retry.
+FULL_WAYS = {"shed": ("full", {"rejected": {"shed": 1}}),
+             "queue_full": ("refusing", {"received": 5, "ignored": 2, "rejected": {"queue_full": 3}})}
+
+
+def counted(protocol: str, counts: dict, code: str) -> dict:
+    out = {k: {protocol: v} for k, v in counts.items() if k != "rejected"}
+    out["rejected"] = {(protocol, reason): n for reason, n in counts["rejected"].items()}
+    out["requests"] = {(protocol, code): 1}
+    return out
+
+
+@pytest.mark.parametrize("way", FULL_WAYS)
+def test_http_queue_full_is_503_with_retry_after(way):
+    flag, counts = FULL_WAYS[way]
+
     async def body(s: Servers):
-        s.sink.full = True
+        setattr(s.sink, flag, True)
         before = s.stats.snapshot()
         status, headers, out = await post(s, FIXTURE_BYTES, PB)
         assert status == 503
         assert int(headers["Retry-After"]) >= 1
         assert status_message(out).code == code_pb2.UNAVAILABLE
-        assert s.delta(before) == {
-            "received": {"http": 5}, "ignored": {"http": 2},
-            "rejected": {("http", "queue_full"): 3}, "requests": {("http", "503"): 1},
-        }
-        s.sink.full = False
+        assert s.delta(before) == counted("http", counts, "503")
+        setattr(s.sink, flag, False)
         status, _, _ = await post(s, FIXTURE_BYTES, PB)  # the retry succeeds
         assert status == 200
         assert [r.request_id for r in s.sink.records] == FIXTURE_IDS
@@ -555,17 +569,17 @@ def test_grpc_garbage_is_invalid_argument():
     run(body)
 
 
-def test_grpc_queue_full_is_unavailable():
+@pytest.mark.parametrize("way", FULL_WAYS)
+def test_grpc_queue_full_is_unavailable(way):
+    flag, counts = FULL_WAYS[way]
+
     async def body(s: Servers):
-        s.sink.full = True
+        setattr(s.sink, flag, True)
         before = s.stats.snapshot()
         with pytest.raises(grpc.aio.AioRpcError) as exc:
             await grpc_export(s, FIXTURE_BYTES)
         assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert s.delta(before) == {
-            "received": {"grpc": 5}, "ignored": {"grpc": 2},
-            "rejected": {("grpc", "queue_full"): 3}, "requests": {("grpc", "UNAVAILABLE"): 1},
-        }
+        assert s.delta(before) == counted("grpc", counts, "UNAVAILABLE")
 
     run(body)
 

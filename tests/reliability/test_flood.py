@@ -56,9 +56,11 @@ def test_flood_is_refused_retryably_counted_and_what_was_accepted_is_attributed(
         # every answer and every refused span is counted
         for (protocol, code), n in tally.answers.items():
             assert metric(exporter, "jouletrace_otlp_requests_total", protocol=protocol, code=code) >= n
-        refused = metric(exporter, "jouletrace_spans_rejected_total", reason="queue_full")
-        assert refused >= tally.retry_spans  # the SDK's refused tries too
-        assert metric(exporter, "jouletrace_spans_rejected_total") == refused
+        refused = metric(exporter, "jouletrace_spans_rejected_total", reason="queue_full")  # spans, decoded
+        shed = metric(exporter, "jouletrace_spans_rejected_total", reason="shed")  # messages, undecoded
+        assert shed > 0  # a full ledger refuses without decoding
+        assert refused + SPANS * shed >= tally.retry_spans  # the SDK's refused tries too
+        assert metric(exporter, "jouletrace_spans_rejected_total") == refused + shed
 
         # every accepted span is attributed: counted as a finished request once no longer pending
         accepted = tally.accepted_spans + 3

@@ -39,11 +39,12 @@ FAULTS = {
 @pytest.mark.parametrize("fault", FAULTS)
 def test_counter_fault_is_rejected_counted_and_never_attributed(clock, fault):
     inject, resets, jumps, exact = FAULTS[fault]
-    rig = Rig(clock, settle_delay_s=3.0)
-    rig.submit([rig.request(1.0, 28.0, rid="during-the-fault")])
+    rig = Rig(clock, settle_delay_s=40.0)
     rig.run(12.0)
     inject(rig)
-    rig.run(26.0)
+    rig.run(17.5)
+    rig.submit([rig.request(1.0, 28.0, rid="during-the-fault")])  # its span arrives once it has ended
+    rig.run(45.0)
     sampler, device, tl = rig.samplers[0], rig.devices[0], rig.samplers[0].timeline
     assert (sampler.counter_resets, sampler.counter_rejected) == (resets, jumps)
     assert sampler.healthy and not sampler.errors

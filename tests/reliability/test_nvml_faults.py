@@ -35,9 +35,8 @@ def test_a_gpu_that_falls_off_the_bus_and_comes_back(monkeypatch, clock):
     """GPU 1 is lost for 6 s while a request runs on both GPUs: GPU 0 carries on, GPU 1 is retried and
     picked up again, its counter covers the outage exactly, and the ledger conserves both GPUs' energy."""
     driver, devices = open_nvml(monkeypatch, clock, count=2)
-    rig = Rig(clock, devices=devices, settle_delay_s=3.0)
+    rig = Rig(clock, devices=devices, settle_delay_s=25.0)
     samplers = rig.samplers
-    rig.submit([rig.request(2.0, 20.0, rid="through-the-outage")])
     rig.run(8.0)
     driver.lost.add(1)
     rig.run(6.0)
@@ -47,7 +46,9 @@ def test_a_gpu_that_falls_off_the_bus_and_comes_back(monkeypatch, clock):
     assert lost_gpu.errors[("reopen", "not_found")] >= 4  # then retried about every second
     assert not other.errors
     driver.lost.clear()
-    rig.run(26.0)
+    rig.run(8.5)
+    rig.submit([rig.request(2.0, 20.0, rid="through-the-outage")])  # its span arrives once it has ended
+    rig.run(30.0)
     assert lost_gpu.healthy and lost_gpu.counter_resets == lost_gpu.counter_rejected == 0
     for gpu, sampler in zip(driver.gpus, samplers):
         assert sampler.timeline.total_j == pytest.approx(true_total_j(gpu, sampler), abs=0.002)

@@ -52,3 +52,12 @@ def test_every_direct_dependency_says_what_it_is_for():
     for requirement in requirements:
         name = re.match(r"[A-Za-z0-9._-]+", requirement).group(0)
         assert name in rows, f"{name} is not in the README's Dependencies table"
+
+
+def test_every_test_reliability_md_names_exists():
+    text = (pathlib.Path(__file__).resolve().parents[1] / "RELIABILITY.md").read_text()
+    named = re.findall(r"`([\w/]+\.py)::(\w+)", text)
+    assert len(named) > 30
+    for path, name in named:
+        source = pathlib.Path(__file__).resolve().parent / path
+        assert source.exists() and f"def {name}(" in source.read_text(), f"RELIABILITY.md names {path}::{name}"

@@ -169,10 +169,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     config file, default, in that order)."""
     for opt in OPTIONS:
         if opt.multiple:
-            parser.add_argument(opt.flag, dest=opt.name, type=opt.type, action="append", default=None,
+            parser.add_argument(opt.flag, dest=opt.name, type=opt.type, action="append", default=argparse.SUPPRESS,
                                 help=f"{opt.help} [env {opt.env}, comma-separated]")
-        else:
-            parser.add_argument(opt.flag, dest=opt.name, type=opt.type, default=None,
+        else:  # absent flags are absent from the namespace: a flag's value may be None (`off`)
+            parser.add_argument(opt.flag, dest=opt.name, type=opt.type, default=argparse.SUPPRESS,
                                 help=f"{opt.help} [env {opt.env}; default {opt.default}]")
 
 
@@ -271,8 +271,8 @@ class ExporterConfig:
         in_file = read_config_file(config) if config else {}
         values = {}
         for opt in OPTIONS:
-            flag = getattr(ns, opt.name)
-            if flag is not None:
+            if hasattr(ns, opt.name):
+                flag = getattr(ns, opt.name)
                 values[opt.name] = tuple(flag) if opt.multiple else flag
             elif opt.env in environ:
                 values[opt.name] = _parse(opt, environ[opt.env], opt.env)

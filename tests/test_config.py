@@ -72,3 +72,9 @@ def test_command_refuses_a_port_in_use():
                               "--otlp-http-addr", "off"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "cannot run" in out.stderr
+
+
+def test_off_given_as_a_flag_disables_a_listener():
+    cfg = parse(["--otlp-http-addr", "off", "--otlp-grpc-addr", "none"])
+    assert cfg.otlp_http_addr is None and cfg.otlp_grpc_addr is None
+    assert parse([]).otlp_http_addr == ("127.0.0.1", 4318)

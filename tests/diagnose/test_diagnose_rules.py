@@ -230,13 +230,15 @@ def test_query_parameters():
 
 # -- the history, from a sampler and a ledger ---------------------------------------------------
 def test_history_records_the_ledger_phases_and_gpu_totals(clock):
-    rig = Rig(clock, load=lambda t: 0.6)
+    rig = Rig(clock, load=lambda t: 0.6, settle_delay_s=20.0)
     history = History(rig.samplers, rig.ledger, list, clock=clock, hold_s=30.0)
     rig.run(2.0)
-    rig.submit([rig.request(3.0 + i, 4.0, prompt=2000, completion=200, prefill=1.0, rid=f"r{i}") for i in range(10)])
-    for _ in range(40):
+    requests = [rig.request(3.0 + i, 4.0, prompt=2000, completion=200, prefill=1.0, rid=f"r{i}") for i in range(10)]
+    for i in range(40):
         rig.run(1.0)
         history.record()
+        if i == 15:
+            rig.submit(requests)  # their spans arrive once they have ended
     assert len(history.snapshots()) == 31  # hold_s / period_s, and the newest
     ((_, totals),) = rig.ledger.snapshot_models()
     assert totals.prefill_energy_j + totals.decode_energy_j == pytest.approx(totals.energy_j, rel=1e-9)

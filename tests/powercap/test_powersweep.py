@@ -73,7 +73,7 @@ def test_power_sweep_measures_each_limit_and_restores_it(engine, admin, tmp_path
     advice = subprocess.run([sys.executable, "-m", "jouletrace", "loadgen", "advise", str(out), "--deadlines",
                              f"{between:.3f},{2 * capped['median_itl_ms']:.3f}"], capture_output=True, text=True)
     tight, loose = advice.stdout.splitlines()
-    assert f"median_itl <= {between:.3f}".rstrip("0") in tight and ": 700 W" in tight
+    assert f"median_itl <= {float(f'{between:.3f}'):g} ms" in tight and ": 700 W" in tight
     saved = 1 - capped["energy_per_token_j"] / full["energy_per_token_j"]
     assert ": 200 W" in loose and f"{saved:.1%} less energy per token" in loose and "vs 700 W" in loose
 

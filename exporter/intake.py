@@ -12,10 +12,11 @@ accepted              200 ExportTraceServiceResp  OK                   -
 some spans invalid    200 + partial_success       OK + partial_success invalid_span (spans)
 body too large        413                         RESOURCE_EXHAUSTED   too_large (messages)
 undecodable           400 + google.rpc.Status     INVALID_ARGUMENT     malformed (messages)
+body too slow         408                         -                    too_slow (messages)
 bad Content-Type or   415                         -                    unsupported_media_type
 Content-Encoding                                                       (messages)
-sink full             503 + Retry-After           UNAVAILABLE +        queue_full (spans), or
-                                                  RetryInfo            shed (messages)
+sink full, or too     503 + Retry-After           UNAVAILABLE +        queue_full (spans), or
+many bytes in flight                              RetryInfo            shed (messages)
 bug in the intake     500                         INTERNAL             internal (messages)
 ====================  ==========================  ===================  ======================
 
@@ -62,7 +63,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("http", "grpc")
-REASONS = ("too_large", "malformed", "invalid_span", "queue_full", "shed", "unsupported_media_type", "internal")
+REASONS = ("too_large", "malformed", "invalid_span", "queue_full", "shed", "too_slow", "unsupported_media_type",
+           "internal")
 
 TRACES_PATH = "/v1/traces"
 GRPC_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
@@ -75,6 +77,8 @@ MAX_ERROR_MESSAGE_CHARS = 1024
 # Bodies up to this size are decoded on the event loop (a few ms at most); larger ones in the
 # default executor so that the loop keeps turning while they decode.
 INLINE_DECODE_BYTES = 1 << 20
+IN_FLIGHT_MESSAGES = 16  # the HTTP intake reads at most this many largest messages at once
+BODY_READ_TIMEOUT_S = 30.0  # a body not received by then is answered 408, its bytes no longer held
 
 
 class IntakeStats:
@@ -249,8 +253,14 @@ async def start_http_intake(
 
     Returns the started runner; ``bound_port(runner)`` (or ``runner.addresses[0][1]``) is the
     port, ``await runner.cleanup()`` stops it. Bodies over max_bytes, before or after gzip
-    inflation, are answered 413 without being inflated further.
+    inflation, are answered 413 without being inflated further. Messages are read while the
+    bytes in flight (each counted at its Content-Length, or max_bytes without one) stay within
+    IN_FLIGHT_MESSAGES x max_bytes; beyond, 503 + Retry-After, unread (shed), so that memory
+    stays bounded whatever the number of senders.
     """
+
+    in_flight = 0  # bytes of the messages being read or decoded; touched on the event loop only
+    max_in_flight = IN_FLIGHT_MESSAGES * max_bytes
 
     def reply(code: int, body: bytes, content_type: str, outcome_counts: dict, **extra) -> web.Response:
         stats.count("http", str(code), **outcome_counts)
@@ -287,10 +297,30 @@ async def start_http_intake(
                 413, code_pb2.RESOURCE_EXHAUSTED, "too_large",
                 f"body of {length} bytes exceeds the limit of {max_bytes}", as_json,
             ))
+        nonlocal in_flight
+        held = max_bytes if length is None else length  # a body of unknown length may reach max_bytes
+        if in_flight + held > max_in_flight:
+            log.debug("OTLP/HTTP 503: %d bytes in flight", in_flight)
+            return _closing(reply(
+                503, _status_body(code_pb2.UNAVAILABLE, "too many bytes in flight; retry later", as_json),
+                CT_JSON if as_json else CT_PROTOBUF, {"rejected": {"shed": 1}},
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ))
+        in_flight += held
         try:
-            body = await _read_body(request, length, max_bytes)
+            return await receive(request, as_json, decode, encoding, length)
+        finally:
+            in_flight -= held
+
+    async def receive(request: web.Request, as_json: bool, decode, encoding: str, length: int | None):
+        """Read, inflate, decode and submit one message whose bytes are counted in flight."""
+        try:
+            body = await asyncio.wait_for(_read_body(request, length, max_bytes), BODY_READ_TIMEOUT_S)
         except asyncio.IncompleteReadError:
             return fail(400, code_pb2.INVALID_ARGUMENT, "malformed", "body ended early", as_json)
+        except asyncio.TimeoutError:
+            return _closing(fail(408, code_pb2.DEADLINE_EXCEEDED, "too_slow",
+                                 f"body not received within {BODY_READ_TIMEOUT_S:g} s", as_json))
         if body is None:
             return _closing(fail(
                 413, code_pb2.RESOURCE_EXHAUSTED, "too_large",

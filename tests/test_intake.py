@@ -14,6 +14,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
+from jouletrace.exporter import intake
 from jouletrace.exporter.intake import (
     GRPC_METHOD,
     PROTOCOLS,
@@ -645,3 +646,49 @@ def test_port_in_use_raises():
             await grpc_export(s, FIXTURE_BYTES)  # the first servers still own their ports
             assert len(s.sink.records) == 3
     asyncio.run(main())
+
+
+async def half_sent(s: Servers, n: int, length: int = MAX_BYTES) -> list:
+    """`n` connections that send the headers of a `length`-byte message and 10 bytes of it."""
+    held = []
+    for _ in range(n):
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.http_port)
+        writer.write(f"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                     f"Content-Length: {length}\r\n\r\n".encode() + b"\n" * 10)
+        await writer.drain()
+        held.append((reader, writer))
+    await asyncio.sleep(0.2)  # the intake has started reading them
+    return held
+
+
+def test_http_bytes_in_flight_are_bounded_and_the_rest_shed():
+    async def body(s: Servers):
+        before = s.stats.snapshot()
+        held = await half_sent(s, intake.IN_FLIGHT_MESSAGES)  # every byte the intake may hold at once
+        status, headers, _ = await post(s, FIXTURE_BYTES, PB)
+        assert status == 503 and int(headers["Retry-After"]) >= 1
+        assert s.delta(before) == {"rejected": {("http", "shed"): 1}, "requests": {("http", "503"): 1}}
+        for _, writer in held:
+            writer.close()
+        await asyncio.sleep(0.2)
+        status, _, _ = await post(s, FIXTURE_BYTES, PB)  # their bytes are no longer held
+        assert status == 200
+
+    run(body)
+
+
+def test_http_body_not_received_in_time_is_408_and_frees_its_bytes(monkeypatch):
+    monkeypatch.setattr(intake, "BODY_READ_TIMEOUT_S", 0.5)
+
+    async def body(s: Servers):
+        before = s.stats.snapshot()
+        held = await half_sent(s, intake.IN_FLIGHT_MESSAGES)
+        answers = [await asyncio.wait_for(reader.readline(), 5) for reader, _ in held]
+        assert all(a.startswith(b"HTTP/1.1 408") for a in answers)
+        assert s.delta(before)["rejected"] == {("http", "too_slow"): intake.IN_FLIGHT_MESSAGES}
+        status, _, _ = await post(s, FIXTURE_BYTES, PB)
+        assert status == 200
+        for _, writer in held:
+            writer.close()
+
+    run(body)

@@ -75,10 +75,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--in-flight", type=int, default=16, help="messages in flight per protocol and client")
+    ap.add_argument("--max-message-bytes", type=int, default=4 << 20,
+                    help="the exporter's --max-message-bytes (its OTLP/HTTP intake reads 16 such at once)")
     args = ap.parse_args()
     cores = sorted(os.sched_getaffinity(0))
     exporter = ExporterProcess("--gpu", "sim", "--sim-load", "0.7", "--settle-delay", "2", "--counter-interval", "1",
-                               "--log-level", "warning")
+                               "--log-level", "warning", "--max-message-bytes", str(args.max_message_bytes))
     os.sched_setaffinity(exporter.proc.pid, {cores[0]})
     client_cores = [cores[1 + i % (len(cores) - 1)] if len(cores) > 1 else cores[0] for i in range(args.clients)]
     runs = []

@@ -255,8 +255,8 @@ async def start_http_intake(
     port, ``await runner.cleanup()`` stops it. Bodies over max_bytes, before or after gzip
     inflation, are answered 413 without being inflated further. Messages are read while the
     bytes in flight (each counted at its Content-Length, or max_bytes without one) stay within
-    IN_FLIGHT_MESSAGES x max_bytes; beyond, 503 + Retry-After, unread (shed), so that memory
-    stays bounded whatever the number of senders.
+    IN_FLIGHT_MESSAGES x max_bytes; beyond, a message is read without being kept and answered
+    503 + Retry-After (shed), so that memory stays bounded whatever the number of senders.
     """
 
     in_flight = 0  # bytes of the messages being read or decoded; touched on the event loop only
@@ -300,12 +300,18 @@ async def start_http_intake(
         nonlocal in_flight
         held = max_bytes if length is None else length  # a body of unknown length may reach max_bytes
         if in_flight + held > max_in_flight:
+            # drained unkept, so that the sender reads the answer (closing unread would reset it)
+            try:
+                await asyncio.wait_for(_discard_body(request), BODY_READ_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                return _closing(fail(408, code_pb2.DEADLINE_EXCEEDED, "too_slow",
+                                     f"body not received within {BODY_READ_TIMEOUT_S:g} s", as_json))
             log.debug("OTLP/HTTP 503: %d bytes in flight", in_flight)
-            return _closing(reply(
+            return reply(
                 503, _status_body(code_pb2.UNAVAILABLE, "too many bytes in flight; retry later", as_json),
                 CT_JSON if as_json else CT_PROTOBUF, {"rejected": {"shed": 1}},
                 headers={"Retry-After": str(RETRY_AFTER_S)},
-            ))
+            )
         in_flight += held
         try:
             return await receive(request, as_json, decode, encoding, length)
@@ -396,6 +402,12 @@ async def _read_body(request: web.Request, length: int | None, limit: int):
         buf += chunk
         if len(buf) > limit:
             return None
+
+
+async def _discard_body(request: web.Request) -> None:
+    """Read the body to its end, keeping none of it."""
+    while await request.content.readany():
+        pass
 
 
 def _closing(resp: web.Response) -> web.Response:

@@ -135,6 +135,7 @@ OPTIONS = (
     Option("engine_metrics", url, "", "inference server metrics URL to scrape (vLLM's /metrics); repeat for several",
            multiple=True),
     Option("engine_interval", positive(float), "1", "engine metrics scrape period, seconds"),
+    Option("engine_timeout", positive(float), "2", "seconds an engine metrics scrape may take before it counts as slow"),
     Option("forward_otlp", forward_url, "", "forward every accepted span, with its energy added, to this OTLP "
                                           "endpoint: grpc://host:port (OTLP/gRPC) or http(s)://host:port/v1/traces "
                                           "(OTLP/HTTP protobuf); empty: off"),
@@ -239,6 +240,7 @@ class ExporterConfig:
     status_interval: float
     engine_metrics: tuple[str, ...]
     engine_interval: float
+    engine_timeout: float
     log_level: str
     shutdown_scrape_wait: float
     forward_otlp: str
@@ -256,7 +258,7 @@ class ExporterConfig:
     powercap_deadlines: tuple[Deadline, ...]
     powercap_budget: float
 
-    RELOADABLE = ("log_level", "engine_metrics", "engine_interval", "window")  # applied live on reload
+    RELOADABLE = ("log_level", "engine_metrics", "engine_interval", "engine_timeout", "window")  # applied live
 
     def changes(self, new: "ExporterConfig") -> tuple[list[str], list[str]]:
         """(options that differ and can change live, options that differ and need a restart)."""

@@ -74,8 +74,7 @@ class Exporter:
                              on_results=self.forwarder.on_results if self.forwarder else None)
         self.powercap = PowerCap(PowerCapConfig.from_config(cfg), self.samplers, self.ledger)
         self.intake_stats = IntakeStats()
-        self.engines = EngineScraper(list(cfg.engine_metrics), self.ledger.completion_tokens,
-                                     interval_s=cfg.engine_interval, max_models=cfg.max_models)
+        self.engines = self._engine_scraper(cfg)
         self.history = diagnose.History(self.samplers, self.ledger, lambda: self.engines.states)
         self.registry = CollectorRegistry(auto_describe=False)
         forward_snapshot = self.forwarder.snapshot if self.forwarder else None
@@ -138,10 +137,9 @@ class Exporter:
             logging.getLogger().setLevel(new.log_level.upper())
         if "window" in live:
             self.ledger.window_s = new.window
-        if "engine_metrics" in live or "engine_interval" in live:
+        if {"engine_metrics", "engine_interval", "engine_timeout"} & set(live):
             old = self.engines
-            self.engines = EngineScraper(list(new.engine_metrics), self.ledger.completion_tokens,
-                                         interval_s=new.engine_interval, max_models=new.max_models)
+            self.engines = self._engine_scraper(new)
             self.collector.engines = self.engines.states
             asyncio.get_running_loop().create_task(old.stop())
             self.engines.start()
@@ -152,6 +150,10 @@ class Exporter:
         else:
             log.info("configuration reloaded: %s", ", ".join(live) or "no change")
         self.config_reloads["restart_needed" if restart else "applied"] += 1
+
+    def _engine_scraper(self, cfg: ExporterConfig) -> EngineScraper:
+        return EngineScraper(list(cfg.engine_metrics), self.ledger.completion_tokens, interval_s=cfg.engine_interval,
+                             timeout_s=cfg.engine_timeout, max_models=cfg.max_models)
 
     async def stop(self, scrape_wait_s: float = 0.0) -> None:
         """Graceful stop: close the span intake, take a last counter reading of every GPU, attribute

@@ -78,3 +78,9 @@ def test_off_given_as_a_flag_disables_a_listener():
     cfg = parse(["--otlp-http-addr", "off", "--otlp-grpc-addr", "none"])
     assert cfg.otlp_http_addr is None and cfg.otlp_grpc_addr is None
     assert parse([]).otlp_http_addr == ("127.0.0.1", 4318)
+
+
+def test_engine_timeout_is_read_and_changes_live():
+    old, new = parse([]), parse(["--engine-timeout", "0.5"])
+    assert (old.engine_timeout, new.engine_timeout) == (2.0, 0.5)
+    assert old.changes(new) == (["engine_timeout"], [])

@@ -86,8 +86,8 @@ class Exporter:
         self.registry.register(self.powercap.collector)
         self.placement = None
         if cfg.node_mode:
-            self.placement = PodPlacement(self.ledger, [d.uuid for d in self.devices], cfg.pod_resources_socket,
-                                          cfg.pod_refresh)
+            self.placement = PodPlacement(self.ledger, lambda: [d.uuid for d in self.devices],
+                                          cfg.pod_resources_socket, cfg.pod_refresh)
             self.registry.register(self.placement.collector)
         self.attribution_errors = 0
         self.ports: dict[str, int] = {}

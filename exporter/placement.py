@@ -71,10 +71,13 @@ def pod_placement(holders: list[Holder]) -> dict[str, list[int]]:
 class PodPlacement:
     """Keeps `ledger`'s placement in step with the kubelet; `run(stop)` refreshes on a thread."""
 
-    def __init__(self, ledger: Ledger, gpu_uuids: list[str], socket_path: str, refresh_s: float,
+    def __init__(self, ledger: Ledger, gpu_uuids: Callable[[], list[str]], socket_path: str, refresh_s: float,
                  lister: Callable[[str], list[ContainerGPUs]] = list_gpus):
+        """`gpu_uuids` gives the UUIDs of the ledger's GPUs, asked at every refresh (a device file's
+        GPUs are named once it appears)."""
         self.ledger = ledger
-        self.gpu_uuids = list(gpu_uuids)
+        self._gpu_uuids = gpu_uuids
+        self.gpu_uuids: list[str] = []  # as of the last refresh
         self.socket_path = socket_path
         self.refresh_s = refresh_s
         self._list = lister
@@ -90,6 +93,7 @@ class PodPlacement:
             self.refreshes["error"] += 1
             log.warning("pod placement not refreshed: %s", exc)
             return
+        self.gpu_uuids = list(self._gpu_uuids())
         holders = holders_of(containers, self.gpu_uuids)
         self.ledger.set_placement(pod_placement(holders))
         if holders != self.holders:

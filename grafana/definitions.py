@@ -168,6 +168,14 @@ def overview():
             "Share of the finalized GPU energy spent while no request ran, per namespace. Idle energy is paid "
             "for no token: a high share means over-provisioned replicas; scale them down or consolidate models.",
             (f"{idle} / ({idle} + {attributed})", "{{namespace}}")).min(0).max(1))
+        .with_panel(_panel(
+            timeseries.Panel(), "Power per inference pod (node mode)", units.Watt,
+            "GPU power attributed to the requests of each inference pod, from node-mode exporters (--node-mode on), "
+            "which give each GPU's energy to the pods holding it: on a GPU shared by time-slicing each pod sees "
+            "its share, not the whole GPU. Empty without node mode; a pod missing here has spans that do not "
+            "name it (k8s/README.md).",
+            (f"sum by (k8s_namespace, k8s_pod) (rate(jouletrace_pod_energy_joules_total{{{ns}}}{RATE}))",
+             "{{k8s_namespace}}/{{k8s_pod}}"), span=24))
         .with_row(dash.Row("Requests"))
         .with_panel(_energy_heatmap(
             ns, "Distribution of the energy attributed to each finished request (requests per second in each "
@@ -200,6 +208,13 @@ def overview():
             "--settle-delay plus a counter interval; growing without bound means a GPU stopped answering or the "
             "exporter is overloaded: see exporter health.",
             (f"time() - min by (namespace, pod) (jouletrace_gpu_finalized_timestamp_seconds{{{ns}}})", "{{pod}}")))
+        .with_panel(_panel(
+            timeseries.Panel(), "Span sender clock offset", units.Seconds,
+            "Least (arrival - end) of each model's request spans over 2 minutes: the senders' clock lag plus the "
+            "shortest export delay. Below zero the senders' clocks are ahead (their spans are corrected); seconds "
+            "above zero, near --settle-delay, make spans late: check NTP on the inference hosts.",
+            (f"min by (namespace, pod, model) (jouletrace_span_clock_offset_seconds{{{ns}}})", "{{pod}} {{model}}"),
+            span=24))
         .with_row(dash.Row("Exporter health"))
         .with_panel(_panel(
             stat.Panel(), "Exporters up", units.Short,
@@ -225,9 +240,10 @@ def overview():
             (f"max by (namespace, pod) (jouletrace_gpu_sample_age_seconds{{{ns}}})", "{{pod}}")))
         .with_panel(_panel(
             timeseries.Panel(), "Span intake rejections", units.CountsPerSecond,
-            "Spans or OTLP messages the exporters refused, by reason. queue_full: more requests wait for "
-            "attribution than --max-pending (senders retry). too_large: raise --max-message-bytes. malformed or "
-            "invalid_span: the sender's spans are broken.",
+            "Spans or OTLP messages the exporters refused, by reason. queue_full and shed: more requests wait for "
+            "attribution than --max-pending, or too many bytes are in flight (senders retry). too_large: raise "
+            "--max-message-bytes. too_slow: a body took over 30 s. malformed or invalid_span: the sender's spans "
+            "are broken.",
             (f"sum by (reason) (rate(jouletrace_spans_rejected_total{{{ns}}}{RATE}))", "{{reason}}")))
         .with_panel(_panel(
             timeseries.Panel(), "Engine scrape failures", units.CountsPerSecond,

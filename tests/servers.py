@@ -105,11 +105,11 @@ class ExporterProcess:
 class SimEngine:
     """`jouletrace simulate serve` in a subprocess (its output in `proc.stdout`)."""
 
-    def __init__(self, *args: str, port: int | None = None):
+    def __init__(self, *args: str, port: int | None = None, env: dict | None = None):
         self.port = port or free_port()
         self.proc = subprocess.Popen([sys.executable, "-m", "jouletrace", "simulate", "serve", "--port",
                                       str(self.port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
+                                     text=True, env={**os.environ, **(env or {})})
         wait_for(lambda: self.proc.poll() is not None or http_get(self.url("/health"))[0] == 200, 30,
                  "the simulated engine")
         assert self.proc.poll() is None, self.proc.stdout.read()

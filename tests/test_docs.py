@@ -29,7 +29,7 @@ def test_every_metric_is_documented(clock):
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JouletraceCollector(rig.samplers, rig.ledger, IntakeStats().snapshot, clock=clock))
-    registry.register(PodPlacement(rig.ledger, [], "", 1.0).collector)
+    registry.register(PodPlacement(rig.ledger, list, "", 1.0).collector)
     text = generate_latest(registry).decode()
     families = set(re.findall(r"^# TYPE (\S+) (\S+)", text, re.M))
     assert len(families) > 30

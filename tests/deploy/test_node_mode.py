@@ -48,7 +48,7 @@ def test_a_kubelet_that_stops_answering_leaves_the_last_placement(clock):
         return answer
 
     ledger = Rig(clock, gpus=2).ledger
-    placement = PodPlacement(ledger, UUIDS[:2], "/nowhere.sock", 1.0, lister=lister)
+    placement = PodPlacement(ledger, lambda: UUIDS[:2], "/nowhere.sock", 1.0, lister=lister)
     placement.refresh()
     placement.refresh()
     assert placement.holders == [Holder(1, "ns", "a", "vllm")]

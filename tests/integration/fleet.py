@@ -2,7 +2,9 @@
 serving a steady open-loop chat load from the load generator, a jouletrace exporter reading its
 simulated GPU and spans and scraping its metrics, and a real Prometheus (Debian package) scraping
 the exporter every second with `namespace`, `pod`, `container` and `node` target labels as
-Kubernetes service discovery and the monitors' relabeling (k8s/overlays/monitoring) set them, evaluating the given rule files."""
+Kubernetes service discovery and the monitors' relabeling (k8s/overlays/monitoring) set them, evaluating the given rule files.
+The exporter runs in node mode: a STAND-IN kubelet (tests/kubelet.py) says pod `inference/llama-0` holds the
+GPU, and the engine's spans name that pod through OTEL_RESOURCE_ATTRIBUTES, as k8s/README.md says."""
 
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from kubelet import StandInKubelet
 from servers import ExporterProcess, PrometheusProcess, SimEngine, free_port, wait_for
 
+from jouletrace.exporter.devicefile import FileGPU
 from jouletrace.simulator.gpus import install_gpus
 
 MODEL = "llama-3.1-8b"
@@ -25,12 +29,19 @@ class Fleet:
         self.dir = Path(tempfile.mkdtemp(prefix="fleet-"))
         device = self.dir / "gpu.dev"
         install_gpus(device)
+        gpu = FileGPU(str(device), 0)
+        gpu.reopen()
+        namespace, pod = TARGET_LABELS["namespace"], TARGET_LABELS["pod"]
+        self.kubelet = StandInKubelet({(namespace, pod): {"vllm": {"nvidia.com/gpu": [gpu.uuid]}}})
         engine_port = free_port()
         self.exporter = ExporterProcess("--gpu", "sim", "--sim-device-file", str(device), "--settle-delay", "3",
                                         "--counter-interval", "1", "--window", "15",
-                                        "--engine-metrics", f"http://127.0.0.1:{engine_port}/metrics")
+                                        "--engine-metrics", f"http://127.0.0.1:{engine_port}/metrics",
+                                        "--node-mode", "on", "--pod-resources-socket", self.kubelet.socket,
+                                        "--pod-refresh", "1")
         self.engine = SimEngine("--max-num-seqs", "16", "--device-file", str(device), "--otlp-traces-endpoint",
-                                f"http://127.0.0.1:{self.exporter.grpc_port}", port=engine_port)
+                                f"http://127.0.0.1:{self.exporter.grpc_port}", port=engine_port,
+                                env={"OTEL_RESOURCE_ATTRIBUTES": f"k8s.namespace.name={namespace},k8s.pod.name={pod}"})
         self.load = subprocess.Popen(
             [sys.executable, "-m", "jouletrace", "loadgen", "run", "--base-url", self.engine.url(), "--task", "chat",
              "--rate", "6", "--arrival", "poisson", "-n", "100000", "--max-tokens", "256", "--no-energy", "--quiet",
@@ -54,3 +65,4 @@ class Fleet:
         self.prometheus.stop()
         self.engine.stop()
         self.exporter.stop()
+        self.kubelet.stop()

@@ -66,7 +66,7 @@ class Exporter:
                          for d in self.devices]
         self.forwarder = None
         if cfg.forward_otlp:
-            self.forwarder = Forwarder(cfg.forward_otlp, gpu_uuids=[d.uuid for d in self.devices],
+            self.forwarder = Forwarder(cfg.forward_otlp, gpu_uuids=self.gpu_uuids,
                                        hold_s=hold_seconds(cfg.settle_delay, cfg.counter_interval),
                                        buffer_bytes=cfg.forward_buffer_bytes, timeout_s=cfg.forward_timeout)
         self.ledger = Ledger(self.samplers, settle_delay_s=cfg.settle_delay, window_s=cfg.window,
@@ -86,8 +86,7 @@ class Exporter:
         self.registry.register(self.powercap.collector)
         self.placement = None
         if cfg.node_mode:
-            self.placement = PodPlacement(self.ledger, lambda: [d.uuid for d in self.devices],
-                                          cfg.pod_resources_socket, cfg.pod_refresh)
+            self.placement = PodPlacement(self.ledger, self.gpu_uuids, cfg.pod_resources_socket, cfg.pod_refresh)
             self.registry.register(self.placement.collector)
         self.attribution_errors = 0
         self.ports: dict[str, int] = {}
@@ -150,6 +149,10 @@ class Exporter:
         else:
             log.info("configuration reloaded: %s", ", ".join(live) or "no change")
         self.config_reloads["restart_needed" if restart else "applied"] += 1
+
+    def gpu_uuids(self) -> list[str]:
+        """The sampled GPUs' UUIDs, as the devices know them now."""
+        return [d.uuid for d in self.devices]
 
     def _engine_scraper(self, cfg: ExporterConfig) -> EngineScraper:
         return EngineScraper(list(cfg.engine_metrics), self.ledger.completion_tokens, interval_s=cfg.engine_interval,

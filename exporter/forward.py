@@ -245,16 +245,18 @@ class Forwarder:
     """Holds accepted OTLP messages until their energy is known and sends them upstream.
 
     `offer()` from the intake, `on_results` to the ledger; `await start()`, `await stop(grace_s)`.
-    url: the `--forward-otlp` endpoint; gpu_uuids: the sampled GPUs; hold_s: longest wait for
+    url: the `--forward-otlp` endpoint; gpu_uuids: gives the sampled GPUs' UUIDs, asked as each
+    message leaves (a device file's GPUs are named once it appears); hold_s: longest wait for
     results, s; buffer_bytes: held messages at most, bytes; timeout_s: one call at most, s;
     clock: monotonic seconds.
     """
 
-    def __init__(self, url: str, *, gpu_uuids: list[str], hold_s: float, buffer_bytes: int, timeout_s: float,
+    def __init__(self, url: str, *, gpu_uuids: Callable[[], list[str]], hold_s: float, buffer_bytes: int,
+                 timeout_s: float,
                  clock: Callable[[], float] = time.monotonic):
         self.protocol, self.target, self.tls = parse_endpoint(url)
         self.url = url
-        self.gpu_uuids = list(gpu_uuids)
+        self.gpu_uuids = gpu_uuids
         self.hold_s = hold_s
         self.buffer_bytes = buffer_bytes
         self.timeout_s = timeout_s
@@ -451,7 +453,7 @@ class Forwarder:
                 out.append(m.body)
                 continue
             try:
-                out.append(annotate(m.body, m.fmt, m.keys, m.resolved, self.gpu_uuids))
+                out.append(annotate(m.body, m.fmt, m.keys, m.resolved, self.gpu_uuids()))
             except Exception as exc:  # the intake's decoder accepted it; the official parser did not
                 log.debug("forwarding: cannot parse a %s message: %s", m.fmt, exc)
                 out.append(None)

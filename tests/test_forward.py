@@ -282,7 +282,7 @@ def run(coro):
 
 
 def forwarder(url: str, **kw) -> Forwarder:
-    options = {"gpu_uuids": ["GPU-test"], "hold_s": 30.0, "buffer_bytes": 1 << 20, "timeout_s": 2.0, **kw}
+    options = {"gpu_uuids": lambda: ["GPU-test"], "hold_s": 30.0, "buffer_bytes": 1 << 20, "timeout_s": 2.0, **kw}
     return Forwarder(url, **options)
 
 
@@ -324,6 +324,27 @@ def test_a_message_waits_for_its_results_then_goes_with_them():
     assert fw.sent_spans == 5 and sum(fw.dropped_spans.values()) == 0 and fw.held_spans == 0
     assert fw.buffered_bytes == 0
     assert sum(fw.delay_counts) == 2 and fw.delay_sum_s > 1.5
+
+
+def test_the_gpus_are_named_as_the_message_leaves():
+    """A device file's GPUs are named once it appears: the forwarder asks their UUIDs at sending."""
+    receiver = GrpcReceiver()
+    keys = fixture_keys()
+    names = ["sim-slot-0"]
+
+    async def body():
+        fw = forwarder(f"grpc://127.0.0.1:{receiver.port}", gpu_uuids=lambda: list(names))
+        await fw.start()
+        fw.offer(FIXTURE_BYTES, keys, 5, "protobuf")
+        names[0] = "GPU-51000000-0000-4000-8000-000000000000"  # the file appeared
+        fw.on_results(keys, np.array([1.0, 2.0, 3.0]), np.array([1, 1, 1]), "settled")
+        await until(lambda: len(receiver.spans()) == 5, what="delivery")
+        await fw.stop()
+
+    run(body())
+    receiver.stop()
+    gpus = [attr_values(s)[ATTR_GPUS] for _, _, s in receiver.spans() if ATTR_GPUS in attr_values(s)]
+    assert gpus == [{"arrayValue": {"values": [{"stringValue": names[0]}]}}] * 3
 
 
 def test_copies_of_a_span_share_its_result_and_a_late_copy_is_marked_duplicate():

@@ -271,6 +271,15 @@ async def start_http_intake(
         ct = CT_JSON if as_json else CT_PROTOBUF
         return reply(code, _status_body(rpc_code, message, as_json), ct, {"rejected": {reason: 1}}, **extra)
 
+    def retry_later(message: str, as_json: bool, outcome_counts: dict) -> web.Response:
+        log.debug("OTLP/HTTP 503: %s", message)
+        return reply(503, _status_body(code_pb2.UNAVAILABLE, message, as_json), CT_JSON if as_json else CT_PROTOBUF,
+                     outcome_counts, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    def too_slow(as_json: bool) -> web.Response:
+        return _closing(fail(408, code_pb2.DEADLINE_EXCEEDED, "too_slow",
+                             f"body not received within {BODY_READ_TIMEOUT_S:g} s", as_json))
+
     async def handle(request: web.Request) -> web.StreamResponse:
         ctype = request.content_type
         if ctype == CT_PROTOBUF:
@@ -304,14 +313,8 @@ async def start_http_intake(
             try:
                 await asyncio.wait_for(_discard_body(request), BODY_READ_TIMEOUT_S)
             except asyncio.TimeoutError:
-                return _closing(fail(408, code_pb2.DEADLINE_EXCEEDED, "too_slow",
-                                     f"body not received within {BODY_READ_TIMEOUT_S:g} s", as_json))
-            log.debug("OTLP/HTTP 503: %d bytes in flight", in_flight)
-            return reply(
-                503, _status_body(code_pb2.UNAVAILABLE, "too many bytes in flight; retry later", as_json),
-                CT_JSON if as_json else CT_PROTOBUF, {"rejected": {"shed": 1}},
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
+                return too_slow(as_json)
+            return retry_later("too many bytes in flight; retry later", as_json, _counts(None, "shed"))
         in_flight += held
         try:
             return await receive(request, as_json, decode, encoding, length)
@@ -325,8 +328,7 @@ async def start_http_intake(
         except asyncio.IncompleteReadError:
             return fail(400, code_pb2.INVALID_ARGUMENT, "malformed", "body ended early", as_json)
         except asyncio.TimeoutError:
-            return _closing(fail(408, code_pb2.DEADLINE_EXCEEDED, "too_slow",
-                                 f"body not received within {BODY_READ_TIMEOUT_S:g} s", as_json))
+            return too_slow(as_json)
         if body is None:
             return _closing(fail(
                 413, code_pb2.RESOURCE_EXHAUSTED, "too_large",
@@ -351,12 +353,7 @@ async def start_http_intake(
             return reply(200, out, ct, _counts(result, outcome))
         if outcome == "malformed":
             return fail(400, code_pb2.INVALID_ARGUMENT, "malformed", message, as_json)
-        log.debug("OTLP/HTTP 503: %s", message)
-        return reply(
-            503, _status_body(code_pb2.UNAVAILABLE, message, as_json),
-            CT_JSON if as_json else CT_PROTOBUF, _counts(result, outcome),
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        )
+        return retry_later(message, as_json, _counts(result, outcome))
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         try:

@@ -47,7 +47,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .clockskew import ClockSkew
-from .labels import LabelLimiter
+from .labels import LabelSlots
 from .records import IntakeFull, RequestBatch
 from .sampler import GPUSampler
 
@@ -234,9 +234,7 @@ class Ledger:
         # must return at once and never call back into the ledger.
         self.on_results = on_results
         self._lock = threading.Lock()
-        self._labels = LabelLimiter(max_models)
-        self.model_names: list[str] = []
-        self._model_index: dict[str, int] = {}
+        self._models = LabelSlots(max_models)
         slots = max_models + 1  # `other` included
         self._m_energy = np.zeros(slots)
         self._m_counts = np.zeros((slots, 5), dtype=np.int64)  # requests, prompt, completion, images, videos
@@ -244,10 +242,7 @@ class Ledger:
         self._m_observed = np.zeros(slots)
         self._m_phase_energy = np.zeros((slots, 3))  # by PREFILL, DECODE, WHOLE
         self._model_gpus = np.zeros(slots, dtype=np.uint64)  # GPUs each model's requests were placed on
-        # pods: slot 0 is "no pod"; named pods beyond max_pods fold into `other`
-        self._pod_labels = LabelLimiter(max_pods)
-        self.pod_names: list[str] = [""]
-        self._pod_index: dict[str, int] = {"": 0}
+        self._pods = LabelSlots(max_pods, reserved=("",))  # slot 0: no pod
         self._p_energy = np.zeros(max_pods + 2)
         self._placement: dict[str, np.uint64] = {}  # pod -> GPU mask; `name` alone too where unique
         self.gpus = [GPUTotals() for _ in self.samplers]
@@ -270,21 +265,9 @@ class Ledger:
         self.pass_seconds = 0.0
 
     # -- intake ---------------------------------------------------------------------------
-    def _model(self, name: str) -> int:
-        label = self._labels(name)
-        idx = self._model_index.get(label)
-        if idx is None:
-            idx = self._model_index[label] = len(self.model_names)
-            self.model_names.append(label)
-        return idx
-
-    def _pod(self, name: str) -> int:
-        label = self._pod_labels(name) if name else ""
-        idx = self._pod_index.get(label)
-        if idx is None:
-            idx = self._pod_index[label] = len(self.pod_names)
-            self.pod_names.append(label)
-        return idx
+    @property
+    def model_names(self) -> list[str]:
+        return self._models.names
 
     def set_placement(self, pods: dict[str, Sequence[int]]) -> None:
         """Which ledger GPUs (indices into `samplers`) each pod (`namespace/name`) holds, for
@@ -308,7 +291,7 @@ class Ledger:
 
     def _placed(self, batch: RequestBatch, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(pod slot, GPU mask) of each row, counting the unplaced ones."""
-        slots = np.array([self._pod(name) for name in batch.pods] + [0], dtype=np.int32)
+        slots = np.array([self._pods.slot(name) for name in batch.pods] + [0], dtype=np.int32)
         masks = [self._placement.get(name) for name in batch.pods] + [None]
         pod = rows["pod"]
         if self._placement:
@@ -328,7 +311,7 @@ class Ledger:
 
     @property
     def folded_models(self) -> int:
-        return self._labels.folded
+        return self._models.folded
 
     def _finalized_floor(self) -> float:
         """The earliest time any GPU has finalized to (energy before it is already split)."""
@@ -373,7 +356,7 @@ class Ledger:
                     self._report_duplicates(rows, ids, fresh)
                 rows, ids = rows[fresh], ids[fresh]
             self.spans_accepted += len(rows)
-            models = np.array([self._model(name) for name in batch.models], dtype=np.int32)[rows["model"]]
+            models = np.array([self._models.slot(name) for name in batch.models], dtype=np.int32)[rows["model"]]
             rows = self.skew.correct(rows, models, self._clock())
             pods, gpus = self._placed(batch, rows)
             np.bitwise_or.at(self._model_gpus, models, gpus)
@@ -613,7 +596,7 @@ class Ledger:
     def pod_energy(self) -> list[tuple[str, float]]:
         """Energy attributed to each named pod's requests (J, monotonic), `other` for those past the cap."""
         with self._lock:
-            return [(name, float(self._p_energy[i])) for i, name in enumerate(self.pod_names) if name]
+            return [(name, float(self._p_energy[i])) for i, name in enumerate(self._pods.names) if name]
 
     def clock_offsets(self) -> dict[str, float]:
         """Each model's senders' clock offset (s; negative: ahead of the exporter, corrected)."""
@@ -623,7 +606,7 @@ class Ledger:
     def completion_tokens(self, model: str) -> int:
         """Output tokens of finished requests seen in spans for `model` (0 if never seen)."""
         with self._lock:
-            idx = self._model_index.get(model)
+            idx = self._models.index_of(model)
             return 0 if idx is None else int(self._m_counts[idx, 2])
 
     def snapshot_models(self) -> list[tuple[str, ModelTotals]]:

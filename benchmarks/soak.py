@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,18 +28,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from jouletrace.simulator.gpus import install_gpus
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from servers import free_port, sum_samples  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def proc_usage(pid: int) -> tuple[float, int]:
@@ -55,10 +49,6 @@ def scrape(url: str) -> tuple[float, str]:
     with urllib.request.urlopen(url, timeout=10) as resp:
         body = resp.read().decode()
     return time.perf_counter() - t0, body
-
-
-def total(text: str, name: str) -> float:
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -142,16 +132,18 @@ def main() -> int:
                 proc.kill()
     results = json.loads(next((out / "loadgen").glob("*.json")).read_text())
     completed = int(results["completed"])
-    accepted = total(final, "jouletrace_spans_received_total") - total(final, "jouletrace_spans_rejected_total") \
-        - total(final, "jouletrace_spans_duplicate_total")
-    measured = total(final, "jouletrace_gpu_energy_joules_total")
-    split = total(final, "jouletrace_gpu_attributed_energy_joules_total") + total(final, "jouletrace_gpu_idle_energy_joules_total")
+    m = lambda name, **labels: sum_samples(final, name, **labels)  # noqa: E731
+    accepted = (m("jouletrace_spans_received_total") - m("jouletrace_spans_ignored_total")
+                - m("jouletrace_spans_rejected_total", reason="invalid_span")
+                - m("jouletrace_spans_rejected_total", reason="queue_full") - m("jouletrace_spans_duplicate_total"))
+    measured = m("jouletrace_gpu_energy_joules_total")
+    split = m("jouletrace_gpu_attributed_energy_joules_total") + m("jouletrace_gpu_idle_energy_joules_total")
     steady = [r for r in readings if r["t"] >= t0 + wall / 10]
     scrapes = [r["scrape_s"] for r in readings]
     summary = {
         "duration_s": round(wall, 1), "rate_per_s": args.rate, "requests_completed": completed,
         "request_spans_accepted": accepted, "spans_lost": completed - accepted,
-        "requests_attributed": total(final, "jouletrace_model_requests_total"),
+        "requests_attributed": m("jouletrace_model_requests_total"),
         "measured_j": measured, "conservation_error": abs(split - measured) / measured if measured else None,
         "rss_start_mib": steady[0]["rss_bytes"] / 2**20, "rss_end_mib": readings[-1]["rss_bytes"] / 2**20,
         "rss_growth_mib": (readings[-1]["rss_bytes"] - steady[0]["rss_bytes"]) / 2**20,

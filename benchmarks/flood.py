@@ -3,13 +3,13 @@ and attributes, and its peak memory.
 
 The exporter (`--gpu sim`, `--max-pending 100000`, settle delay 2 s) runs pinned to the first core;
 `--clients` processes on the other cores each flood it for `--seconds` with 512-span vLLM-like
-messages (fresh ids, current times), `--in-flight` at a time on OTLP/HTTP and as many on OTLP/gRPC.
+messages (fresh ids, current times), `--in-flight` at a time on each of `--protocols`.
 The offered rate is the spans of all messages answered per second; the target is 10 x the intake
 benchmark's 559,000 spans/s (benchmarks/RESULTS.md). After each repeat the ledger drains and the
 requests it counted are compared with the spans accepted. Prints one JSON line per repeat and a
 summary of medians.
 
-    python benchmarks/flood.py [--clients 4] [--seconds 10] [--repeats 3]
+    python benchmarks/flood.py [--clients 4] [--seconds 10] [--repeats 3] [--protocols http,grpc]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ SPANS = 512
 TARGET = 10 * 559_000  # spans/s
 
 
-def client(core: int, http_url: str, grpc_target: str, seconds: float, in_flight: int, out) -> None:
+def client(core: int, http_url: str | None, grpc_target: str | None, seconds: float, in_flight: int, out) -> None:
     os.sched_setaffinity(0, {core})
     tally = asyncio.run(flood(http_url, grpc_target, Stamper(SPANS), seconds, in_flight))
     out.put({"answers": {f"{p} {c}": n for (p, c), n in tally.answers.items()}, "accepted": tally.accepted_spans,
@@ -46,9 +46,9 @@ def metric(exporter: ExporterProcess, name: str, **labels: str) -> float:
 def one_run(exporter: ExporterProcess, cores: list[int], args) -> dict:
     before = metric(exporter, "jouletrace_model_requests_total")
     out = multiprocessing.Queue()
-    procs = [multiprocessing.Process(target=client, args=(core, f"http://127.0.0.1:{exporter.http_port}/v1/traces",
-                                                          f"127.0.0.1:{exporter.grpc_port}", args.seconds,
-                                                          args.in_flight, out))
+    http_url = f"http://127.0.0.1:{exporter.http_port}/v1/traces" if "http" in args.protocols else None
+    grpc_target = f"127.0.0.1:{exporter.grpc_port}" if "grpc" in args.protocols else None
+    procs = [multiprocessing.Process(target=client, args=(core, http_url, grpc_target, args.seconds, args.in_flight, out))
              for core in cores]
     for p in procs:
         p.start()
@@ -63,10 +63,20 @@ def one_run(exporter: ExporterProcess, cores: list[int], args) -> dict:
             answers[k] = answers.get(k, 0) + n
     wait_for(lambda: metric(exporter, "jouletrace_requests_pending") == 0, 120, "the ledger to drain")
     counted = metric(exporter, "jouletrace_model_requests_total") - before
-    return {"offered_spans_per_s": (accepted + retry) / seconds, "accepted_spans_per_s": accepted / seconds,
+    by_protocol = {p: SPANS * sum(n for k, n in answers.items() if k.startswith(p + " ")) / seconds
+                   for p in sorted(args.protocols)}
+    return {"offered_spans_per_s": (accepted + retry) / seconds, "offered_spans_per_s_by_protocol": by_protocol,
+            "accepted_spans_per_s": accepted / seconds,
             "refused_retryably": retry, "accepted": accepted, "attributed": counted,
             "retryable_without_hint": sum(t["unhinted"] for t in tallies), "answers": answers,
             "peak_rss_mib": peak_rss_bytes(exporter.proc.pid) / 2**20}
+
+
+def protocols(text: str) -> set[str]:
+    chosen = set(text.split(","))
+    if not chosen or not chosen <= {"http", "grpc"}:
+        raise argparse.ArgumentTypeError(f"expected http, grpc or http,grpc, got {text!r}")
+    return chosen
 
 
 def main() -> None:
@@ -75,8 +85,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--in-flight", type=int, default=16, help="messages in flight per protocol and client")
+    ap.add_argument("--protocols", type=protocols, default={"http", "grpc"},
+                    help="comma-separated: http, grpc (default both)")
     ap.add_argument("--max-message-bytes", type=int, default=4 << 20,
-                    help="the exporter's --max-message-bytes (its OTLP/HTTP intake reads 16 such at once)")
+                    help="the exporter's --max-message-bytes (each intake receives 16 such at once)")
     args = ap.parse_args()
     cores = sorted(os.sched_getaffinity(0))
     exporter = ExporterProcess("--gpu", "sim", "--sim-load", "0.7", "--settle-delay", "2", "--counter-interval", "1",

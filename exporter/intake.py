@@ -12,13 +12,19 @@ accepted              200 ExportTraceServiceResp  OK                   -
 some spans invalid    200 + partial_success       OK + partial_success invalid_span (spans)
 body too large        413                         RESOURCE_EXHAUSTED   too_large (messages)
 undecodable           400 + google.rpc.Status     INVALID_ARGUMENT     malformed (messages)
-body too slow         408                         -                    too_slow (messages)
+body too slow         408                         DEADLINE_EXCEEDED    too_slow (messages)
 bad Content-Type or   415                         -                    unsupported_media_type
 Content-Encoding                                                       (messages)
 sink full, or too     503 + Retry-After           UNAVAILABLE +        queue_full (spans), or
 many bytes in flight                              RetryInfo            shed (messages)
+several messages in   -                           INVALID_ARGUMENT     malformed (messages)
+one call
 bug in the intake     500                         INTERNAL             internal (messages)
 ====================  ==========================  ===================  ======================
+
+Each intake holds the messages it is receiving or decoding within IN_FLIGHT_MESSAGES x max_bytes;
+a message beyond that bound is refused (shed). The bounds are separate, so that slow senders on
+one protocol do not hold back the other.
 
 Given a `forward` (`exporter.forward.Forwarder`), each accepted message (answered 200 or OK,
 partial success included) is offered to it, as received after gunzip, with the span keys of the
@@ -77,8 +83,8 @@ MAX_ERROR_MESSAGE_CHARS = 1024
 # Bodies up to this size are decoded on the event loop (a few ms at most); larger ones in the
 # default executor so that the loop keeps turning while they decode.
 INLINE_DECODE_BYTES = 1 << 20
-IN_FLIGHT_MESSAGES = 16  # the HTTP intake reads at most this many largest messages at once
-BODY_READ_TIMEOUT_S = 30.0  # a body not received by then is answered 408, its bytes no longer held
+IN_FLIGHT_MESSAGES = 16  # an intake receives at most this many largest messages at once
+BODY_READ_TIMEOUT_S = 30.0  # a message not received by then is refused (too_slow), its bytes no longer held
 
 
 class IntakeStats:
@@ -135,6 +141,25 @@ class IntakeStats:
                 "rejected": dict(self._rejected),
                 "requests": dict(self._requests),
             }
+
+
+class _BytesInFlight:
+    """Bytes of OTLP messages being received or decoded by one intake, held within `limit` bytes.
+    Used from the event loop only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, n: int) -> bool:
+        """Hold n more bytes if that stays within the limit; False (nothing held) otherwise."""
+        if self.held + n > self.limit:
+            return False
+        self.held += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.held -= n
 
 
 class _TooLarge(Exception):
@@ -255,12 +280,11 @@ async def start_http_intake(
     port, ``await runner.cleanup()`` stops it. Bodies over max_bytes, before or after gzip
     inflation, are answered 413 without being inflated further. Messages are read while the
     bytes in flight (each counted at its Content-Length, or max_bytes without one) stay within
-    IN_FLIGHT_MESSAGES x max_bytes; beyond, a message is read without being kept and answered
-    503 + Retry-After (shed), so that memory stays bounded whatever the number of senders.
+    IN_FLIGHT_MESSAGES x max_bytes; beyond, a message is read without being kept and answered 503 + Retry-After
+    (shed), so that memory stays bounded whatever the number of senders.
     """
 
-    in_flight = 0  # bytes of the messages being read or decoded; touched on the event loop only
-    max_in_flight = IN_FLIGHT_MESSAGES * max_bytes
+    in_flight = _BytesInFlight(IN_FLIGHT_MESSAGES * max_bytes)
 
     def reply(code: int, body: bytes, content_type: str, outcome_counts: dict, **extra) -> web.Response:
         stats.count("http", str(code), **outcome_counts)
@@ -306,20 +330,18 @@ async def start_http_intake(
                 413, code_pb2.RESOURCE_EXHAUSTED, "too_large",
                 f"body of {length} bytes exceeds the limit of {max_bytes}", as_json,
             ))
-        nonlocal in_flight
         held = max_bytes if length is None else length  # a body of unknown length may reach max_bytes
-        if in_flight + held > max_in_flight:
+        if not in_flight.take(held):
             # drained unkept, so that the sender reads the answer (closing unread would reset it)
             try:
                 await asyncio.wait_for(_discard_body(request), BODY_READ_TIMEOUT_S)
             except asyncio.TimeoutError:
                 return too_slow(as_json)
             return retry_later("too many bytes in flight; retry later", as_json, _counts(None, "shed"))
-        in_flight += held
         try:
             return await receive(request, as_json, decode, encoding, length)
         finally:
-            in_flight -= held
+            in_flight.give(held)
 
     async def receive(request: web.Request, as_json: bool, decode, encoding: str, length: int | None):
         """Read, inflate, decode and submit one message whose bytes are counted in flight."""
@@ -424,31 +446,55 @@ async def start_grpc_intake(
     with ``credentials``.
 
     Returns the started server; its ``bound_port`` attribute (or ``bound_port(server)``) is the
-    port, ``await server.stop(grace)`` stops it. Messages over max_bytes are answered RESOURCE_EXHAUSTED and counted; gRPC's own
-    receive limit is 4 x max_bytes, and a message beyond that is refused by the gRPC core before
-    it reaches this code, so it is not counted.
+    port, ``await server.stop(grace)`` stops it. A call is admitted before its message is read:
+    while the sink is full, or IN_FLIGHT_MESSAGES calls are being received or decoded, it is answered
+    UNAVAILABLE + RetryInfo (shed) and its message never read. gRPC's core refuses a message over
+    max_bytes (before or after gzip inflation) with RESOURCE_EXHAUSTED, counted here as too_large;
+    a call that ends without a message is counted so too, as the two cannot be told apart.
     """
+
+    in_flight = _BytesInFlight(IN_FLIGHT_MESSAGES * max_bytes)
 
     def count(code: grpc.StatusCode, **kw) -> None:
         stats.count("grpc", code.name, **kw)
 
-    async def process(request: bytes):
+    def retry_later(message: str, outcome_counts: dict):
+        count(grpc.StatusCode.UNAVAILABLE, **outcome_counts)
+        return grpc.StatusCode.UNAVAILABLE, message, _retry_trailers(message)
+
+    async def read_one(context: grpc.aio.ServicerContext):
+        """The call's one message; EOF if none came (or one over the limit); None if several."""
+        message = await context.read()
+        if message is not grpc.aio.EOF and await context.read() is not grpc.aio.EOF:
+            return None
+        return message
+
+    async def process(context: grpc.aio.ServicerContext):
         """(status code or None for OK, details, response bytes; trailing metadata for an error)."""
-        if len(request) > max_bytes:
-            count(grpc.StatusCode.RESOURCE_EXHAUSTED, rejected={"too_large": 1})
-            return (
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"message of {len(request)} bytes exceeds the limit of {max_bytes}", (),
-            )
-        outcome, result, message = await _decode_and_submit_async(
-            request, decode_protobuf, sink, default_model
-        )
+        if sink.full:
+            return retry_later("request ledger is full; retry later", _counts(None, "shed"))
+        if not in_flight.take(max_bytes):
+            return retry_later("too many bytes in flight; retry later", _counts(None, "shed"))
+        try:
+            try:
+                request = await asyncio.wait_for(read_one(context), BODY_READ_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                count(grpc.StatusCode.DEADLINE_EXCEEDED, rejected={"too_slow": 1})
+                return grpc.StatusCode.DEADLINE_EXCEEDED, f"message not received within {BODY_READ_TIMEOUT_S:g} s", ()
+            if request is grpc.aio.EOF:
+                count(grpc.StatusCode.RESOURCE_EXHAUSTED, rejected={"too_large": 1})
+                return grpc.StatusCode.RESOURCE_EXHAUSTED, f"no message of at most {max_bytes} bytes received", ()
+            if request is None:
+                count(grpc.StatusCode.INVALID_ARGUMENT, rejected={"malformed": 1})
+                return grpc.StatusCode.INVALID_ARGUMENT, "Export takes one message per call", ()
+            outcome, result, message = await _decode_and_submit_async(request, decode_protobuf, sink, default_model)
+        finally:
+            in_flight.give(max_bytes)
         if outcome == "malformed":
             count(grpc.StatusCode.INVALID_ARGUMENT, rejected={"malformed": 1})
             return grpc.StatusCode.INVALID_ARGUMENT, message, ()
         if outcome in ("queue_full", "shed"):
-            count(grpc.StatusCode.UNAVAILABLE, **_counts(result, outcome))
-            return grpc.StatusCode.UNAVAILABLE, message, _retry_trailers(message)
+            return retry_later(message, _counts(result, outcome))
         count(grpc.StatusCode.OK, **_counts(result, outcome))
         _forward(forward, request, result, "protobuf")
         if result.rejected:
@@ -458,9 +504,9 @@ async def start_grpc_intake(
             return None, "", resp.SerializeToString()
         return None, "", _EMPTY_RESPONSE_PB
 
-    async def export(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def export(requests, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            code, details, response = await process(request)
+            code, details, response = await process(context)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -472,15 +518,17 @@ async def start_grpc_intake(
             await context.abort(code, details, response)
         return response
 
-    # Requests arrive as raw bytes (no deserializer) so their size can be checked and counted here.
+    # Served as a client-streaming method (on the wire, a unary call is a stream of one message)
+    # so that a call is admitted or refused before its message is read; messages arrive as raw
+    # bytes (no deserializer) for the protobuf decoder.
     handler = grpc.method_handlers_generic_handler(
         GRPC_SERVICE,
-        {"Export": grpc.unary_unary_rpc_method_handler(export)},
+        {"Export": grpc.stream_unary_rpc_method_handler(export)},
     )
     server = grpc.aio.server(
         handlers=(handler,),
         options=(
-            ("grpc.max_receive_message_length", min(4 * max_bytes, 2**31 - 1)),
+            ("grpc.max_receive_message_length", min(max_bytes, 2**31 - 1)),
             ("grpc.max_send_message_length", 1 << 20),
             # without this, a second process could bind the same port and silently take a share
             # of the traffic

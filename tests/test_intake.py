@@ -13,7 +13,7 @@ import aiohttp
 import grpc
 import pytest
 from google.protobuf import json_format
-from google.rpc import code_pb2, status_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from jouletrace.exporter import intake
 from jouletrace.exporter.intake import (
     GRPC_METHOD,
@@ -536,22 +536,21 @@ def test_grpc_fixture_and_partial_success():
 
 def test_grpc_oversize_is_resource_exhausted_and_counted():
     big = FIXTURE_BYTES * (MAX_BYTES // len(FIXTURE_BYTES) + 1)
-    assert MAX_BYTES < len(big) < 4 * MAX_BYTES
+    assert len(big) > MAX_BYTES
 
     async def body(s: Servers):
         before = s.stats.snapshot()
-        with pytest.raises(grpc.aio.AioRpcError) as exc:
-            await grpc_export(s, big)
-        assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert str(MAX_BYTES) in exc.value.details()
-        # the transport cap (4 x max_bytes) refuses larger messages before they reach the intake
-        with pytest.raises(grpc.aio.AioRpcError) as exc:
-            await grpc_export(s, b"\0" * (4 * MAX_BYTES + 1))
-        assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for message, compression in ((big, None), (b"\0" * (40 * MAX_BYTES), grpc.Compression.Gzip)):
+            with pytest.raises(grpc.aio.AioRpcError) as exc:
+                await grpc_export(s, message, compression=compression)
+            assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "larger than max" in exc.value.details()  # gRPC's core refused it, inflated or not
         assert s.sink.records == []
         assert s.delta(before) == {
-            "rejected": {("grpc", "too_large"): 1}, "requests": {("grpc", "RESOURCE_EXHAUSTED"): 1},
+            "rejected": {("grpc", "too_large"): 2}, "requests": {("grpc", "RESOURCE_EXHAUSTED"): 2},
         }
+        await grpc_export(s, FIXTURE_BYTES)  # the refusals held no bytes
+        assert len(s.sink.records) == 3
 
     run(body)
 
@@ -690,5 +689,80 @@ def test_http_body_not_received_in_time_is_408_and_frees_its_bytes(monkeypatch):
         assert status == 200
         for _, writer in held:
             writer.close()
+
+    run(body)
+
+
+@contextlib.asynccontextmanager
+async def grpc_calls_without_message(s: Servers, n: int):
+    """`n` client-streaming calls to Export that send their headers and no message yet; on leaving,
+    they send none and their outcomes (status codes) are in the yielded list."""
+    channel = grpc.aio.insecure_channel(s.target)
+    release = asyncio.Event()
+
+    async def nothing_until_released():
+        await release.wait()
+        return
+        yield
+
+    calls = [channel.stream_unary(GRPC_METHOD)(nothing_until_released(), timeout=30) for _ in range(n)]
+    codes: list = []
+    try:
+        await asyncio.sleep(0.3)  # the intake has admitted them
+        yield calls, codes
+    finally:
+        release.set()
+        for call in calls:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await call
+            codes.append(await call.code())
+        await channel.close()
+
+
+def test_grpc_calls_are_admitted_within_the_bytes_in_flight_and_the_rest_shed_unread():
+    async def body(s: Servers):
+        before = s.stats.snapshot()
+        async with grpc_calls_without_message(s, intake.IN_FLIGHT_MESSAGES):
+            with pytest.raises(grpc.aio.AioRpcError) as exc:
+                await grpc_export(s, FIXTURE_BYTES)
+            assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+            info = dict(exc.value.trailing_metadata())["google.rpc.retryinfo-bin"]
+            assert error_details_pb2.RetryInfo.FromString(info).retry_delay.seconds >= 1
+            assert s.delta(before) == {"rejected": {("grpc", "shed"): 1}, "requests": {("grpc", "UNAVAILABLE"): 1}}
+        await grpc_export(s, FIXTURE_BYTES)  # the held calls ended: their bytes are no longer held
+        assert len(s.sink.records) == 3
+
+    run(body)
+
+
+def test_grpc_message_not_received_in_time_is_deadline_exceeded_and_frees_its_bytes(monkeypatch):
+    monkeypatch.setattr(intake, "BODY_READ_TIMEOUT_S", 0.5)
+
+    async def body(s: Servers):
+        before = s.stats.snapshot()
+        async with grpc_calls_without_message(s, intake.IN_FLIGHT_MESSAGES) as (_, codes):
+            await asyncio.sleep(1.0)
+            await grpc_export(s, FIXTURE_BYTES)  # the slow calls were refused and freed their bytes
+        assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * intake.IN_FLIGHT_MESSAGES
+        assert s.delta(before)["rejected"] == {("grpc", "too_slow"): intake.IN_FLIGHT_MESSAGES}
+        assert len(s.sink.records) == 3
+
+    run(body)
+
+
+def test_grpc_call_with_several_messages_is_refused_whole():
+    async def body(s: Servers):
+        before = s.stats.snapshot()
+
+        async def two():
+            yield FIXTURE_BYTES
+            yield FIXTURE_BYTES
+
+        async with grpc.aio.insecure_channel(s.target) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as exc:
+                await channel.stream_unary(GRPC_METHOD)(two(), timeout=10)
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert s.sink.records == []
+        assert s.delta(before) == {"rejected": {("grpc", "malformed"): 1}, "requests": {("grpc", "INVALID_ARGUMENT"): 1}}
 
     run(body)

@@ -1,15 +1,19 @@
 """Span flood at 10x the intake benchmark's rate: what a one-core exporter accepts, refuses (retryably)
 and attributes, and its peak memory.
 
-The exporter (`--gpu sim`, `--max-pending 100000`, settle delay 2 s) runs pinned to the first core;
-`--clients` processes on the other cores each flood it for `--seconds` with 512-span vLLM-like
-messages (fresh ids, current times), `--in-flight` at a time on each of `--protocols`.
-The offered rate is the spans of all messages answered per second; the target is 10 x the intake
-benchmark's 559,000 spans/s (benchmarks/RESULTS.md). After each repeat the ledger drains and the
-requests it counted are compared with the spans accepted. Prints one JSON line per repeat and a
-summary of medians.
+The exporter (`--gpu sim`, settle delay 2 s) runs with all its threads pinned to the first core;
+`--clients` processes on the other cores each flood it for `--seconds` with vLLM-like messages of
+`--spans` spans (512 by default, the OpenTelemetry SDK's batch; ~600 bytes a span; fresh ids and
+current times) on each of `--protocols`: closed loop, `--in-flight` messages at a time, or with
+`--rate`, open loop: messages sent at that rate in all whatever the answers (over at most
+`--in-flight` HTTP connections per client), each given up after `--timeout` s. The offered rate is
+the spans of all messages sent per second; the target is 10 x the intake benchmark's 559,000
+spans/s (benchmarks/RESULTS.md). After each repeat the ledger drains and the requests it counted
+are compared with the spans the exporter counted as accepted. Prints one JSON line per repeat and
+a summary of medians.
 
-    python benchmarks/flood.py [--clients 4] [--seconds 10] [--repeats 3] [--protocols http,grpc]
+    python benchmarks/flood.py [--clients 4] [--seconds 10] [--repeats 3] [--spans 512]
+                               [--protocols http,grpc] [--in-flight 16] [--rate SPANS_PER_S]
 """
 
 from __future__ import annotations
@@ -25,51 +29,64 @@ import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")
 sys.path[:0] = [ROOT, os.path.join(ROOT, "reliability")]
-from servers import ExporterProcess, http_get, sum_samples, wait_for  # noqa: E402
-from span_load import Stamper, flood, peak_rss_bytes  # noqa: E402
+from servers import ExporterProcess, http_get, proc_usage, sum_samples, wait_for  # noqa: E402
+from span_load import RETRYABLE, Stamper, flood, peak_rss_bytes  # noqa: E402
 
-SPANS = 512
 TARGET = 10 * 559_000  # spans/s
 
 
-def client(core: int, http_url: str | None, grpc_target: str | None, seconds: float, in_flight: int, out) -> None:
+def client(core: int, http_url: str | None, grpc_target: str | None, args, out) -> None:
     os.sched_setaffinity(0, {core})
-    tally = asyncio.run(flood(http_url, grpc_target, Stamper(SPANS), seconds, in_flight))
-    out.put({"answers": {f"{p} {c}": n for (p, c), n in tally.answers.items()}, "accepted": tally.accepted_spans,
-             "retry": tally.retry_spans, "unhinted": tally.without_retry_hint, "seconds": tally.seconds})
+    rate = None if args.rate is None else args.rate / (args.clients * len(args.protocols) * args.spans)
+    tally = asyncio.run(flood(http_url, grpc_target, Stamper(args.spans), args.seconds, args.in_flight, rate,
+                              args.timeout))
+    out.put({"answers": {f"{p} {c}": n for (p, c), n in tally.answers.items()}, "unhinted": tally.without_retry_hint,
+             "seconds": tally.seconds})
 
 
-def metric(exporter: ExporterProcess, name: str, **labels: str) -> float:
-    return sum_samples(http_get(exporter.url("/metrics"), timeout=30)[1], name, **labels)
+def exporter_counts(exporter: ExporterProcess) -> tuple[float, float]:
+    """(request spans the exporter accepted, requests it counted as finished) so far."""
+    text = http_get(exporter.url("/metrics"), timeout=30)[1]
+    accepted = (sum_samples(text, "jouletrace_spans_received_total") - sum_samples(text, "jouletrace_spans_ignored_total")
+                - sum_samples(text, "jouletrace_spans_rejected_total", reason="invalid_span")
+                - sum_samples(text, "jouletrace_spans_rejected_total", reason="queue_full")
+                - sum_samples(text, "jouletrace_spans_duplicate_total"))
+    return accepted, sum_samples(text, "jouletrace_model_requests_total")
 
 
 def one_run(exporter: ExporterProcess, cores: list[int], args) -> dict:
-    before = metric(exporter, "jouletrace_model_requests_total")
+    accepted_before, counted_before = exporter_counts(exporter)
     out = multiprocessing.Queue()
     http_url = f"http://127.0.0.1:{exporter.http_port}/v1/traces" if "http" in args.protocols else None
     grpc_target = f"127.0.0.1:{exporter.grpc_port}" if "grpc" in args.protocols else None
-    procs = [multiprocessing.Process(target=client, args=(core, http_url, grpc_target, args.seconds, args.in_flight, out))
+    procs = [multiprocessing.Process(target=client, args=(core, http_url, grpc_target, args, out))
              for core in cores]
+    cpu_before, wall_before = proc_usage(exporter.proc.pid)[0], time.monotonic()
     for p in procs:
         p.start()
     tallies = [out.get() for _ in procs]
+    cpu_share = (proc_usage(exporter.proc.pid)[0] - cpu_before) / (time.monotonic() - wall_before)
     for p in procs:
         p.join()
     seconds = max(t["seconds"] for t in tallies)
-    accepted, retry = sum(t["accepted"] for t in tallies), sum(t["retry"] for t in tallies)
     answers: dict[str, int] = {}
     for t in tallies:
         for k, n in t["answers"].items():
             answers[k] = answers.get(k, 0) + n
-    wait_for(lambda: metric(exporter, "jouletrace_requests_pending") == 0, 120, "the ledger to drain")
-    counted = metric(exporter, "jouletrace_model_requests_total") - before
-    by_protocol = {p: SPANS * sum(n for k, n in answers.items() if k.startswith(p + " ")) / seconds
-                   for p in sorted(args.protocols)}
-    return {"offered_spans_per_s": (accepted + retry) / seconds, "offered_spans_per_s_by_protocol": by_protocol,
-            "accepted_spans_per_s": accepted / seconds,
-            "refused_retryably": retry, "accepted": accepted, "attributed": counted,
+    wait_for(lambda: sum_samples(http_get(exporter.url("/metrics"), timeout=30)[1], "jouletrace_requests_pending") == 0,
+             120, "the ledger to drain")
+    accepted, counted = (now - before for now, before in zip(exporter_counts(exporter), (accepted_before, counted_before)))
+    spans = {p: args.spans * sum(n for k, n in answers.items() if k.startswith(p + " ")) for p in sorted(args.protocols)}
+    retry = args.spans * sum(n for k, n in answers.items() if tuple(k.split(" ")) in RETRYABLE)
+    timeouts = args.spans * sum(n for k, n in answers.items() if k.endswith(" timeout"))
+    return {"offered_spans_per_s": sum(spans.values()) / seconds,
+            "offered_spans_per_s_by_protocol": {p: n / seconds for p, n in spans.items()},
+            "answered_spans_per_s": (sum(spans.values()) - timeouts) / seconds,
+            "accepted_spans_per_s": accepted / seconds, "refused_retryably": retry, "unanswered": timeouts,
+            "accepted": accepted, "attributed": counted,
             "retryable_without_hint": sum(t["unhinted"] for t in tallies), "answers": answers,
-            "peak_rss_mib": peak_rss_bytes(exporter.proc.pid) / 2**20}
+            "peak_rss_mib": peak_rss_bytes(exporter.proc.pid) / 2**20,
+            "exporter_cpu_share": cpu_share}  # of its one core, while the clients ran
 
 
 def protocols(text: str) -> set[str]:
@@ -84,7 +101,11 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=max(1, len(os.sched_getaffinity(0)) - 1))
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--in-flight", type=int, default=16, help="messages in flight per protocol and client")
+    ap.add_argument("--spans", type=int, default=512, help="spans per message")
+    ap.add_argument("--in-flight", type=int, default=16,
+                    help="messages in flight (open loop: HTTP connections) per protocol and client")
+    ap.add_argument("--rate", type=float, help="open loop: spans/s offered in all (default: closed loop)")
+    ap.add_argument("--timeout", type=float, default=30.0, help="seconds a message waits for its answer")
     ap.add_argument("--protocols", type=protocols, default={"http", "grpc"},
                     help="comma-separated: http, grpc (default both)")
     ap.add_argument("--max-message-bytes", type=int, default=4 << 20,
@@ -93,7 +114,8 @@ def main() -> None:
     cores = sorted(os.sched_getaffinity(0))
     exporter = ExporterProcess("--gpu", "sim", "--sim-load", "0.7", "--settle-delay", "2", "--counter-interval", "1",
                                "--log-level", "warning", "--max-message-bytes", str(args.max_message_bytes))
-    os.sched_setaffinity(exporter.proc.pid, {cores[0]})
+    for thread in os.listdir(f"/proc/{exporter.proc.pid}/task"):  # threads started later inherit it
+        os.sched_setaffinity(int(thread), {cores[0]})
     client_cores = [cores[1 + i % (len(cores) - 1)] if len(cores) > 1 else cores[0] for i in range(args.clients)]
     runs = []
     try:
@@ -106,7 +128,8 @@ def main() -> None:
         alive = exporter.proc.poll() is None
     finally:
         exporter.stop()
-    keys = ("offered_spans_per_s", "accepted_spans_per_s", "refused_retryably", "peak_rss_mib")
+    keys = ("offered_spans_per_s", "answered_spans_per_s", "accepted_spans_per_s", "refused_retryably", "unanswered",
+            "peak_rss_mib", "exporter_cpu_share")
     summary = {f"median_{k}": statistics.median(r[k] for r in runs) for k in keys}
     summary.update(target_spans_per_s=TARGET, idle_rss_mib=rss_idle, exporter_alive=alive,
                    lost=sum(r["accepted"] - r["attributed"] for r in runs),

@@ -1,17 +1,19 @@
-"""Span intake throughput on one core: OTLP/HTTP protobuf with attribution on, vs a bare parse loop.
+"""Span intake throughput on one core: OTLP/HTTP protobuf (or OTLP/gRPC) with attribution on, vs a
+bare parse loop.
 
 The exporter (`--gpu sim`) runs pinned to core 0; a client process pinned to core 1 posts
 pre-built 512-span vLLM-like messages (unique ids, end times just before the send) with 8 requests
-in flight. The ceiling is `ExportTraceServiceRequest.ParseFromString` of the same messages, in a
-loop pinned to core 0, in the same run. Prints one JSON line per repeat and a summary.
+in flight, over `--protocol`. The ceiling is `ExportTraceServiceRequest.ParseFromString` of the
+same messages, in a loop pinned to core 0, in the same run. Prints one JSON line per repeat and a summary.
 
-    python benchmarks/intake_throughput.py [--messages 200] [--repeats 5]
+    python benchmarks/intake_throughput.py [--messages 200] [--repeats 5] [--protocol http]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import statistics
@@ -19,6 +21,8 @@ import sys
 import time
 
 import aiohttp
+import grpc
+from jouletrace.exporter.intake import GRPC_METHOD
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
@@ -38,19 +42,41 @@ def parse_ceiling(messages: list[bytes]) -> float:
     return len(messages) * SPANS / (time.perf_counter() - t)
 
 
-async def post_all(url: str, messages: list[bytes], in_flight: int = 8) -> tuple[float, dict]:
-    codes: dict[int, int] = {}
+async def send_all(send, messages: list[bytes], in_flight: int = 8) -> tuple[float, dict]:
+    """Seconds to send every message with `in_flight` at a time through `send` (which answers the
+    status as a str), and the count of each status."""
+    codes: dict[str, int] = {}
     queue = list(reversed(messages))
+
+    async def worker():
+        while queue:
+            code = await send(queue.pop())
+            codes[code] = codes.get(code, 0) + 1
+    t = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    return time.perf_counter() - t, codes
+
+
+async def post_all(url: str, messages: list[bytes]) -> tuple[float, dict]:
     async with aiohttp.ClientSession(headers={"Content-Type": "application/x-protobuf"}) as session:
-        async def worker():
-            while queue:
-                body = queue.pop()
-                async with session.post(url, data=body) as r:
-                    await r.read()
-                    codes[r.status] = codes.get(r.status, 0) + 1
-        t = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(in_flight)))
-        return time.perf_counter() - t, codes
+        async def send(body: bytes) -> str:
+            async with session.post(url, data=body) as r:
+                await r.read()
+                return str(r.status)
+        return await send_all(send, messages)
+
+
+async def export_all(target: str, messages: list[bytes]) -> tuple[float, dict]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        export = channel.unary_unary(GRPC_METHOD)
+
+        async def send(body: bytes) -> str:
+            try:
+                await export(body, timeout=30)
+            except grpc.aio.AioRpcError as err:
+                return err.code().name
+            return "OK"
+        return await send_all(send, messages)
 
 
 def received(exporter: ExporterProcess) -> float:
@@ -63,20 +89,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=200, help="messages per repeat (512 spans each)")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--protocol", choices=("http", "grpc"), default="http")
     args = ap.parse_args()
     cores = sorted(os.sched_getaffinity(0))
     server_core, client_core = cores[0], cores[-1]
     exporter = ExporterProcess("--gpu", "sim", "--sim-load", "0.7", "--settle-delay", "1", "--counter-interval", "1",
                                "--max-pending", "10000000", "--log-level", "warning")
     os.sched_setaffinity(exporter.proc.pid, {server_core})
-    url = f"http://127.0.0.1:{exporter.http_port}/v1/traces"
+    if args.protocol == "http":
+        url = f"http://127.0.0.1:{exporter.http_port}/v1/traces"
+        send_all_messages = functools.partial(post_all, url)
+    else:
+        send_all_messages = functools.partial(export_all, f"127.0.0.1:{exporter.grpc_port}")
     runs = []
     try:
         for _ in range(args.repeats):
             os.sched_setaffinity(0, {client_core})
             now = time.time()
             messages = [build(SPANS, now - 0.5 + i * SPANS * 0.0001, spacing_s=0.0001) for i in range(args.messages)]
-            seconds, codes = asyncio.run(post_all(url, messages))
+            seconds, codes = asyncio.run(send_all_messages(messages))
             ours = args.messages * SPANS / seconds
             os.sched_setaffinity(0, {server_core})
             ceiling = statistics.median(parse_ceiling(messages) for _ in range(3))

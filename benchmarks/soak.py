@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -31,18 +30,7 @@ from pathlib import Path
 from jouletrace.simulator.gpus import install_gpus
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from servers import free_port, sum_samples  # noqa: E402
-
-PAGE = os.sysconf("SC_PAGE_SIZE")
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def proc_usage(pid: int) -> tuple[float, int]:
-    """(CPU seconds, RSS bytes) of a process, from /proc."""
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    rss_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-    return (int(stat[11]) + int(stat[12])) / TICKS, rss_pages * PAGE
-
+from servers import free_port, proc_usage, sum_samples  # noqa: E402
 
 def scrape(url: str) -> tuple[float, str]:
     t0 = time.perf_counter()

@@ -84,6 +84,7 @@ MAX_ERROR_MESSAGE_CHARS = 1024
 # default executor so that the loop keeps turning while they decode.
 INLINE_DECODE_BYTES = 1 << 20
 IN_FLIGHT_MESSAGES = 16  # an intake receives at most this many largest messages at once
+GRPC_STREAMS_PER_CONNECTION = 100  # HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS, the least RFC 9113 advises
 BODY_READ_TIMEOUT_S = 30.0  # a message not received by then is refused (too_slow), its bytes no longer held
 
 
@@ -216,10 +217,18 @@ def _decode_and_submit(body, decode, sink, default_model: str):
 
 
 async def _decode_and_submit_async(body, decode, sink, default_model: str):
+    """_decode_and_submit, off the event loop for a large body. A cancellation (the sender went
+    away) while it runs is held back until it ends, so that the spans it submits are counted and
+    forwarded by the caller all the same."""
     if len(body) <= INLINE_DECODE_BYTES:
         return _decode_and_submit(body, decode, sink, default_model)
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, _decode_and_submit, body, decode, sink, default_model)
+    done = asyncio.get_running_loop().run_in_executor(None, _decode_and_submit, body, decode, sink, default_model)
+    while True:
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            if done.cancelled():
+                raise
 
 
 def _forward(forward, body, result: DecodeResult, fmt: str) -> None:
@@ -450,7 +459,9 @@ async def start_grpc_intake(
     while the sink is full, or IN_FLIGHT_MESSAGES calls are being received or decoded, it is answered
     UNAVAILABLE + RetryInfo (shed) and its message never read. gRPC's core refuses a message over
     max_bytes (before or after gzip inflation) with RESOURCE_EXHAUSTED, counted here as too_large;
-    a call that ends without a message is counted so too, as the two cannot be told apart.
+    a call that ends without a message is counted so too, as the two cannot be told apart. A
+    connection opens at most GRPC_STREAMS_PER_CONNECTION calls at once; a call beyond is refused by
+    HTTP/2 (REFUSED_STREAM, which senders see as UNAVAILABLE, never processed) and not counted here.
     """
 
     in_flight = _BytesInFlight(IN_FLIGHT_MESSAGES * max_bytes)
@@ -529,6 +540,13 @@ async def start_grpc_intake(
         handlers=(handler,),
         options=(
             ("grpc.max_receive_message_length", min(max_bytes, 2**31 - 1)),
+            # Flow-control windows stay at HTTP/2's 64 KiB instead of growing to the sender's
+            # bandwidth-delay product, so that a call refused unread has at most that much of its
+            # message buffered by the transport (megabytes each, under a flood, without this).
+            ("grpc.http2.bdp_probe", 0),
+            # and a connection opens at most this many calls at once (more wait at the sender), so
+            # that a sender holds at most 100 x 64 KiB here per connection
+            ("grpc.max_concurrent_streams", GRPC_STREAMS_PER_CONNECTION),
             ("grpc.max_send_message_length", 1 << 20),
             # without this, a second process could bind the same port and silently take a share
             # of the traffic

@@ -44,6 +44,15 @@ def sum_samples(text: str, name: str, **labels: str) -> float:
                if s.name in names and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
+def proc_usage(pid: int) -> tuple[float, int]:
+    """(CPU seconds, RSS bytes) of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read().rsplit(")", 1)[1].split()
+    with open(f"/proc/{pid}/statm") as f:
+        rss_pages = int(f.read().split()[1])
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK"), rss_pages * os.sysconf("SC_PAGE_SIZE")
+
+
 def wait_for(predicate, timeout_s: float, what: str, period_s: float = 0.2):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

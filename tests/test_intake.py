@@ -7,6 +7,7 @@ import contextlib
 import gzip
 import json
 import logging
+import time
 from pathlib import Path
 
 import aiohttp
@@ -630,6 +631,35 @@ def test_large_bodies_decode_off_the_event_loop():
             snap = s.stats.snapshot()
             assert snap["accepted"] == {"http": 3 * copies, "grpc": 3 * copies}
             assert snap["ignored"] == {"http": 2 * copies, "grpc": 2 * copies}
+    asyncio.run(main())
+
+
+def test_spans_taken_from_a_sender_that_gave_up_during_the_decode_are_counted(monkeypatch):
+    monkeypatch.setattr(intake, "INLINE_DECODE_BYTES", 0)  # every message decodes off the event loop
+
+    class SlowSink(ListSink):
+        def submit(self, batch):
+            time.sleep(1.0)  # in the executor thread, while the sender's deadline passes
+            super().submit(batch)
+
+    async def body(s: Servers):
+        before = s.stats.snapshot()
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            async with grpc.aio.insecure_channel(s.target) as channel:
+                await channel.unary_unary(GRPC_METHOD)(FIXTURE_BYTES, timeout=0.3)
+        assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await asyncio.sleep(1.5)
+        assert [r.request_id for r in s.sink.records] == FIXTURE_IDS
+        delta = s.delta(before)
+        assert delta["accepted"] == {"grpc": 3} and delta["received"] == {"grpc": 5}
+
+    async def main():
+        sink, stats = SlowSink(), IntakeStats()
+        server = await start_grpc_intake("127.0.0.1", 0, sink, stats, max_bytes=MAX_BYTES, default_model=DEFAULT_MODEL)
+        try:
+            await body(Servers(sink, stats, 0, bound_port(server)))
+        finally:
+            await server.stop(None)
     asyncio.run(main())
 
 

@@ -25,7 +25,11 @@ from opentelemetry.trace import SpanContext
 from jouletrace.exporter.intake import GRPC_METHOD
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "vllm-0.32.0-cpu-llm_request.otlp.pb"
-RETRYABLE = {("http", "429"), ("http", "503"), ("grpc", "UNAVAILABLE"), ("grpc", "RESOURCE_EXHAUSTED")}
+# (protocol, code) of the answers a sender retries; "refused_stream" is HTTP/2's REFUSED_STREAM (a
+# call beyond the connection's stream limit, never processed), which gRPC reports as UNAVAILABLE
+RETRYABLE = {("http", "429"), ("http", "503"), ("grpc", "UNAVAILABLE"), ("grpc", "RESOURCE_EXHAUSTED"),
+             ("grpc", "refused_stream")}
+
 
 
 def sdk_span(i: int, end_ns: int, resource: dict | None = None, **attributes) -> ReadableSpan:
@@ -63,8 +67,13 @@ class Stamper:
         self.template = np.frombuffer(msg.SerializeToString(), np.uint8)
         body = self.template.tobytes()
         self.spans = spans
-        self._tid_at = np.array([body.index(t) for t in tids])[:, None] + np.arange(8)
-        self._time_at = np.array([body.index(t) + 1 for t in times])[:, None] + np.arange(8)
+        tid_at, time_at, pos = [], [], 0
+        for i, tid in enumerate(tids):  # in the order serialized: each span's trace id, start, end
+            tid_at.append(pos := body.index(tid, pos))
+            for t in times[2 * i:2 * i + 2]:
+                time_at.append((pos := body.index(t, pos)) + 1)
+        self._tid_at = np.array(tid_at)[:, None] + np.arange(8)
+        self._time_at = np.array(time_at)[:, None] + np.arange(8)
         self._offsets = self.template[self._time_at].copy().view("<i8").ravel() - self.end_ns  # ns, <= 0
         self._serial = itertools.count(1)
 
@@ -82,12 +91,12 @@ class Tally:
 
     spans: int  # per message
     answers: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # (protocol, code)
-    without_retry_hint: int = 0  # retryable answers lacking Retry-After / RetryInfo
-    seconds: float = 0.0
+    without_retry_hint: int = 0  # the exporter's retryable answers lacking Retry-After / RetryInfo
+    seconds: float = 0.0  # how long messages were sent
 
     def add(self, protocol: str, code: str, hinted: bool = True) -> None:
         self.answers[protocol, code] += 1
-        if (protocol, code) in RETRYABLE and not hinted:
+        if (protocol, code) in RETRYABLE and code != "refused_stream" and not hinted:
             self.without_retry_hint += 1
 
     @property
@@ -112,39 +121,71 @@ def _retry_info(err: grpc.aio.AioRpcError) -> bool:
     return raw is not None and error_details_pb2.RetryInfo.FromString(raw).retry_delay.seconds > 0
 
 
+def _grpc_outcome(err: grpc.aio.AioRpcError) -> str:
+    """The code of a failed call, or "timeout" (the sender's deadline passed, and the call was
+    given up on its side) or "refused_stream"."""
+    code, details = err.code(), err.details() or ""
+    if code == grpc.StatusCode.CANCELLED or (code == grpc.StatusCode.DEADLINE_EXCEEDED
+                                              and "not received within" not in details):  # the exporter's too_slow
+        return "timeout"
+    if code == grpc.StatusCode.UNAVAILABLE and "RST_STREAM" in details and "error code 7" in details:
+        return "refused_stream"
+    return code.name
+
+
 async def flood(http_url: str | None, grpc_target: str | None, stamper: Stamper, seconds: float,
-                in_flight: int = 16) -> Tally:
-    """Send `in_flight` messages at a time on each given protocol for `seconds`."""
+                in_flight: int = 16, rate: float | None = None, timeout_s: float = 30.0) -> Tally:
+    """Flood each given protocol for `seconds`: closed loop, `in_flight` messages at a time, or,
+    given `rate` (messages/s per protocol), open loop: a message sent every 1/rate s whatever the
+    answers, over at most `in_flight` HTTP connections. A message not answered within `timeout_s`
+    is tallied as (protocol, "timeout")."""
     tally = Tally(stamper.spans)
     deadline = time.monotonic() + seconds
 
-    async def http_worker(session: aiohttp.ClientSession) -> None:
-        while time.monotonic() < deadline:
-            async with session.post(http_url, data=stamper.stamp()) as r:
+    async def post(session: aiohttp.ClientSession) -> None:
+        try:
+            async with session.post(http_url, data=stamper.stamp(), timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
                 await r.read()
                 tally.add("http", str(r.status), "Retry-After" in r.headers)
+        except asyncio.TimeoutError:
+            tally.add("http", "timeout")
 
-    async def grpc_worker(export) -> None:
+    async def export(call) -> None:
+        try:
+            await call(stamper.stamp(), timeout=timeout_s)
+        except grpc.aio.AioRpcError as err:
+            tally.add("grpc", _grpc_outcome(err), _retry_info(err))
+        else:
+            tally.add("grpc", "OK")
+
+    async def closed_loop(send, arg) -> None:
         while time.monotonic() < deadline:
-            try:
-                await export(stamper.stamp(), timeout=30)
-            except grpc.aio.AioRpcError as err:
-                tally.add("grpc", err.code().name, _retry_info(err))
-            else:
-                tally.add("grpc", "OK")
+            await send(arg)
 
-    t = time.monotonic()
+    async def open_loop(send, arg) -> None:
+        sent, start, tasks = 0, time.monotonic(), set()
+        while (now := time.monotonic()) < deadline:
+            due = int((now - start) * rate) + 1
+            for _ in range(due - sent):
+                task = asyncio.create_task(send(arg))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            sent = due
+            await asyncio.sleep(min(1 / rate, deadline - now))
+        await asyncio.gather(*tasks)
+
+    loop = closed_loop if rate is None else open_loop
     workers = []
     async with aiohttp.ClientSession(headers={"Content-Type": "application/x-protobuf"},
                                      connector=aiohttp.TCPConnector(limit=in_flight)) as session, \
             grpc.aio.insecure_channel(grpc_target or "unused:0") as channel:
         if http_url:
-            workers += [http_worker(session) for _ in range(in_flight)]
+            workers += [loop(post, session) for _ in range(in_flight if rate is None else 1)]
         if grpc_target:
-            export = channel.unary_unary(GRPC_METHOD)
-            workers += [grpc_worker(export) for _ in range(in_flight)]
+            call = channel.unary_unary(GRPC_METHOD)
+            workers += [loop(export, call) for _ in range(in_flight if rate is None else 1)]
         await asyncio.gather(*workers)
-    tally.seconds = time.monotonic() - t
+    tally.seconds = seconds
     return tally
 
 

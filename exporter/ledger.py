@@ -340,10 +340,13 @@ class Ledger:
             self._seen.difference_update(self._seen_by_time.popleft()[1])
         return fresh
 
-    def submit(self, batch: RequestBatch) -> None:
-        """Accept finished requests; raises IntakeFull (nothing accepted) when the ledger is full."""
+    def submit(self, batch: RequestBatch) -> np.ndarray:
+        """Accept finished requests; raises IntakeFull (nothing accepted) when the ledger is full.
+
+        Returns the rows taken (REQUEST_DTYPE, `model` indexing batch.models): duplicates left out,
+        times on the exporter's clock."""
         if not len(batch):
-            return
+            return batch.rows
         with self._lock:
             if self.pending + len(batch) > self.max_pending:
                 raise IntakeFull(f"{self.pending} requests pending (limit {self.max_pending})")
@@ -387,6 +390,7 @@ class Ledger:
             ph = live[p_row]
             self._ph.append(start=p_start[ph], end=p_end[ph], weight=p_weight[ph], gen=p_gen[ph], req=index[p_row[ph]],
                             kind=p_kind[ph])
+        return rows
 
     def _report_duplicates(self, rows: np.ndarray, ids: np.ndarray, fresh: np.ndarray) -> None:
         """Report "duplicate" for copies whose original is not pending (in this batch or the table);

@@ -362,8 +362,8 @@ def describe(advice: Sequence[ModelAdvice]) -> list[str]:
 
 # -- latency from spans ----------------------------------------------------------------------
 class SpanLatency:
-    """The span intake's sink: passes each batch to the ledger and keeps, per finished request, its
-    end, model, mean inter-token latency (decode time / (output tokens - 1)) with its token gaps as
+    """The span intake's sink: passes each batch to the ledger and keeps, per request the ledger took
+    (once, on the exporter's clock), its end, model, mean inter-token latency (decode time / (output tokens - 1)) with its token gaps as
     weight, and for image and video requests the generation latency; for `hold_s` seconds, and of
     at most `SEEN_PER_PENDING` x the ledger's `max_pending` requests (the oldest go first)."""
 
@@ -380,8 +380,7 @@ class SpanLatency:
         return self.ledger.full
 
     def submit(self, batch: RequestBatch) -> None:
-        self.ledger.submit(batch)  # raises IntakeFull: nothing kept
-        rows = batch.rows
+        rows = self.ledger.submit(batch)  # raises IntakeFull: nothing kept; on the exporter's clock, no duplicates
         if not len(rows):
             return
         gaps = rows["completion_tokens"] - 1

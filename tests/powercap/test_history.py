@@ -2,6 +2,7 @@
 force, the metrics (advice, not enough data, headroom) and the latency guard's rollback, driven
 through the ledger and samplers of simulated GPUs (tests/rig.py)."""
 
+import dataclasses
 import json
 import re
 
@@ -21,6 +22,7 @@ class Stub:
 
     def submit(self, batch):
         self.batch = batch
+        return batch.rows
 
 
 def record(end, decode, completion, kind="text", model="llama", duration=None):
@@ -49,6 +51,25 @@ def test_span_latency_per_model(clock):
     spans.submit(RequestBatch.from_records([record(clock.t, 1.0, 51)]))
     assert spans.window(t - 10, t) == {}  # held for hold_s only
     assert weighted_median(np.array([3.0, 1.0, 2.0]), np.array([1, 1, 5])) == 2.0
+
+
+def test_span_latency_is_on_the_exporters_clock_and_counts_a_request_once(clock):
+    """A sender whose clock is 30 s ahead: its requests' latencies fall where the exporter saw them
+    end, as their energy does; a request sent 6 times counts once."""
+    rig = Rig(clock, settle_delay_s=2.0)
+    spans = SpanLatency(rig.ledger, hold_s=100.0, clock=clock)
+    t = clock.t
+    fast = RequestBatch.from_records([dataclasses.replace(record(t + 30 - 0.5, 1.0, 51), trace_id=bytes(16),
+                                                          span_id=b"\1" * 8)])  # 20 ms a token gap, 50 gaps
+    slow = RequestBatch.from_records([dataclasses.replace(record(t + 30 - 0.4, 0.9, 11), trace_id=bytes(16),
+                                                          span_id=b"\2" * 8)])  # 90 ms, 10 gaps
+    spans.submit(fast)
+    for _ in range(6):
+        spans.submit(slow)
+    assert rig.ledger.spans_duplicate == 5
+    assert spans.window(t + 20, t + 40) == {}
+    lat = spans.window(t - 5, t)["llama"]
+    assert lat["median_itl"] == pytest.approx(20.0)  # the 50 gaps of one outweigh the 10 of the other
 
 
 def test_span_latency_holds_at_most_twice_the_pending_limit(clock):

@@ -1,16 +1,16 @@
 """Span flood at 10x the intake benchmark's rate: what a one-core exporter accepts, refuses (retryably)
 and attributes, and its peak memory.
 
-The exporter (`--gpu sim`, settle delay 2 s) runs with all its threads pinned to the first core;
-`--clients` processes on the other cores each flood it for `--seconds` with vLLM-like messages of
-`--spans` spans (512 by default, the OpenTelemetry SDK's batch; ~600 bytes a span; fresh ids and
-current times) on each of `--protocols`: closed loop, `--in-flight` messages at a time, or with
-`--rate`, open loop: messages sent at that rate in all whatever the answers (over at most
-`--in-flight` HTTP connections per client), each given up after `--timeout` s. The offered rate is
-the spans of all messages sent per second; the target is 10 x the intake benchmark's 559,000
-spans/s (benchmarks/RESULTS.md). After each repeat the ledger drains and the requests it counted
-are compared with the spans the exporter counted as accepted. Prints one JSON line per repeat and
-a summary of medians.
+The exporter (`--gpu sim`, settle delay 2 s, `--max-message-bytes` and `--max-pending` as given)
+runs with all its threads pinned to the first core; `--clients` processes on the other cores each
+flood it for `--seconds` with vLLM-like messages of `--spans` spans (512 by default, the
+OpenTelemetry SDK's batch; ~600 bytes a span; fresh ids and current times) on each of `--protocols`:
+closed loop, `--in-flight` messages at a time, or with `--rate`, open loop: messages sent at that
+rate in all whatever the answers (over at most `--in-flight` HTTP connections per client), each
+given up after `--timeout` s. The offered rate is the spans of all messages sent per second; the
+target is 10 x the intake benchmark's 559,000 spans/s (benchmarks/RESULTS.md). After each repeat the
+ledger drains and the requests it counted are compared with the spans the exporter counted as
+accepted. Prints one JSON line per repeat and a summary of medians.
 
     python benchmarks/flood.py [--clients 4] [--seconds 10] [--repeats 3] [--spans 512]
                                [--protocols http,grpc] [--in-flight 16] [--rate SPANS_PER_S]
@@ -86,6 +86,7 @@ def one_run(exporter: ExporterProcess, cores: list[int], args) -> dict:
             "accepted": accepted, "attributed": counted,
             "retryable_without_hint": sum(t["unhinted"] for t in tallies), "answers": answers,
             "peak_rss_mib": peak_rss_bytes(exporter.proc.pid) / 2**20,
+            "rss_after_drain_mib": proc_usage(exporter.proc.pid)[1] / 2**20,
             "exporter_cpu_share": cpu_share}  # of its one core, while the clients ran
 
 
@@ -110,10 +111,12 @@ def main() -> None:
                     help="comma-separated: http, grpc (default both)")
     ap.add_argument("--max-message-bytes", type=int, default=4 << 20,
                     help="the exporter's --max-message-bytes (each intake receives 16 such at once)")
+    ap.add_argument("--max-pending", type=int, default=100_000, help="the exporter's --max-pending")
     args = ap.parse_args()
     cores = sorted(os.sched_getaffinity(0))
     exporter = ExporterProcess("--gpu", "sim", "--sim-load", "0.7", "--settle-delay", "2", "--counter-interval", "1",
-                               "--log-level", "warning", "--max-message-bytes", str(args.max_message_bytes))
+                               "--log-level", "warning", "--max-message-bytes", str(args.max_message_bytes),
+                               "--max-pending", str(args.max_pending))
     for thread in os.listdir(f"/proc/{exporter.proc.pid}/task"):  # threads started later inherit it
         os.sched_setaffinity(int(thread), {cores[0]})
     client_cores = [cores[1 + i % (len(cores) - 1)] if len(cores) > 1 else cores[0] for i in range(args.clients)]

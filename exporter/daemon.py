@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
 import logging
 import os
 import signal
@@ -30,8 +31,25 @@ log = logging.getLogger(__name__)
 
 ATTRIBUTION_PERIOD_S = 1.0
 FORWARD_GRACE_S = 3.0  # at stop, time given to forward what is held
-FINAL_READING_WAIT_S = 2.0
-CONFIG_POLL_S = 2.0  # how often the config file is checked for changes  # at stop, time given to the samplers for a last counter reading
+FINAL_READING_WAIT_S = 2.0  # at stop, time given to the samplers for a last counter reading
+CONFIG_POLL_S = 2.0  # how often the config file is checked for changes
+# glibc's malloc arenas the exporter uses (glibc's own cap: 8 per core); MALLOC_ARENA_MAX overrides
+MALLOC_ARENAS = 2
+M_ARENA_MAX = -8  # mallopt's parameter, from glibc's malloc.h
+
+
+def cap_malloc_arenas() -> None:
+    """Cap glibc's malloc arenas at MALLOC_ARENAS, unless MALLOC_ARENA_MAX is set. With an arena per
+    thread (gRPC's, the decode executor's), the memory a flood of large messages freed stayed
+    scattered over many arenas and the resident set grew with every burst (benchmarks/RESULTS.md).
+    No effect where the C library has no mallopt."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_ARENA_MAX, MALLOC_ARENAS)
 
 
 def gpu_selection(cfg: ExporterConfig) -> gpu.Selection:
@@ -270,6 +288,7 @@ def _bound_port(runner: web.AppRunner) -> int:
 async def serve(cfg: ExporterConfig, reread: Callable[[], ExporterConfig] | None = None) -> None:
     """Run the exporter until SIGINT or SIGTERM. `reread` gives the configuration anew (flags,
     environment, config file): on SIGHUP, and when the config file changes, it is reloaded."""
+    cap_malloc_arenas()
     exporter = Exporter(cfg)
     await exporter.start()
     stop = asyncio.Event()

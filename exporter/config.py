@@ -142,6 +142,9 @@ OPTIONS = (
     Option("forward_buffer_bytes", positive(int), str(64 << 20), "span messages held for forwarding, bytes at most; "
                                                                  "beyond, the oldest are dropped and counted"),
     Option("forward_timeout", positive(float), "10", "seconds one forwarding call may take before it is retried"),
+    Option("forward_retry_max", positive(float), "30", "longest wait between forwarding retries, seconds (it doubles "
+                                                      "from 0.5 s); delivery resumes at most this long after the "
+                                                      "target returns"),
     Option("shutdown_scrape_wait", float, "15", "after SIGTERM and the final attribution, seconds /metrics keeps "
            "serving for a last scrape (it stops at the first one); keep it below the pod's grace period"),
     Option("powercap_actuation", switch, "off", "on: the admin API (POST/DELETE /api/v1/powercap) may change the "
@@ -246,6 +249,7 @@ class ExporterConfig:
     forward_otlp: str
     forward_buffer_bytes: int
     forward_timeout: float
+    forward_retry_max: float
     powercap_actuation: bool
     powercap_token_file: str
     powercap_min: float

@@ -86,7 +86,8 @@ class Exporter:
         if cfg.forward_otlp:
             self.forwarder = Forwarder(cfg.forward_otlp, gpu_uuids=self.gpu_uuids,
                                        hold_s=hold_seconds(cfg.settle_delay, cfg.counter_interval),
-                                       buffer_bytes=cfg.forward_buffer_bytes, timeout_s=cfg.forward_timeout)
+                                       buffer_bytes=cfg.forward_buffer_bytes, timeout_s=cfg.forward_timeout,
+                                       retry_max_s=cfg.forward_retry_max)
         self.ledger = Ledger(self.samplers, settle_delay_s=cfg.settle_delay, window_s=cfg.window,
                              max_pending=cfg.max_pending, max_models=cfg.max_models, max_pods=cfg.max_pods,
                              on_results=self.forwarder.on_results if self.forwarder else None)

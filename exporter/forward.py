@@ -28,9 +28,10 @@ Delivery
     per call, one call at a time. Retryable failures (per the OTLP specification: gRPC
     UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, ABORTED, OUT_OF_RANGE, DATA_LOSS and
     RESOURCE_EXHAUSTED with RetryInfo; HTTP 429, 502, 503, 504; connection errors; timeouts) keep
-    the messages at the head and back off from BACKOFF_MIN_S doubling to BACKOFF_MAX_S, or as the
-    upstream asks (RetryInfo, Retry-After). Other failures drop the messages (reason
-    ``rejected``); spans refused in a partial success are dropped with reason ``partial``.
+    the messages at the head and back off from BACKOFF_MIN_S doubling to `retry_max_s`
+    (BACKOFF_MAX_S unless given), or as the upstream asks (RetryInfo, Retry-After). Other
+    failures drop the messages (reason ``rejected``); spans refused in a partial success are
+    dropped with reason ``partial``.
 
 Bounds
     Held messages take `buffer_bytes` at most. `offer()` is O(1) and never waits: past the bound it
@@ -252,7 +253,7 @@ class Forwarder:
     """
 
     def __init__(self, url: str, *, gpu_uuids: Callable[[], list[str]], hold_s: float, buffer_bytes: int,
-                 timeout_s: float,
+                 timeout_s: float, retry_max_s: float = BACKOFF_MAX_S,
                  clock: Callable[[], float] = time.monotonic):
         self.protocol, self.target, self.tls = parse_endpoint(url)
         self.url = url
@@ -260,6 +261,7 @@ class Forwarder:
         self.hold_s = hold_s
         self.buffer_bytes = buffer_bytes
         self.timeout_s = timeout_s
+        self.retry_max_s = retry_max_s
         self._clock = clock
         # held messages: all (arrival order), waiting for results (arrival order), ready to send;
         # finished ones are skipped where they lie
@@ -500,10 +502,10 @@ class Forwarder:
             for m in reversed(keep):
                 m.state = _READY
                 self._ready.appendleft(m)
-            self._backoff_s = min(BACKOFF_MAX_S, max(BACKOFF_MIN_S, 2 * self._backoff_s))
+            self._backoff_s = min(self.retry_max_s, max(BACKOFF_MIN_S, 2 * self._backoff_s))
             delay = self._backoff_s
             if outcome.retry_after_s is not None:  # as the upstream asks, within reason
-                delay = min(max(outcome.retry_after_s, BACKOFF_MIN_S), 10 * BACKOFF_MAX_S)
+                delay = min(max(outcome.retry_after_s, BACKOFF_MIN_S), 10 * self.retry_max_s)
             self._retry_at = math.inf if self._closing else now + delay
             if self.up:
                 log.warning("forwarding to %s failing (%s); holding spans (%d bytes) and retrying",
@@ -567,7 +569,7 @@ class Forwarder:
         if self.protocol == "grpc":
             options = [("grpc.initial_reconnect_backoff_ms", int(BACKOFF_MIN_S * 1000)),
                        ("grpc.min_reconnect_backoff_ms", int(BACKOFF_MIN_S * 1000)),
-                       ("grpc.max_reconnect_backoff_ms", int(BACKOFF_MAX_S * 1000))]
+                       ("grpc.max_reconnect_backoff_ms", int(self.retry_max_s * 1000))]
             if self.tls:
                 self._channel = grpc.aio.secure_channel(self.target, grpc.ssl_channel_credentials(), options=options)
             else:

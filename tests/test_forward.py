@@ -437,6 +437,25 @@ def test_grpc_retryable_codes_are_retried_as_the_upstream_asks_and_others_droppe
     assert fw.retries == 2 and fw.sent_spans == 5 and fw.held_spans == 0
 
 
+def test_the_wait_between_retries_doubles_up_to_retry_max():
+    codes = grpc.StatusCode
+    receiver = GrpcReceiver(failures=[(codes.UNAVAILABLE, None)] * 5)
+
+    async def body():
+        fw = forwarder(f"grpc://127.0.0.1:{receiver.port}", retry_max_s=0.8)
+        await fw.start()
+        fw.offer(FIXTURE_BYTES, np.zeros(0, np.uint64), 5, "protobuf")
+        await until(lambda: fw.sent_spans == 5, what="delivery after five refusals")
+        await fw.stop()
+
+    run(body())
+    receiver.stop()
+    times = [t for _, t in receiver.answered]
+    gaps = np.diff(times)
+    assert len(times) == 6
+    assert 0.4 < gaps[0] < 0.7 and all(0.7 < g < 1.1 for g in gaps[1:])  # 0.5 s, then 0.8 s, not 1, 2, 4, 8 s
+
+
 def test_http_retryable_answers_are_retried_and_refusals_counted():
     receiver = HttpReceiver(answers=[503, 429], retry_after="0")
 

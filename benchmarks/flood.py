@@ -30,7 +30,7 @@ import time
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")
 sys.path[:0] = [ROOT, os.path.join(ROOT, "reliability")]
 from servers import ExporterProcess, http_get, proc_usage, sum_samples, wait_for  # noqa: E402
-from span_load import RETRYABLE, Stamper, flood, peak_rss_bytes  # noqa: E402
+from span_load import RETRYABLE, Stamper, exporter_counts, flood, peak_rss_bytes  # noqa: E402
 
 TARGET = 10 * 559_000  # spans/s
 
@@ -42,16 +42,6 @@ def client(core: int, http_url: str | None, grpc_target: str | None, args, out) 
                               args.timeout))
     out.put({"answers": {f"{p} {c}": n for (p, c), n in tally.answers.items()}, "unhinted": tally.without_retry_hint,
              "seconds": tally.seconds})
-
-
-def exporter_counts(exporter: ExporterProcess) -> tuple[float, float]:
-    """(request spans the exporter accepted, requests it counted as finished) so far."""
-    text = http_get(exporter.url("/metrics"), timeout=30)[1]
-    accepted = (sum_samples(text, "jouletrace_spans_received_total") - sum_samples(text, "jouletrace_spans_ignored_total")
-                - sum_samples(text, "jouletrace_spans_rejected_total", reason="invalid_span")
-                - sum_samples(text, "jouletrace_spans_rejected_total", reason="queue_full")
-                - sum_samples(text, "jouletrace_spans_duplicate_total"))
-    return accepted, sum_samples(text, "jouletrace_model_requests_total")
 
 
 def one_run(exporter: ExporterProcess, cores: list[int], args) -> dict:

@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext
 
 from jouletrace.exporter.intake import GRPC_METHOD
+from servers import http_get, sum_samples
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "vllm-0.32.0-cpu-llm_request.otlp.pb"
 # (protocol, code) of the answers a sender retries; "refused_stream" is HTTP/2's REFUSED_STREAM (a
@@ -187,6 +188,16 @@ async def flood(http_url: str | None, grpc_target: str | None, stamper: Stamper,
         await asyncio.gather(*workers)
     tally.seconds = seconds
     return tally
+
+
+def exporter_counts(exporter) -> tuple[float, float]:
+    """(request spans the exporter accepted, requests it counted as finished) so far."""
+    text = http_get(exporter.url("/metrics"), timeout=30)[1]
+    accepted = (sum_samples(text, "jouletrace_spans_received_total") - sum_samples(text, "jouletrace_spans_ignored_total")
+                - sum_samples(text, "jouletrace_spans_rejected_total", reason="invalid_span")
+                - sum_samples(text, "jouletrace_spans_rejected_total", reason="queue_full")
+                - sum_samples(text, "jouletrace_spans_duplicate_total"))
+    return accepted, sum_samples(text, "jouletrace_model_requests_total")
 
 
 def peak_rss_bytes(pid: int) -> int:

@@ -12,7 +12,7 @@ import time
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
 from servers import ExporterProcess, http_get, sum_samples, wait_for
-from span_load import Stamper, flood, peak_rss_bytes, sdk_span
+from span_load import RETRYABLE, Stamper, exporter_counts, flood, peak_rss_bytes, sdk_span
 
 MAX_PENDING = 4096
 SPANS = 256  # per message
@@ -68,6 +68,29 @@ def test_flood_is_refused_retryably_counted_and_what_was_accepted_is_attributed(
         assert metric(exporter, "jouletrace_model_requests_total") == accepted
         assert metric(exporter, "jouletrace_spans_received_total") == accepted + refused
         assert metric(exporter, "jouletrace_spans_duplicate_total") == 0
+        assert exporter.proc.poll() is None
+    finally:
+        exporter.stop()
+
+
+def test_open_loop_flood_of_large_messages_whose_senders_give_up_loses_nothing_accepted():
+    """Messages of 2,048 spans (1.2 MB: decoded off the event loop) sent at a fixed rate whatever
+    the answers, each given up by its sender after 0.5 s: whether a message was answered, refused
+    or given up on, every span the exporter counted as accepted is attributed once, and nothing
+    else is. (A sender giving up during the decode itself, which took a 10x flood on 16 cores to
+    happen, is test_intake.py::test_spans_taken_from_a_sender_that_gave_up_during_the_decode_are_counted.)"""
+    exporter = ExporterProcess("--gpu", "sim", "--sim-load", "0.7", "--settle-delay", "1", "--counter-interval", "0.5",
+                               "--max-pending", str(MAX_PENDING), "--log-level", "warning")
+    try:
+        accepted_before, counted_before = exporter_counts(exporter)
+        tally = asyncio.run(flood(f"http://127.0.0.1:{exporter.http_port}/v1/traces", f"127.0.0.1:{exporter.grpc_port}",
+                                  Stamper(2048), seconds=3.0, in_flight=4, rate=40.0, timeout_s=0.5))
+        assert set(tally.answers) <= {("http", "200"), ("grpc", "OK"), ("http", "timeout"), ("grpc", "timeout")} | RETRYABLE
+        assert tally.without_retry_hint == 0
+        wait_for(lambda: metric(exporter, "jouletrace_requests_pending") == 0, 30, "the ledger to drain")
+        accepted, counted = exporter_counts(exporter)
+        assert accepted - accepted_before >= tally.accepted_spans > 0  # and those accepted after their sender gave up
+        assert counted - counted_before == accepted - accepted_before
         assert exporter.proc.poll() is None
     finally:
         exporter.stop()

@@ -508,12 +508,7 @@ async def start_grpc_intake(
             return retry_later(message, _counts(result, outcome))
         count(grpc.StatusCode.OK, **_counts(result, outcome))
         _forward(forward, request, result, "protobuf")
-        if result.rejected:
-            resp = trace_service_pb2.ExportTraceServiceResponse()
-            resp.partial_success.rejected_spans = result.rejected
-            resp.partial_success.error_message = _partial_message(result)
-            return None, "", resp.SerializeToString()
-        return None, "", _EMPTY_RESPONSE_PB
+        return None, "", _partial_response(result, False) if result.rejected else _EMPTY_RESPONSE_PB
 
     async def export(requests, context: grpc.aio.ServicerContext) -> bytes:
         try:

@@ -30,7 +30,7 @@ import time
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")
 sys.path[:0] = [ROOT, os.path.join(ROOT, "reliability")]
 from servers import ExporterProcess, http_get, proc_usage, sum_samples, wait_for  # noqa: E402
-from span_load import RETRYABLE, Stamper, exporter_counts, flood, peak_rss_bytes  # noqa: E402
+from span_load import Stamper, Tally, exporter_counts, flood, peak_rss_bytes  # noqa: E402
 
 TARGET = 10 * 559_000  # spans/s
 
@@ -38,10 +38,8 @@ TARGET = 10 * 559_000  # spans/s
 def client(core: int, http_url: str | None, grpc_target: str | None, args, out) -> None:
     os.sched_setaffinity(0, {core})
     rate = None if args.rate is None else args.rate / (args.clients * len(args.protocols) * args.spans)
-    tally = asyncio.run(flood(http_url, grpc_target, Stamper(args.spans), args.seconds, args.in_flight, rate,
-                              args.timeout))
-    out.put({"answers": {f"{p} {c}": n for (p, c), n in tally.answers.items()}, "unhinted": tally.without_retry_hint,
-             "seconds": tally.seconds})
+    out.put(asyncio.run(flood(http_url, grpc_target, Stamper(args.spans), args.seconds, args.in_flight, rate,
+                              args.timeout)))
 
 
 def one_run(exporter: ExporterProcess, cores: list[int], args) -> dict:
@@ -54,27 +52,22 @@ def one_run(exporter: ExporterProcess, cores: list[int], args) -> dict:
     cpu_before, wall_before = proc_usage(exporter.proc.pid)[0], time.monotonic()
     for p in procs:
         p.start()
-    tallies = [out.get() for _ in procs]
+    tally = Tally.combined([out.get() for _ in procs])
     cpu_share = (proc_usage(exporter.proc.pid)[0] - cpu_before) / (time.monotonic() - wall_before)
     for p in procs:
         p.join()
-    seconds = max(t["seconds"] for t in tallies)
-    answers: dict[str, int] = {}
-    for t in tallies:
-        for k, n in t["answers"].items():
-            answers[k] = answers.get(k, 0) + n
     wait_for(lambda: sum_samples(http_get(exporter.url("/metrics"), timeout=30)[1], "jouletrace_requests_pending") == 0,
              120, "the ledger to drain")
     accepted, counted = (now - before for now, before in zip(exporter_counts(exporter), (accepted_before, counted_before)))
-    spans = {p: args.spans * sum(n for k, n in answers.items() if k.startswith(p + " ")) for p in sorted(args.protocols)}
-    retry = args.spans * sum(n for k, n in answers.items() if tuple(k.split(" ")) in RETRYABLE)
-    timeouts = args.spans * sum(n for k, n in answers.items() if k.endswith(" timeout"))
+    seconds = tally.seconds
+    spans = {p: tally.sent_spans(p) for p in sorted(args.protocols)}
     return {"offered_spans_per_s": sum(spans.values()) / seconds,
             "offered_spans_per_s_by_protocol": {p: n / seconds for p, n in spans.items()},
-            "answered_spans_per_s": (sum(spans.values()) - timeouts) / seconds,
-            "accepted_spans_per_s": accepted / seconds, "refused_retryably": retry, "unanswered": timeouts,
-            "accepted": accepted, "attributed": counted,
-            "retryable_without_hint": sum(t["unhinted"] for t in tallies), "answers": answers,
+            "answered_spans_per_s": (sum(spans.values()) - tally.unanswered_spans) / seconds,
+            "accepted_spans_per_s": accepted / seconds, "refused_retryably": tally.retry_spans,
+            "unanswered": tally.unanswered_spans, "accepted": accepted, "attributed": counted,
+            "retryable_without_hint": tally.without_retry_hint,
+            "answers": {f"{p} {c}": n for (p, c), n in tally.answers.items()},
             "peak_rss_mib": peak_rss_bytes(exporter.proc.pid) / 2**20,
             "rss_after_drain_mib": proc_usage(exporter.proc.pid)[1] / 2**20,
             "exporter_cpu_share": cpu_share}  # of its one core, while the clients ran

@@ -95,6 +95,14 @@ class Tally:
     without_retry_hint: int = 0  # the exporter's retryable answers lacking Retry-After / RetryInfo
     seconds: float = 0.0  # how long messages were sent
 
+    @classmethod
+    def combined(cls, tallies: list["Tally"]) -> "Tally":
+        """One tally of several floods that ran side by side."""
+        answers = collections.Counter()
+        for t in tallies:
+            answers.update(t.answers)
+        return cls(tallies[0].spans, answers, sum(t.without_retry_hint for t in tallies), max(t.seconds for t in tallies))
+
     def add(self, protocol: str, code: str, hinted: bool = True) -> None:
         self.answers[protocol, code] += 1
         if (protocol, code) in RETRYABLE and code != "refused_stream" and not hinted:
@@ -111,6 +119,13 @@ class Tally:
     @property
     def retry_spans(self) -> int:
         return self.spans * sum(n for key, n in self.answers.items() if key in RETRYABLE)
+
+    @property
+    def unanswered_spans(self) -> int:
+        return self.spans * sum(n for (_, code), n in self.answers.items() if code == "timeout")
+
+    def sent_spans(self, protocol: str) -> int:
+        return self.spans * sum(n for (p, _), n in self.answers.items() if p == protocol)
 
     @property
     def other(self) -> dict:

@@ -28,10 +28,9 @@ Delivery
     per call, one call at a time. Retryable failures (per the OTLP specification: gRPC
     UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, ABORTED, OUT_OF_RANGE, DATA_LOSS and
     RESOURCE_EXHAUSTED with RetryInfo; HTTP 429, 502, 503, 504; connection errors; timeouts) keep
-    the messages at the head and back off from BACKOFF_MIN_S doubling to `retry_max_s`
-    (BACKOFF_MAX_S unless given), or as the upstream asks (RetryInfo, Retry-After). Other
-    failures drop the messages (reason ``rejected``); spans refused in a partial success are
-    dropped with reason ``partial``.
+    the messages at the head and back off from BACKOFF_MIN_S doubling to `retry_max_s`, or as
+    the upstream asks (RetryInfo, Retry-After). Other failures drop the messages (reason
+    ``rejected``); spans refused in a partial success are dropped with reason ``partial``.
 
 Bounds
     Held messages take `buffer_bytes` at most. `offer()` is O(1) and never waits: past the bound it
@@ -94,7 +93,7 @@ DELAY_BUCKETS_S = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 90.0, 
 
 TICK_S = 0.5  # the task looks at held messages at least this often
 BATCH_BYTES = 1 << 20  # ready messages sent in one call, bytes at most (one larger message goes alone)
-BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 30.0
+BACKOFF_MIN_S = 0.5
 RESULT_TTL_S = 10.0
 HOLD_MARGIN_S = 30.0
 
@@ -249,11 +248,11 @@ class Forwarder:
     url: the `--forward-otlp` endpoint; gpu_uuids: gives the sampled GPUs' UUIDs, asked as each
     message leaves (a device file's GPUs are named once it appears); hold_s: longest wait for
     results, s; buffer_bytes: held messages at most, bytes; timeout_s: one call at most, s;
-    clock: monotonic seconds.
+    retry_max_s: longest wait between retries, s; clock: monotonic seconds.
     """
 
     def __init__(self, url: str, *, gpu_uuids: Callable[[], list[str]], hold_s: float, buffer_bytes: int,
-                 timeout_s: float, retry_max_s: float = BACKOFF_MAX_S,
+                 timeout_s: float, retry_max_s: float,
                  clock: Callable[[], float] = time.monotonic):
         self.protocol, self.target, self.tls = parse_endpoint(url)
         self.url = url

@@ -282,7 +282,8 @@ def run(coro):
 
 
 def forwarder(url: str, **kw) -> Forwarder:
-    options = {"gpu_uuids": lambda: ["GPU-test"], "hold_s": 30.0, "buffer_bytes": 1 << 20, "timeout_s": 2.0, **kw}
+    options = {"gpu_uuids": lambda: ["GPU-test"], "hold_s": 30.0, "buffer_bytes": 1 << 20, "timeout_s": 2.0,
+               "retry_max_s": 30.0, **kw}
     return Forwarder(url, **options)
 
 

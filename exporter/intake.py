@@ -86,6 +86,8 @@ INLINE_DECODE_BYTES = 1 << 20
 IN_FLIGHT_MESSAGES = 16  # an intake receives at most this many largest messages at once
 GRPC_STREAMS_PER_CONNECTION = 100  # HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS, the least RFC 9113 advises
 BODY_READ_TIMEOUT_S = 30.0  # a message not received by then is refused (too_slow), its bytes no longer held
+LEDGER_FULL = "request ledger is full; retry later"
+IN_FLIGHT_FULL = "too many bytes in flight; retry later"
 
 
 class IntakeStats:
@@ -203,7 +205,7 @@ def _decode_and_submit(body, decode, sink, default_model: str):
     """Shared by both protocols: (outcome, result, message). outcome is "ok", "malformed",
     "queue_full" or "shed" (refused undecoded; result None)."""
     if sink.full:
-        return "shed", None, "request ledger is full; retry later"
+        return "shed", None, LEDGER_FULL
     try:
         result = reject_future(decode(body, default_model), time.time())
     except DecodeError as exc:
@@ -212,7 +214,7 @@ def _decode_and_submit(body, decode, sink, default_model: str):
         try:
             sink.submit(result.batch)
         except IntakeFull:
-            return "queue_full", result, "request ledger is full; retry later"
+            return "queue_full", result, LEDGER_FULL
     return "ok", result, ""
 
 
@@ -289,8 +291,8 @@ async def start_http_intake(
     port, ``await runner.cleanup()`` stops it. Bodies over max_bytes, before or after gzip
     inflation, are answered 413 without being inflated further. Messages are read while the
     bytes in flight (each counted at its Content-Length, or max_bytes without one) stay within
-    IN_FLIGHT_MESSAGES x max_bytes; beyond, a message is read without being kept and answered 503 + Retry-After
-    (shed), so that memory stays bounded whatever the number of senders.
+    IN_FLIGHT_MESSAGES x max_bytes; beyond, a message is read without being kept and answered
+    503 + Retry-After (shed), so that memory stays bounded whatever the number of senders.
     """
 
     in_flight = _BytesInFlight(IN_FLIGHT_MESSAGES * max_bytes)
@@ -346,7 +348,7 @@ async def start_http_intake(
                 await asyncio.wait_for(_discard_body(request), BODY_READ_TIMEOUT_S)
             except asyncio.TimeoutError:
                 return too_slow(as_json)
-            return retry_later("too many bytes in flight; retry later", as_json, _counts(None, "shed"))
+            return retry_later(IN_FLIGHT_FULL, as_json, _counts(None, "shed"))
         try:
             return await receive(request, as_json, decode, encoding, length)
         finally:
@@ -456,8 +458,8 @@ async def start_grpc_intake(
 
     Returns the started server; its ``bound_port`` attribute (or ``bound_port(server)``) is the
     port, ``await server.stop(grace)`` stops it. A call is admitted before its message is read:
-    while the sink is full, or IN_FLIGHT_MESSAGES calls are being received or decoded, it is answered
-    UNAVAILABLE + RetryInfo (shed) and its message never read. gRPC's core refuses a message over
+    while the sink is full, or IN_FLIGHT_MESSAGES calls are being received or decoded, it is
+    answered UNAVAILABLE + RetryInfo (shed) and its message never read. gRPC's core refuses a message over
     max_bytes (before or after gzip inflation) with RESOURCE_EXHAUSTED, counted here as too_large;
     a call that ends without a message is counted so too, as the two cannot be told apart. A
     connection opens at most GRPC_STREAMS_PER_CONNECTION calls at once; a call beyond is refused by
@@ -483,9 +485,9 @@ async def start_grpc_intake(
     async def process(context: grpc.aio.ServicerContext):
         """(status code or None for OK, details, response bytes; trailing metadata for an error)."""
         if sink.full:
-            return retry_later("request ledger is full; retry later", _counts(None, "shed"))
+            return retry_later(LEDGER_FULL, _counts(None, "shed"))
         if not in_flight.take(max_bytes):
-            return retry_later("too many bytes in flight; retry later", _counts(None, "shed"))
+            return retry_later(IN_FLIGHT_FULL, _counts(None, "shed"))
         try:
             try:
                 request = await asyncio.wait_for(read_one(context), BODY_READ_TIMEOUT_S)
@@ -539,8 +541,8 @@ async def start_grpc_intake(
             # bandwidth-delay product, so that a call refused unread has at most that much of its
             # message buffered by the transport (megabytes each, under a flood, without this).
             ("grpc.http2.bdp_probe", 0),
-            # and a connection opens at most this many calls at once (more wait at the sender), so
-            # that a sender holds at most 100 x 64 KiB here per connection
+            # and a connection opens at most this many calls at once (HTTP/2 refuses more with
+            # REFUSED_STREAM), so that a sender holds at most 100 x 64 KiB here per connection
             ("grpc.max_concurrent_streams", GRPC_STREAMS_PER_CONNECTION),
             ("grpc.max_send_message_length", 1 << 20),
             # without this, a second process could bind the same port and silently take a share

@@ -363,9 +363,10 @@ def describe(advice: Sequence[ModelAdvice]) -> list[str]:
 # -- latency from spans ----------------------------------------------------------------------
 class SpanLatency:
     """The span intake's sink: passes each batch to the ledger and keeps, per request the ledger took
-    (once, on the exporter's clock), its end, model, mean inter-token latency (decode time / (output tokens - 1)) with its token gaps as
-    weight, and for image and video requests the generation latency; for `hold_s` seconds, and of
-    at most `SEEN_PER_PENDING` x the ledger's `max_pending` requests (the oldest go first)."""
+    (once, on the exporter's clock), its end, model, mean inter-token latency (decode time /
+    (output tokens - 1)) with its token gaps as weight, and for image and video requests the
+    generation latency; for `hold_s` seconds, and of at most `SEEN_PER_PENDING` x the ledger's
+    `max_pending` requests (the oldest go first)."""
 
     def __init__(self, ledger: Ledger, hold_s: float, clock: Callable[[], float] = time.time):
         self.ledger = ledger
@@ -380,7 +381,7 @@ class SpanLatency:
         return self.ledger.full
 
     def submit(self, batch: RequestBatch) -> None:
-        rows = self.ledger.submit(batch)  # raises IntakeFull: nothing kept; on the exporter's clock, no duplicates
+        rows = self.ledger.submit(batch)  # raises IntakeFull: nothing kept
         if not len(rows):
             return
         gaps = rows["completion_tokens"] - 1

@@ -23,8 +23,8 @@ import time
 
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from jouletrace.exporter import _otlpwire
-from jouletrace.exporter.otlp import decode_protobuf
+from jouletrace.exporter.intake import _otlpwire
+from jouletrace.exporter.intake.otlp import decode_protobuf
 
 FIXTURE = pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "vllm-0.32.0-cpu-llm_request.otlp.pb"
 

@@ -17,8 +17,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from rig import FakeClock, Rig  # noqa: E402
 
-from jouletrace.exporter.intake import IntakeStats  # noqa: E402
-from jouletrace.exporter.metrics import JouletraceCollector  # noqa: E402
+from jouletrace.exporter.intake.server import IntakeStats  # noqa: E402
+from jouletrace.exporter.sinks.prometheus import JouletraceCollector  # noqa: E402
 
 
 def main() -> None:

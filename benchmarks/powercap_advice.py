@@ -21,7 +21,7 @@ import dataclasses
 import multiprocessing
 from pathlib import Path
 
-from jouletrace.exporter.powercap import Deadline, OperatingPoint, Recommendation, advise
+from jouletrace.exporter.powercap.advisor import Deadline, OperatingPoint, Recommendation, advise
 from jouletrace.loadgen.tasks import task
 from jouletrace.simulator.lengths import OutputLengths
 from jouletrace.simulator.profiles import H100_SXM, LLAMA_3_1_8B

@@ -21,9 +21,9 @@ import time
 
 from nvml_reference import counter_edge
 
-from jouletrace.exporter.gpu import Selection
-from jouletrace.exporter.nvml import open_devices
-from jouletrace.exporter.sampler import GPUSampler
+from jouletrace.exporter.gpu.device import Selection
+from jouletrace.exporter.gpu.nvml import open_devices
+from jouletrace.exporter.gpu.sampler import GPUSampler
 
 
 def naive_poll(device, stop: threading.Event, out: dict) -> None:

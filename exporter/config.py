@@ -9,7 +9,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .powercap import Deadline, deadlines, non_negative, optional_deadline, switch
+from jouletrace.exporter.powercap.advisor import Deadline, deadlines, non_negative, optional_deadline, switch
 
 
 def address(text: str) -> tuple[str, int] | None:

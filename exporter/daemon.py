@@ -16,16 +16,19 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from . import diagnose, energy_api, gpu, simgpu, tls
-from .config import ExporterConfig
-from .engine import EngineScraper
-from .forward import Forwarder, hold_seconds
-from .intake import IntakeStats, start_grpc_intake, start_http_intake
-from .ledger import Ledger
-from .metrics import JouletraceCollector
-from .placement import PodPlacement
-from .powercap import PowerCap, PowerCapConfig
-from .sampler import GPUSampler
+from jouletrace.exporter import diagnose, tls
+from jouletrace.exporter.config import ExporterConfig
+from jouletrace.exporter.engine import EngineScraper
+from jouletrace.exporter.gpu import backends, simulated
+from jouletrace.exporter.gpu.device import GPUDevice, Selection
+from jouletrace.exporter.gpu.sampler import GPUSampler
+from jouletrace.exporter.intake.server import IntakeStats, start_grpc_intake, start_http_intake
+from jouletrace.exporter.kubernetes.placement import PodPlacement
+from jouletrace.exporter.ledger.ledger import Ledger
+from jouletrace.exporter.powercap.advisor import PowerCap, PowerCapConfig
+from jouletrace.exporter.sinks import energy_api
+from jouletrace.exporter.sinks.forward import Forwarder, hold_seconds
+from jouletrace.exporter.sinks.prometheus import JouletraceCollector
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +55,16 @@ def cap_malloc_arenas() -> None:
     mallopt(M_ARENA_MAX, MALLOC_ARENAS)
 
 
-def gpu_selection(cfg: ExporterConfig) -> gpu.Selection:
-    selection = gpu.Selection.discover(cfg.gpus, cfg.pod, cfg.pod_resources_socket)
+def gpu_selection(cfg: ExporterConfig) -> Selection:
+    selection = Selection.discover(cfg.gpus, cfg.pod, cfg.pod_resources_socket)
     log.info("GPUs: %s (from %s)", ",".join(selection.items) or "all", selection.source)
     return selection
 
 
-def open_configured_devices(cfg: ExporterConfig, selection: gpu.Selection | None = None) -> list[gpu.GPUDevice]:
-    load = simgpu.wave_load if cfg.sim_load == "wave" else float(cfg.sim_load)
+def open_configured_devices(cfg: ExporterConfig, selection: Selection | None = None) -> list[GPUDevice]:
+    load = simulated.wave_load if cfg.sim_load == "wave" else float(cfg.sim_load)
     selection = selection or gpu_selection(cfg)
-    return gpu.open_devices(cfg.gpu, selection,
+    return backends.open_devices(cfg.gpu, selection,
                             sim_options={"count": cfg.sim_gpus, "seed": cfg.sim_seed, "load": load},
                             sim_device_file=cfg.sim_device_file)
 
@@ -69,13 +72,13 @@ def open_configured_devices(cfg: ExporterConfig, selection: gpu.Selection | None
 class Exporter:
     """Start with `await start()`, stop with `await stop()`; `ports` holds the bound ports."""
 
-    def __init__(self, cfg: ExporterConfig, devices: list[gpu.GPUDevice] | None = None):
+    def __init__(self, cfg: ExporterConfig, devices: list[GPUDevice] | None = None):
         self.cfg = cfg
         self.tls = tls.load(cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_client_ca_file)
         if cfg.powercap_actuation and self.tls is None:
             log.warning("power-cap actuation is on without TLS: admin tokens cross the network in the clear "
                         "(--tls-cert-file)")
-        selection = gpu_selection(cfg) if devices is None else gpu.Selection()
+        selection = gpu_selection(cfg) if devices is None else Selection()
         self.devices = devices if devices is not None else open_configured_devices(cfg, selection)
         if not self.devices:
             raise RuntimeError("no GPU selected")

@@ -39,9 +39,9 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from aiohttp import web
 
-from .engine import UP, EngineState
-from .ledger import Ledger
-from .sampler import GPUSampler
+from jouletrace.exporter.engine import UP, EngineState
+from jouletrace.exporter.gpu.sampler import GPUSampler
+from jouletrace.exporter.ledger.ledger import Ledger
 
 log = logging.getLogger(__name__)
 

@@ -2,14 +2,14 @@
 
 `loadgen sweep --power-limits W,...` sets each GPU power limit through a jouletrace exporter's
 admin API (`/api/v1/powercap` on the `--exporter` URL, with the bearer token in
-`--admin-token-file`; exporter/actuation.py), runs the sweep's points at it, records
+`--admin-token-file`; exporter/powercap/actuation.py), runs the sweep's points at it, records
 `power_limit_w` in each result and puts the limits found at the start back at the end: after
 success, an error or Ctrl-C. A change the exporter refuses as too large (`--powercap-max-step`)
 is made in steps; one refused for its cool-down waits the Retry-After it gives. At the end the
 limits go back by `DELETE /api/v1/powercap` (which passes the step and cool-down guards) when the
 exporter's record of the original limits agrees with those found at the start, else in steps.
 
-`loadgen advise RESULTS_DIR` prints the power-cap advice (exporter/powercap.py) of the results in
+`loadgen advise RESULTS_DIR` prints the power-cap advice (exporter/powercap/advisor.py) of the results in
 a directory: per model, the limit with the least J/token within each deadline."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 
 import aiohttp
 
-from jouletrace.exporter.powercap import Deadline, advise, deadlines, describe, non_negative, point_from_result
+from jouletrace.exporter.powercap.advisor import Deadline, advise, deadlines, describe, non_negative, point_from_result
 
 from .plots import load_results
 

@@ -30,9 +30,9 @@ done
 
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 stamp=".venv/.installed${extra}"
-want="$(cat pyproject.toml exporter/*.c | sha256sum | cut -d' ' -f1)"
-if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]] || ! .venv/bin/python -c 'import jouletrace.exporter._otlpwire' 2>/dev/null; then
+want="$(cat pyproject.toml exporter/intake/*.c | sha256sum | cut -d' ' -f1)"
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]] || ! .venv/bin/python -c 'import jouletrace.exporter.intake._otlpwire' 2>/dev/null; then
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".${extra}"
+  .venv/bin/pip install -q -e ".${extra}" --config-settings editable_mode=compat
   echo "$want" > "$stamp"
 fi

@@ -1,5 +1,5 @@
 """The simulated engine's GPUs: energy integrated from the power of each step, published to a
-device file (exporter/devicefile.py) that the exporter reads as it reads NVML.
+device file (exporter/gpu/devicefile.py) that the exporter reads as it reads NVML.
 
 A reading is published when a step starts (with the step's power) and every 100 ms while idle,
 so the energy counter lags by at most one step, as NVML's lags by up to 100 ms. The GPUs outlive
@@ -12,13 +12,13 @@ import os
 import time
 import uuid
 
-from jouletrace.exporter.devicefile import (
+from jouletrace.exporter.gpu.devicefile import (
     DeviceFile,
     DeviceFileError,
     Reading,
     SlotSpec,
 )
-from jouletrace.exporter.gpu import CLOCKS_EVENT_REASONS
+from jouletrace.exporter.gpu.device import CLOCKS_EVENT_REASONS
 
 from .engine import StepResult
 from .perf import PerfModel

@@ -8,7 +8,7 @@ protocol from OTEL_EXPORTER_OTLP_TRACES_PROTOCOL as vLLM reads it), a child of t
 or `cmpl-<id>` (`cmpl-<id>-0` in the span).
 
 The engine steps in real time: a step planned at t ends at t + its modelled duration, when its
-tokens are sent. The GPUs' power and energy go to a device file (exporter/devicefile.py) that the
+tokens are sent. The GPUs' power and energy go to a device file (exporter/gpu/devicefile.py) that the
 exporter reads as it reads NVML, and a power limit requested there applies from the next step."""
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 
-from jouletrace.exporter.ledger import Ledger
-from jouletrace.exporter.records import RequestBatch, RequestRecord
-from jouletrace.exporter.sampler import GPUSampler
-from jouletrace.exporter.simgpu import SimulatedGPU, wave_load
+from jouletrace.exporter.ledger.ledger import Ledger
+from jouletrace.exporter.ledger.records import RequestBatch, RequestRecord
+from jouletrace.exporter.gpu.sampler import GPUSampler
+from jouletrace.exporter.gpu.simulated import SimulatedGPU, wave_load
 
 
 class FakeClock:

@@ -15,13 +15,13 @@ import servers
 from servers import ExporterProcess, http_get, wait_for
 
 from jouletrace.cli import build_parser
-from jouletrace.exporter import gpu
+from jouletrace.exporter.gpu import backends, device as gpu
 from jouletrace.exporter.config import ExporterConfig
 from jouletrace.exporter.daemon import open_configured_devices
-from jouletrace.exporter.devicefile import (HEADER, SLOT_SIZE, DeviceFile, DeviceFileError, FileGPU, Reading,
+from jouletrace.exporter.gpu.devicefile import (HEADER, SLOT_SIZE, DeviceFile, DeviceFileError, FileGPU, Reading,
                                             SlotSpec)
-from jouletrace.exporter.gpu import GPUError, Selection
-from jouletrace.exporter.sampler import GPUSampler
+from jouletrace.exporter.gpu.device import GPUError, Selection
+from jouletrace.exporter.gpu.sampler import GPUSampler
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -97,7 +97,7 @@ def test_no_torn_reading_while_another_process_writes(tmp_path):
     path = str(tmp_path / "gpus")
     reader = DeviceFile.create(path, [spec(0)])
     writer = python("import time; from test_devicefile import derived; "
-                    "from jouletrace.exporter.devicefile import DeviceFile\n"
+                    "from jouletrace.exporter.gpu.devicefile import DeviceFile\n"
                     "f = DeviceFile.open(sys.argv[1]); n = 0; end = time.monotonic() + 2.0\n"
                     "while time.monotonic() < end:\n"
                     "    n += 1; f.write(0, derived(n))\n"
@@ -125,7 +125,7 @@ def test_requested_power_limit_is_range_checked_and_seen_by_other_processes(tmp_
         engine.request_power_limit(0, 150.0)
     with pytest.raises(ValueError):
         engine.request_power_limit(0, math.nan)
-    tool = python("from jouletrace.exporter.devicefile import DeviceFile\n"
+    tool = python("from jouletrace.exporter.gpu.devicefile import DeviceFile\n"
                   "f = DeviceFile.open(sys.argv[1]); f.request_power_limit(1, 450.0)\n"
                   "try:\n    f.request_power_limit(1, 701.0)\nexcept ValueError as e:\n    print(e)", path)
     out, _ = tool.communicate(timeout=30)
@@ -142,7 +142,7 @@ def test_file_gpu_reads_the_slot(tmp_path):
     engine = DeviceFile.create(path, [spec(0), spec(1)])
     t = time.time() - 0.05
     engine.write(1, Reading(t, 1234.5678, 321.0, 650.0, 1.6e9, 0.8, 20 << 30, 0.5, 0.4, 0.3, 0x4))
-    dev = gpu.open_devices("sim", Selection.parse("GPU-5100aaaa-0000-4000-8000-000000000001"),
+    dev = backends.open_devices("sim", Selection.parse("GPU-5100aaaa-0000-4000-8000-000000000001"),
                            sim_options={"count": 2}, sim_device_file=path)[0]
     assert isinstance(dev, FileGPU)
     assert (dev.backend, dev.index, dev.uuid, dev.name) == ("sim", 1, spec(1).uuid, spec(1).name)

@@ -7,9 +7,9 @@ from prometheus_client import generate_latest
 from rig import Rig
 
 from jouletrace.exporter.config import OPTIONS
-from jouletrace.exporter.intake import IntakeStats
-from jouletrace.exporter.metrics import JouletraceCollector
-from jouletrace.exporter.placement import PodPlacement
+from jouletrace.exporter.intake.server import IntakeStats
+from jouletrace.exporter.sinks.prometheus import JouletraceCollector
+from jouletrace.exporter.kubernetes.placement import PodPlacement
 
 README = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
 

@@ -3,7 +3,7 @@
 import pytest
 from rig import Rig
 
-from jouletrace.exporter.energy_api import NotYetSettled, OutOfRetention, window_energy
+from jouletrace.exporter.sinks.energy_api import NotYetSettled, OutOfRetention, window_energy
 
 
 def test_window_energy_matches_the_meter(clock):

@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
-from jouletrace.exporter.forward import (
+from jouletrace.exporter.sinks.forward import (
     ATTR_GPUS,
     ATTR_JOULES,
     ATTR_PER_TOKEN,
@@ -32,10 +32,10 @@ from jouletrace.exporter.forward import (
     otlp_json_to_message,
     parse_endpoint,
 )
-from jouletrace.exporter.intake import IntakeStats
-from jouletrace.exporter.ledger import span_key, span_keys
-from jouletrace.exporter.metrics import JouletraceCollector
-from jouletrace.exporter.otlp import decode_protobuf
+from jouletrace.exporter.intake.server import IntakeStats
+from jouletrace.exporter.ledger.ledger import span_key, span_keys
+from jouletrace.exporter.sinks.prometheus import JouletraceCollector
+from jouletrace.exporter.intake.otlp import decode_protobuf
 from opentelemetry.proto.collector.trace.v1 import (
     trace_service_pb2,
     trace_service_pb2_grpc,
@@ -197,7 +197,7 @@ def test_ledger_reports_settled_late_and_duplicate_results(clock):
 
 
 def rig_rows(records):
-    from jouletrace.exporter.records import RequestBatch
+    from jouletrace.exporter.ledger.records import RequestBatch
     return RequestBatch.from_records(records).rows
 
 

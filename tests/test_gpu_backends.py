@@ -7,8 +7,10 @@ CI has no NVIDIA GPU, so `FakeNVML` below stands in for the driver library behin
 import pynvml
 import pytest
 
-from jouletrace.exporter import gpu, nvml
-from jouletrace.exporter.gpu import GPUError, NotSupported, Selection
+from jouletrace.exporter.gpu import backends, device as gpu
+
+from jouletrace.exporter.gpu import nvml
+from jouletrace.exporter.gpu.device import GPUError, NotSupported, Selection
 
 DEVICES = [(0, "GPU-aaaa-0000"), (1, "GPU-bbbb-1111"), (2, "GPU-cccc-2222")]
 
@@ -116,23 +118,23 @@ class FakeNVML:
 
 def test_auto_falls_back_to_sim_only_without_a_driver(monkeypatch, caplog):
     FakeNVML(init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND).install(monkeypatch)
-    devices = gpu.open_devices("auto", Selection(), sim_options={"count": 2})
+    devices = backends.open_devices("auto", Selection(), sim_options={"count": 2})
     assert [d.backend for d in devices] == ["sim", "sim"]
     assert "SIMULATED" in caplog.text
     with pytest.raises(gpu.BackendUnavailable):
-        gpu.open_devices("nvml", Selection())
+        backends.open_devices("nvml", Selection())
 
 
 def test_auto_fails_loudly_when_nvml_is_present_but_broken(monkeypatch):
     FakeNVML(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED).install(monkeypatch)
     with pytest.raises(RuntimeError, match="present but failed"):
-        gpu.open_devices("auto", Selection())
+        backends.open_devices("auto", Selection())
 
 
 def test_nvml_reads_fields_with_driver_timestamps(monkeypatch):
     fake = FakeNVML()
     fake.install(monkeypatch)
-    devices = gpu.open_devices("auto", Selection.parse("1"))
+    devices = backends.open_devices("auto", Selection.parse("1"))
     assert [(d.backend, d.index, d.uuid) for d in devices] == [("nvml", 1, "GPU-fake-1")]
     dev = devices[0]
     assert dev.energy_mj() == (123_456, 1_800_000_000.0)
@@ -149,7 +151,7 @@ def test_nvml_reads_fields_with_driver_timestamps(monkeypatch):
 def test_nvml_errors_map_to_codes(monkeypatch):
     fake = FakeNVML()
     fake.install(monkeypatch)
-    dev = gpu.open_devices("nvml", Selection.parse("0"))[0]
+    dev = backends.open_devices("nvml", Selection.parse("0"))[0]
     fake.energy_error = pynvml.NVML_ERROR_NOT_SUPPORTED
     with pytest.raises(NotSupported):
         dev.energy_mj()

@@ -15,8 +15,8 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from jouletrace.exporter import intake
-from jouletrace.exporter.intake import (
+from jouletrace.exporter.intake import server as intake
+from jouletrace.exporter.intake.server import (
     GRPC_METHOD,
     PROTOCOLS,
     REASONS,
@@ -25,7 +25,7 @@ from jouletrace.exporter.intake import (
     start_grpc_intake,
     start_http_intake,
 )
-from jouletrace.exporter.records import IntakeFull, RequestBatch, RequestRecord
+from jouletrace.exporter.ledger.records import IntakeFull, RequestBatch, RequestRecord
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from otlp_json import to_otlp_json
 
@@ -357,7 +357,7 @@ def test_http_gzip_bomb_is_413_without_inflating():
 def test_bounded_gunzip_never_holds_more_than_the_limit():
     import tracemalloc
 
-    from jouletrace.exporter.intake import _gunzip_bounded, _TooLarge
+    from jouletrace.exporter.intake.server import _gunzip_bounded, _TooLarge
 
     limit = 1024 * 1024
     bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), compresslevel=9)
@@ -483,7 +483,7 @@ def test_http_internal_error_is_500_and_counted(caplog):
     async def body(s: Servers):
         s.sink.broken = True
         before = s.stats.snapshot()
-        with caplog.at_level(logging.ERROR, logger="jouletrace.exporter.intake"):
+        with caplog.at_level(logging.ERROR, logger="jouletrace.exporter.intake.server"):
             status, _, out = await post(s, FIXTURE_BYTES, PB)
         assert status == 500
         assert status_message(out).code == code_pb2.INTERNAL
@@ -616,7 +616,7 @@ def test_grpc_unknown_method_is_unimplemented():
 
 
 def test_large_bodies_decode_off_the_event_loop():
-    from jouletrace.exporter.intake import INLINE_DECODE_BYTES
+    from jouletrace.exporter.intake.server import INLINE_DECODE_BYTES
 
     copies = INLINE_DECODE_BYTES // len(FIXTURE_BYTES) + 2
     big = FIXTURE_BYTES * copies  # concatenated messages merge: copies x 5 spans

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from rig import Rig
 
-from jouletrace.exporter.ledger import batch_phases
-from jouletrace.exporter.records import IntakeFull, RequestBatch, RequestRecord
+from jouletrace.exporter.ledger.ledger import batch_phases
+from jouletrace.exporter.ledger.records import IntakeFull, RequestBatch, RequestRecord
 
 
 def test_a_lone_request_gets_the_energy_of_its_running_time(clock):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from jouletrace.exporter.otlp import DecodeError, decode_json, decode_protobuf
+from jouletrace.exporter.intake.otlp import DecodeError, decode_json, decode_protobuf
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 from otlp_json import to_otlp_json

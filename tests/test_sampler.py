@@ -3,9 +3,9 @@
 import pytest
 from rig import run_sampler
 
-from jouletrace.exporter.gpu import NotSupported
-from jouletrace.exporter.sampler import COUNTER, POWER_INTEGRAL, GPUSampler
-from jouletrace.exporter.simgpu import SimulatedGPU, wave_load
+from jouletrace.exporter.gpu.device import NotSupported
+from jouletrace.exporter.gpu.sampler import COUNTER, POWER_INTEGRAL, GPUSampler
+from jouletrace.exporter.gpu.simulated import SimulatedGPU, wave_load
 
 
 def make(clock, **gpu_kwargs):

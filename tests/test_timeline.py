@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from jouletrace.exporter.timeline import EnergyTimeline
+from jouletrace.exporter.gpu.timeline import EnergyTimeline
 
 
 def test_settlement_is_exact_and_shaped_by_power():

@@ -15,8 +15,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from servers import ExporterProcess, http_get, samples, sum_samples, wait_for
 
-from jouletrace.exporter.placement import Holder, PodPlacement, holders_of, pod_placement
-from jouletrace.exporter.podresources import ContainerGPUs, PodResourcesError
+from jouletrace.exporter.kubernetes.placement import Holder, PodPlacement, holders_of, pod_placement
+from jouletrace.exporter.kubernetes.podresources import ContainerGPUs, PodResourcesError
 
 UUIDS = [SIM_UUID.format(i) for i in range(3)]
 # GPU 0 time-sliced between pods a and b; GPU 1 is c's; GPU 2 is nobody's

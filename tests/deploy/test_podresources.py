@@ -6,8 +6,8 @@ import pytest
 from kubelet import SIM_UUID, StandInKubelet
 from servers import ExporterProcess, http_get, wait_for
 
-from jouletrace.exporter.gpu import Selection
-from jouletrace.exporter.podresources import PodResourcesError, list_gpus, pod_gpu_ids
+from jouletrace.exporter.gpu.device import Selection
+from jouletrace.exporter.kubernetes.podresources import PodResourcesError, list_gpus, pod_gpu_ids
 
 EXCLUSIVE = {("inference", "llama-0"): {"vllm": {"nvidia.com/gpu": [SIM_UUID.format(1)], "example.com/nic": ["eth9"]},
                                         "jouletrace": {}},

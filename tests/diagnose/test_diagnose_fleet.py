@@ -15,7 +15,7 @@ import time
 import pytest
 from servers import ExporterProcess, SimEngine, free_port, http_get, wait_for
 
-from jouletrace.exporter.devicefile import DeviceFile
+from jouletrace.exporter.gpu.devicefile import DeviceFile
 from jouletrace.simulator.gpus import install_gpus
 from jouletrace.simulator.profiles import H100_SXM
 

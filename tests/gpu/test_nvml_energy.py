@@ -12,9 +12,9 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "benchmarks"))
 from nvml_reference import counter_edge  # noqa: E402
 
-from jouletrace.exporter.gpu import Selection
-from jouletrace.exporter.nvml import open_devices
-from jouletrace.exporter.sampler import COUNTER, GPUSampler
+from jouletrace.exporter.gpu.device import Selection
+from jouletrace.exporter.gpu.nvml import open_devices
+from jouletrace.exporter.gpu.sampler import COUNTER, GPUSampler
 
 LOAD = pathlib.Path(__file__).with_name("load.py")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from kubelet import StandInKubelet
 from servers import ExporterProcess, PrometheusProcess, SimEngine, free_port, wait_for
 
-from jouletrace.exporter.devicefile import FileGPU
+from jouletrace.exporter.gpu.devicefile import FileGPU
 from jouletrace.simulator.gpus import install_gpus
 
 MODEL = "llama-3.1-8b"

@@ -12,12 +12,14 @@ import urllib.request
 from aiohttp import web
 from servers import BackgroundApp
 
-from jouletrace.exporter import devicefile, energy_api
-from jouletrace.exporter.devicefile import DeviceFile
-from jouletrace.exporter.gpu import Selection
-from jouletrace.exporter.ledger import Ledger
-from jouletrace.exporter.powercap import PowerCap, PowerCapConfig
-from jouletrace.exporter.sampler import GPUSampler
+from jouletrace.exporter.gpu import devicefile
+
+from jouletrace.exporter.sinks import energy_api
+from jouletrace.exporter.gpu.devicefile import DeviceFile
+from jouletrace.exporter.gpu.device import Selection
+from jouletrace.exporter.ledger.ledger import Ledger
+from jouletrace.exporter.powercap.advisor import PowerCap, PowerCapConfig
+from jouletrace.exporter.gpu.sampler import GPUSampler
 
 TOKEN = "s3cret-admin-token"
 

@@ -9,12 +9,12 @@ from aiohttp import web
 from servers import BackgroundApp
 from stack import TOKEN, api
 
-from jouletrace.exporter.actuation import Actuator, AuditLog, Policy, Refused, token_id
-from jouletrace.exporter.gpu import GPUError
-from jouletrace.exporter.ledger import Ledger
-from jouletrace.exporter.powercap import Deadline, PowerCap, PowerCapConfig
-from jouletrace.exporter.sampler import GPUSampler
-from jouletrace.exporter.simgpu import TICK_S, SimulatedGPU
+from jouletrace.exporter.powercap.actuation import Actuator, AuditLog, Policy, Refused, token_id
+from jouletrace.exporter.gpu.device import GPUError
+from jouletrace.exporter.ledger.ledger import Ledger
+from jouletrace.exporter.powercap.advisor import Deadline, PowerCap, PowerCapConfig
+from jouletrace.exporter.gpu.sampler import GPUSampler
+from jouletrace.exporter.gpu.simulated import TICK_S, SimulatedGPU
 
 
 class Admin:

@@ -3,7 +3,7 @@ the budget plan, not enough data, load generator results as points, and the opti
 
 import pytest
 
-from jouletrace.exporter.powercap import (Deadline, OperatingPoint, advise, combine, deadline, deadlines, describe,
+from jouletrace.exporter.powercap.advisor import (Deadline, OperatingPoint, advise, combine, deadline, deadlines, describe,
                                           optional_deadline, point_from_result, switch)
 
 # The simulator's Llama-3.1-8B / H100 figures at max_num_seqs 512 (benchmarks/RESULTS.md, issue 5):

@@ -15,7 +15,7 @@ from servers import ExporterProcess, SimEngine, http_get, sum_samples
 from stack import TOKEN, api
 
 from jouletrace.exporter.config import OPTIONS
-from jouletrace.exporter.devicefile import DeviceFile
+from jouletrace.exporter.gpu.devicefile import DeviceFile
 from jouletrace.simulator.gpus import install_gpus
 
 pytestmark = pytest.mark.skipif(not any(o.name == "powercap_actuation" for o in OPTIONS),

@@ -13,8 +13,8 @@ from rig import Rig
 from servers import sum_samples
 from stack import TOKEN
 
-from jouletrace.exporter.powercap import PowerCap, PowerCapConfig, SpanLatency, deadlines, weighted_median
-from jouletrace.exporter.records import RequestBatch, RequestRecord
+from jouletrace.exporter.powercap.advisor import PowerCap, PowerCapConfig, SpanLatency, deadlines, weighted_median
+from jouletrace.exporter.ledger.records import RequestBatch, RequestRecord
 
 
 class Stub:

@@ -5,10 +5,10 @@ import pynvml
 import pytest
 from test_gpu_backends import FakeNVML
 
-from jouletrace.exporter import gpu
-from jouletrace.exporter.devicefile import DeviceFile, FileGPU
-from jouletrace.exporter.gpu import GPUDevice, GPUError, NotSupported, Selection
-from jouletrace.exporter.simgpu import TICK_S, SimulatedGPU
+from jouletrace.exporter.gpu import backends, device as gpu
+from jouletrace.exporter.gpu.devicefile import DeviceFile, FileGPU
+from jouletrace.exporter.gpu.device import GPUDevice, GPUError, NotSupported, Selection
+from jouletrace.exporter.gpu.simulated import TICK_S, SimulatedGPU
 from jouletrace.simulator.gpus import install_gpus
 
 
@@ -43,7 +43,7 @@ class FakeSettableNVML(FakeNVML):
 def test_nvml_sets_the_limit_in_milliwatts_within_its_constraints(monkeypatch):
     fake = FakeSettableNVML()
     fake.install(monkeypatch)
-    dev = gpu.open_devices("nvml", Selection.parse("1"))[0]
+    dev = backends.open_devices("nvml", Selection.parse("1"))[0]
     assert dev.power_limit_constraints_w() == (200.0, 700.0)
     assert dev.power_limit_w() == 700.0
     dev.set_power_limit_w(450.5)

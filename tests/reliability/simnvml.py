@@ -1,7 +1,7 @@
 """pynvml's driver calls answered by simulated GPUs, with NVML errors injected call by call.
 
 No NVIDIA GPU exists where these tests run. This stands in for the driver behind the real `pynvml`
-module's functions, so exporter/nvml.py's NVMLDevice runs unchanged and meets the real
+module's functions, so exporter/gpu/nvml.py's NVMLDevice runs unchanged and meets the real
 pynvml.NVMLError_* exceptions and per-field return codes, while the energy counter and power are a
 SimulatedGPU's, whose true energy every test knows.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pynvml
 
-from jouletrace.exporter import nvml
-from jouletrace.exporter.gpu import CLOCKS_EVENT_REASONS
-from jouletrace.exporter.simgpu import SimulatedGPU
+from jouletrace.exporter.gpu import nvml
+from jouletrace.exporter.gpu.device import CLOCKS_EVENT_REASONS
+from jouletrace.exporter.gpu.simulated import SimulatedGPU
 
 ENERGY_FIELD = pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION
 POWER_FIELD = pynvml.NVML_FI_DEV_POWER_INSTANT

@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from servers import ExporterProcess, http_get, sum_samples, wait_for
 
-from jouletrace.exporter.devicefile import DeviceFile, Reading, SlotSpec
+from jouletrace.exporter.gpu.devicefile import DeviceFile, Reading, SlotSpec
 
 POWER_W = 300.0
 GPU = SlotSpec("GPU-5100bbbb-0000-4000-8000-000000000000", "Simulated H100", 80 << 30, 200.0, 700.0)

@@ -1,4 +1,4 @@
-"""NVML faults through the real backend: exporter/nvml.py's NVMLDevice under the sampler (and the
+"""NVML faults through the real backend: exporter/gpu/nvml.py's NVMLDevice under the sampler (and the
 ledger), with the driver's errors raised as the real pynvml.NVMLError_* exceptions and per-field
 return codes. No GPU exists where these tests run, so `SimNVML` (simnvml.py) answers pynvml's
 driver calls from simulated GPUs, whose true energy each test compares against."""
@@ -8,10 +8,10 @@ import pytest
 from rig import Rig, run_sampler
 from simnvml import ENERGY_FIELD, POWER_FIELD, STATUS_CALLS, SimNVML
 
-from jouletrace.exporter import nvml
-from jouletrace.exporter.gpu import Selection
-from jouletrace.exporter.sampler import COUNTER, POWER_INTEGRAL, GPUSampler
-from jouletrace.exporter.simgpu import SimulatedGPU, wave_load
+from jouletrace.exporter.gpu import nvml
+from jouletrace.exporter.gpu.device import Selection
+from jouletrace.exporter.gpu.sampler import COUNTER, POWER_INTEGRAL, GPUSampler
+from jouletrace.exporter.gpu.simulated import SimulatedGPU, wave_load
 
 
 def open_nvml(monkeypatch, clock, count: int = 1) -> tuple[SimNVML, list[nvml.NVMLDevice]]:

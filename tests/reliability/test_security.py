@@ -27,7 +27,7 @@ from servers import ExporterProcess, http_get, sum_samples
 
 from jouletrace.cli import build_parser
 from jouletrace.exporter import tls
-from jouletrace.exporter.actuation import token_id
+from jouletrace.exporter.powercap.actuation import token_id
 from jouletrace.exporter.config import ExporterConfig
 from jouletrace.exporter.daemon import Exporter
 

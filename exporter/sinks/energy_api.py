@@ -12,7 +12,7 @@ import math
 
 from aiohttp import web
 
-from .sampler import GPUSampler
+from jouletrace.exporter.gpu.sampler import GPUSampler
 
 
 class NotYetSettled(Exception):

@@ -22,8 +22,8 @@ import time
 from collections import Counter
 from typing import Callable
 
-from .gpu import GPUDevice, GPUError, GPUStatus, NotSupported
-from .timeline import EnergyTimeline
+from jouletrace.exporter.gpu.device import GPUDevice, GPUError, GPUStatus, NotSupported
+from jouletrace.exporter.gpu.timeline import EnergyTimeline
 
 log = logging.getLogger(__name__)
 

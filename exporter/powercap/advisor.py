@@ -39,12 +39,11 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from jouletrace.exporter.gpu.sampler import GPUSampler
+from jouletrace.exporter.ledger.ledger import SEEN_PER_PENDING, Ledger
+from jouletrace.exporter.ledger.records import RequestBatch
+from jouletrace.exporter.powercap import actuation
 from jouletrace.loadgen.frontier import deadline_choices, pareto_frontier, provision
-
-from . import actuation
-from .ledger import SEEN_PER_PENDING, Ledger
-from .records import RequestBatch
-from .sampler import GPUSampler
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Callable
 
-from .gpu import GPUDevice, GPUError, GPUStatus, NotSupported, Selection
+from jouletrace.exporter.gpu.device import GPUDevice, GPUError, GPUStatus, NotSupported, Selection
 
 TICK_S = 0.1
 MAX_SM_CLOCK_HZ = 1.98e9

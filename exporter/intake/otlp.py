@@ -40,7 +40,7 @@ Pod
     request on the GPUs its pod holds.
 
 Protobuf decoding speed
-    Protobuf is read by a C extension (`_otlpwire`, exporter/_otlpwire.c) that walks the wire
+    Protobuf is read by a C extension (`_otlpwire`, exporter/intake/_otlpwire.c) that walks the wire
     format once and writes each request span as one fixed-size row straight into the buffer that
     becomes the batch's numpy array (`records.REQUEST_DTYPE`); the only Python object made per
     span is its request id. The batch's rows are then a read-only view of that buffer. The JSON
@@ -57,8 +57,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _otlpwire
-from .records import REQUEST_DTYPE, RequestBatch, RequestRecord
+from jouletrace.exporter.intake import _otlpwire
+from jouletrace.exporter.ledger.records import REQUEST_DTYPE, RequestBatch, RequestRecord
 
 __all__ = ["DecodeError", "DecodeResult", "decode_protobuf", "decode_json", "reject_future"]
 

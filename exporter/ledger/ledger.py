@@ -46,10 +46,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .clockskew import ClockSkew
-from .labels import LabelSlots
-from .records import IntakeFull, RequestBatch
-from .sampler import GPUSampler
+from jouletrace.exporter.gpu.sampler import GPUSampler
+from jouletrace.exporter.ledger.clockskew import ClockSkew
+from jouletrace.exporter.ledger.labels import LabelSlots
+from jouletrace.exporter.ledger.records import IntakeFull, RequestBatch
 
 #: Request-energy histogram bucket upper bounds (J).
 ENERGY_BUCKETS_J = np.array([0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000,

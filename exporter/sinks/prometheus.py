@@ -8,12 +8,12 @@ from typing import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from .. import __version__
-from .engine import GAUGES, UP, EngineState, span_token_ratio
-from .forward import DELAY_BUCKETS_S
-from .gpu import Selection
-from .ledger import ENERGY_BUCKETS_J, Ledger
-from .sampler import GPUSampler
+from jouletrace import __version__
+from jouletrace.exporter.engine import GAUGES, UP, EngineState, span_token_ratio
+from jouletrace.exporter.gpu.device import Selection
+from jouletrace.exporter.gpu.sampler import GPUSampler
+from jouletrace.exporter.ledger.ledger import ENERGY_BUCKETS_J, Ledger
+from jouletrace.exporter.sinks.forward import DELAY_BUCKETS_S
 
 GPU_LABELS = ["gpu", "uuid", "backend"]
 

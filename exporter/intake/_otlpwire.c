@@ -12,7 +12,7 @@
  * and `ignored` count the
  * invalid request spans and the spans that are not requests; `errors` holds up to MAX_ERRORS
  * messages about rejected spans. Which spans are requests and what makes one invalid is told in
- * exporter/otlp.py; the rules here are the same as its OTLP/JSON decoder's.
+ * exporter/intake/otlp.py; the rules here are the same as its OTLP/JSON decoder's.
  *
  * ValueError, with the byte offset, when the message itself is unusable: a truncated or overlong
  * varint, a length past the end of its enclosing message, a group or an invalid wire type, field
@@ -1305,7 +1305,7 @@ PyDoc_STRVAR(module_doc,
 "OTLP/protobuf trace export requests read straight off the wire into fixed-size request rows.");
 
 static struct PyModuleDef otlpwire_module = {
-    PyModuleDef_HEAD_INIT, "jouletrace.exporter._otlpwire", module_doc, -1, otlpwire_methods,
+    PyModuleDef_HEAD_INIT, "jouletrace.exporter.intake._otlpwire", module_doc, -1, otlpwire_methods,
     NULL, NULL, NULL, NULL,
 };
 

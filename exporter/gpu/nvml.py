@@ -5,7 +5,15 @@ from __future__ import annotations
 import logging
 import threading
 
-from .gpu import CLOCKS_EVENT_REASONS, BackendUnavailable, GPUDevice, GPUError, GPUStatus, NotSupported, Selection
+from jouletrace.exporter.gpu.device import (
+    CLOCKS_EVENT_REASONS,
+    BackendUnavailable,
+    GPUDevice,
+    GPUError,
+    GPUStatus,
+    NotSupported,
+    Selection,
+)
 
 log = logging.getLogger(__name__)
 

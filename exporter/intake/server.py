@@ -50,9 +50,9 @@ from google.protobuf import any_pb2, duration_pb2, json_format
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from .ledger import span_keys
-from .otlp import DecodeError, DecodeResult, decode_json, decode_protobuf, reject_future
-from .records import IntakeFull
+from jouletrace.exporter.intake.otlp import DecodeError, DecodeResult, decode_json, decode_protobuf, reject_future
+from jouletrace.exporter.ledger.ledger import span_keys
+from jouletrace.exporter.ledger.records import IntakeFull
 
 __all__ = [
     "IntakeStats",

@@ -23,8 +23,8 @@ from typing import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .ledger import Ledger
-from .podresources import ContainerGPUs, PodResourcesError, list_gpus
+from jouletrace.exporter.kubernetes.podresources import ContainerGPUs, PodResourcesError, list_gpus
+from jouletrace.exporter.ledger.ledger import Ledger
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .gpu import CLOCKS_EVENT_REASONS, GPUDevice, GPUError, GPUStatus, Selection
+from jouletrace.exporter.gpu.device import CLOCKS_EVENT_REASONS, GPUDevice, GPUError, GPUStatus, Selection
 
 log = logging.getLogger(__name__)
 

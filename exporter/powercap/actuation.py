@@ -42,10 +42,10 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from aiohttp import web
 
-from .gpu import GPUDevice, GPUError
+from jouletrace.exporter.gpu.device import GPUDevice, GPUError
 
 if TYPE_CHECKING:
-    from .powercap import Deadline
+    from jouletrace.exporter.powercap.advisor import Deadline
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("jouletrace.powercap.audit")

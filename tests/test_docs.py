@@ -54,10 +54,10 @@ def test_every_direct_dependency_says_what_it_is_for():
         assert name in rows, f"{name} is not in the README's Dependencies table"
 
 
-def test_every_test_reliability_md_names_exists():
-    text = (pathlib.Path(__file__).resolve().parents[1] / "RELIABILITY.md").read_text()
+def test_every_test_the_reliability_page_names_exists():
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
     named = re.findall(r"`([\w/]+\.py)::(\w+)", text)
     assert len(named) > 30
     for path, name in named:
         source = pathlib.Path(__file__).resolve().parent / path
-        assert source.exists() and f"def {name}(" in source.read_text(), f"RELIABILITY.md names {path}::{name}"
+        assert source.exists() and f"def {name}(" in source.read_text(), f"docs/reliability.md names {path}::{name}"

@@ -1,6 +1,8 @@
-"""The docs stay in step with the code: docs/ documents every option, metric and dependency, and the
-reliability page names only tests that exist."""
+"""The docs stay in step with the code: docs/ documents every option, metric and dependency, the
+reliability page names only tests that exist, every relative link in the READMEs and docs/ resolves,
+and the README stays short enough to read."""
 
+import collections
 import pathlib
 import re
 
@@ -14,6 +16,7 @@ from jouletrace.exporter.kubernetes.placement import PodPlacement
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
+README_MAX_BYTES = 20_000
 
 
 def page(name: str) -> str:
@@ -69,3 +72,49 @@ def test_every_test_the_reliability_page_names_exists():
         source = pathlib.Path(__file__).resolve().parent / path
         assert source.exists() and f"def {name}(" in source.read_text(), f"docs/reliability.md names {path}::{name}"
 
+
+def test_the_readme_stays_short():
+    size = len((ROOT / "README.md").read_bytes())
+    assert size <= README_MAX_BYTES, f"README.md is {size} bytes: move detail into docs/"
+
+
+def prose(text: str) -> str:
+    """Markdown without its fenced code blocks."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+
+
+def anchors(path: pathlib.Path) -> set[str]:
+    """The heading anchors GitHub gives a Markdown file: lower case, punctuation dropped, spaces as
+    hyphens, a repeated heading numbered from -1."""
+    seen, out = collections.Counter(), set()
+    for heading in re.findall(r"^#{1,6} +(.+?)[ #]*$", prose(path.read_text()), re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        out.add(f"{slug}-{seen[slug]}" if seen[slug] else slug)
+        seen[slug] += 1
+    return out
+
+
+def relative_links(path: pathlib.Path) -> list[str]:
+    """The targets of a Markdown file's links that name no scheme, code left out."""
+    text = re.sub(r"`[^`\n]*`", "", prose(path.read_text()))
+    return [t for t in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"[a-z][a-z+.-]*:", t)]
+
+
+def test_every_relative_link_of_the_readmes_and_docs_resolves():
+    readmes = [ROOT / "README.md", ROOT / "k8s" / "README.md", ROOT / "grafana" / "README.md"]
+    pages = [*readmes, *sorted(DOCS.glob("*.md"))]
+    assert len(pages) > 10
+    for source in pages:
+        for link in relative_links(source):
+            target, _, anchor = link.partition("#")
+            resolved = (source.parent / target).resolve() if target else source
+            where = f"{source.relative_to(ROOT)}: {link}"
+            assert resolved.exists(), f"{where}: no such file"
+            if anchor and resolved.suffix == ".md":
+                assert anchor in anchors(resolved), f"{where}: no such heading"
+
+
+def test_the_readme_indexes_every_docs_page():
+    linked = {(ROOT / link.partition("#")[0]).resolve() for link in relative_links(ROOT / "README.md")}
+    for doc in DOCS.glob("*.md"):
+        assert doc.resolve() in linked, f"docs/{doc.name} is not linked from the README"

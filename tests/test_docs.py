@@ -1,5 +1,8 @@
-"""The README documents every option and every metric the exporter exposes."""
+"""The docs stay in step with the code: docs/ documents every option, metric and dependency, the
+reliability page names only tests that exist, every relative link in the READMEs and docs/ resolves,
+and the README stays short enough to read."""
 
+import collections
 import pathlib
 import re
 
@@ -11,14 +14,21 @@ from jouletrace.exporter.intake.server import IntakeStats
 from jouletrace.exporter.sinks.prometheus import JouletraceCollector
 from jouletrace.exporter.kubernetes.placement import PodPlacement
 
-README = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+README_MAX_BYTES = 20_000
+
+
+def page(name: str) -> str:
+    return (DOCS / name).read_text()
 
 
 def test_every_option_is_documented_with_its_default():
+    table = page("configuration.md")
     for opt in OPTIONS:
-        row = re.search(rf"^\| `{opt.flag}` \| `{opt.env}` \| `([^`]*)` \|", README, re.M)
-        assert row, f"{opt.flag} missing from the README's configuration table"
-        assert row.group(1) == opt.default, f"{opt.flag}: README says {row.group(1)}, code says {opt.default}"
+        row = re.search(rf"^\| `{opt.flag}` \| `{opt.env}` \| `([^`]*)` \|", table, re.M)
+        assert row, f"{opt.flag} missing from docs/configuration.md"
+        assert row.group(1) == opt.default, f"{opt.flag}: docs say {row.group(1)}, code says {opt.default}"
 
 
 def test_every_metric_is_documented(clock):
@@ -39,25 +49,72 @@ def test_every_metric_is_documented(clock):
             documented += "_total"
         if kind == "info" and not name.endswith("_info"):
             documented += "_info"
-        assert f"`{documented}`" in README, f"{documented} ({kind}) is not in the README's metric reference"
+        assert f"`{documented}`" in page("metrics.md"), f"{documented} ({kind}) is not in docs/metrics.md"
 
 
 def test_every_direct_dependency_says_what_it_is_for():
     import tomllib
 
-    project = tomllib.loads((pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
-    section = README.split("\n## Dependencies\n", 1)[1].split("\n## ", 1)[0]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    section = page("operations.md").split("\n## Dependencies\n", 1)[1].split("\n## ", 1)[0]
     rows = dict(re.findall(r"^\| `([^`]+)` \|[^|]*\| (\S[^|]*) \|$", section, re.M))
     requirements = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
     for requirement in requirements:
         name = re.match(r"[A-Za-z0-9._-]+", requirement).group(0)
-        assert name in rows, f"{name} is not in the README's Dependencies table"
+        assert name in rows, f"{name} is not in the Dependencies table of docs/operations.md"
 
 
-def test_every_test_reliability_md_names_exists():
-    text = (pathlib.Path(__file__).resolve().parents[1] / "RELIABILITY.md").read_text()
+def test_every_test_the_reliability_page_names_exists():
+    text = page("reliability.md")
     named = re.findall(r"`([\w/]+\.py)::(\w+)", text)
     assert len(named) > 30
     for path, name in named:
         source = pathlib.Path(__file__).resolve().parent / path
-        assert source.exists() and f"def {name}(" in source.read_text(), f"RELIABILITY.md names {path}::{name}"
+        assert source.exists() and f"def {name}(" in source.read_text(), f"docs/reliability.md names {path}::{name}"
+
+
+def test_the_readme_stays_short():
+    size = len((ROOT / "README.md").read_bytes())
+    assert size <= README_MAX_BYTES, f"README.md is {size} bytes: move detail into docs/"
+
+
+def prose(text: str) -> str:
+    """Markdown without its fenced code blocks."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+
+
+def anchors(path: pathlib.Path) -> set[str]:
+    """The heading anchors GitHub gives a Markdown file: lower case, punctuation dropped, spaces as
+    hyphens, a repeated heading numbered from -1."""
+    seen, out = collections.Counter(), set()
+    for heading in re.findall(r"^#{1,6} +(.+?)[ #]*$", prose(path.read_text()), re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        out.add(f"{slug}-{seen[slug]}" if seen[slug] else slug)
+        seen[slug] += 1
+    return out
+
+
+def relative_links(path: pathlib.Path) -> list[str]:
+    """The targets of a Markdown file's links that name no scheme, code left out."""
+    text = re.sub(r"`[^`\n]*`", "", prose(path.read_text()))
+    return [t for t in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"[a-z][a-z+.-]*:", t)]
+
+
+def test_every_relative_link_of_the_readmes_and_docs_resolves():
+    readmes = [ROOT / "README.md", ROOT / "k8s" / "README.md", ROOT / "grafana" / "README.md"]
+    pages = [*readmes, *sorted(DOCS.glob("*.md"))]
+    assert len(pages) > 10
+    for source in pages:
+        for link in relative_links(source):
+            target, _, anchor = link.partition("#")
+            resolved = (source.parent / target).resolve() if target else source
+            where = f"{source.relative_to(ROOT)}: {link}"
+            assert resolved.exists(), f"{where}: no such file"
+            if anchor and resolved.suffix == ".md":
+                assert anchor in anchors(resolved), f"{where}: no such heading"
+
+
+def test_the_readme_indexes_every_docs_page():
+    linked = {(ROOT / link.partition("#")[0]).resolve() for link in relative_links(ROOT / "README.md")}
+    for doc in DOCS.glob("*.md"):
+        assert doc.resolve() in linked, f"docs/{doc.name} is not linked from the README"

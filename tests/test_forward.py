@@ -47,7 +47,7 @@ from rig import Rig
 from servers import ExporterProcess, free_port, http_get, wait_for
 
 FIXTURE_BYTES = (Path(__file__).resolve().parent / "fixtures" / "vllm-0.32.0-cpu-llm_request.otlp.pb").read_bytes()
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 LOAD = 0.6
 SETTLE_S = 2.0
 OURS = (ATTR_STATUS, ATTR_JOULES, ATTR_PER_TOKEN, ATTR_GPUS)
@@ -508,11 +508,11 @@ def test_forward_metrics_are_documented(clock):
     assert len(families) == 7
     for name, kind in families.items():
         documented = name + "_total" if kind == "counter" and not name.endswith("_total") else name
-        assert f"`{documented}`" in README
+        assert f"`{documented}`" in (DOCS / "metrics.md").read_text()
     for reason in DROP_REASONS:
         assert f'jouletrace_forward_spans_dropped_total{{reason="{reason}"}} 0.0' in text
     for attr in OURS:
-        assert f"`{attr}`" in README
+        assert f"`{attr}`" in (DOCS / "forwarding.md").read_text()
 
 
 # ------------------------------------------------------------------------------------------

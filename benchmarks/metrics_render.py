@@ -12,13 +12,13 @@ import statistics
 import sys
 import time
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from rig import FakeClock, Rig  # noqa: E402
 
 from jouletrace.exporter.intake.server import IntakeStats  # noqa: E402
-from jouletrace.exporter.sinks.prometheus import JouletraceCollector  # noqa: E402
+from jouletrace.exporter.sinks.prometheus.registry import build_registry, collectors  # noqa: E402
 
 
 def main() -> None:
@@ -30,8 +30,7 @@ def main() -> None:
     rig.run(2.0)
     rig.submit([rig.request(2.0 + 0.01 * i, 5.0, model=f"model-{i % 20}", span_id=i + 1) for i in range(2000)])
     rig.run(20.0)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(JouletraceCollector(rig.samplers, rig.ledger, IntakeStats().snapshot, clock=clock))
+    registry = build_registry(collectors(rig.samplers, rig.ledger, IntakeStats().snapshot, clock=clock))
     body = generate_latest(registry)
     times = []
     for _ in range(args.repeats):

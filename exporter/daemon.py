@@ -13,7 +13,6 @@ import time
 from typing import Callable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from jouletrace.exporter import diagnose, tls
@@ -28,7 +27,7 @@ from jouletrace.exporter.ledger.ledger import Ledger
 from jouletrace.exporter.powercap.advisor import PowerCap, PowerCapConfig
 from jouletrace.exporter.sinks import energy_api
 from jouletrace.exporter.sinks.forward import Forwarder, hold_seconds
-from jouletrace.exporter.sinks.prometheus import JouletraceCollector
+from jouletrace.exporter.sinks.prometheus.registry import build_registry, collectors
 
 log = logging.getLogger(__name__)
 
@@ -98,18 +97,14 @@ class Exporter:
         self.intake_stats = IntakeStats()
         self.engines = self._engine_scraper(cfg)
         self.history = diagnose.History(self.samplers, self.ledger, lambda: self.engines.states)
-        self.registry = CollectorRegistry(auto_describe=False)
-        forward_snapshot = self.forwarder.snapshot if self.forwarder else None
         self.config_reloads: collections.Counter = collections.Counter()
-        self.collector = JouletraceCollector(self.samplers, self.ledger, self.intake_stats.snapshot,
-                                             self.engines.states, forward_snapshot=forward_snapshot,
-                                             selection=selection, config_reloads=self.config_reloads)
-        self.registry.register(self.collector)
-        self.registry.register(self.powercap.collector)
         self.placement = None
         if cfg.node_mode:
             self.placement = PodPlacement(self.ledger, self.gpu_uuids, cfg.pod_resources_socket, cfg.pod_refresh)
-            self.registry.register(self.placement.collector)
+        self.registry = build_registry(collectors(
+            self.samplers, self.ledger, self.intake_stats.snapshot, engine_states=lambda: self.engines.states,
+            powercap=self.powercap, forward_snapshot=self.forwarder.snapshot if self.forwarder else None,
+            placement=self.placement, selection=selection, config_reloads=self.config_reloads))
         self.attribution_errors = 0
         self.ports: dict[str, int] = {}
         self._stop = threading.Event()
@@ -161,7 +156,6 @@ class Exporter:
         if {"engine_metrics", "engine_interval", "engine_timeout"} & set(live):
             old = self.engines
             self.engines = self._engine_scraper(new)
-            self.collector.engines = self.engines.states
             asyncio.get_running_loop().create_task(old.stop())
             self.engines.start()
         kept = {f: getattr(self.cfg if f in restart else new, f) for f in self.cfg.__dataclass_fields__}

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 
+from jouletrace.exporter.intake.server import IntakeStats
+from jouletrace.exporter.kubernetes.placement import PodPlacement
 from jouletrace.exporter.ledger.ledger import Ledger
 from jouletrace.exporter.ledger.records import RequestBatch, RequestRecord
 from jouletrace.exporter.gpu.sampler import GPUSampler
 from jouletrace.exporter.gpu.simulated import SimulatedGPU, wave_load
+from jouletrace.exporter.powercap.advisor import PowerCap, PowerCapConfig
+from jouletrace.exporter.sinks.forward import Forwarder
+from jouletrace.exporter.sinks.prometheus.registry import collectors
 
 
 class FakeClock:
@@ -97,3 +102,14 @@ class Rig:
         return RequestRecord(request_id=rid or f"r{start:.3f}", model=model, start=s, end=e, prompt_tokens=prompt,
                              completion_tokens=completion, queue_s=queue, prefill_s=prefill, decode_s=decode,
                              trace_id=b"\x01" * 16, span_id=sid, **kw)
+
+
+def every_collector(rig: Rig) -> list:
+    """The collectors of every component over the rig's samplers and ledger, as the exporter with
+    span forwarding, power capping and node mode registers them."""
+    forwarder = Forwarder("grpc://127.0.0.1:9", gpu_uuids=list, hold_s=30.0, buffer_bytes=1 << 20,
+                          timeout_s=2.0, retry_max_s=30.0)
+    return collectors(rig.samplers, rig.ledger, IntakeStats().snapshot,
+                      powercap=PowerCap(PowerCapConfig(), rig.samplers, rig.ledger, clock=rig.clock),
+                      forward_snapshot=forwarder.snapshot, placement=PodPlacement(rig.ledger, list, "", 1.0),
+                      clock=rig.clock)

@@ -32,16 +32,16 @@ from jouletrace.exporter.sinks.forward import (
     otlp_json_to_message,
     parse_endpoint,
 )
-from jouletrace.exporter.intake.server import IntakeStats
 from jouletrace.exporter.ledger.ledger import span_key, span_keys
-from jouletrace.exporter.sinks.prometheus import JouletraceCollector
+from jouletrace.exporter.sinks.prometheus.forward import ForwardCollector
+from jouletrace.exporter.sinks.prometheus.registry import build_registry
 from jouletrace.exporter.intake.otlp import decode_protobuf
 from opentelemetry.proto.collector.trace.v1 import (
     trace_service_pb2,
     trace_service_pb2_grpc,
 )
 from otlp_json import to_otlp_json
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from rig import Rig
 from servers import ExporterProcess, free_port, http_get, wait_for
@@ -497,13 +497,9 @@ def test_stop_sends_what_is_held_or_counts_it_dropped():
     assert fw.dropped_spans["shutdown"] == 5 and fw.sent_spans == 0 and took < 2.5
 
 
-def test_forward_metrics_are_documented(clock):
-    rig = Rig(clock)
+def test_forward_metrics_are_documented():
     fw = forwarder("grpc://127.0.0.1:9")
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(JouletraceCollector(rig.samplers, rig.ledger, IntakeStats().snapshot, clock=clock,
-                                          forward_snapshot=fw.snapshot))
-    text = generate_latest(registry).decode()
+    text = generate_latest(build_registry([ForwardCollector(fw.snapshot)])).decode()
     families = {name: kind for name, kind in re.findall(r"^# TYPE (jouletrace_forward\S+) (\S+)", text, re.M)}
     assert len(families) == 7
     for name, kind in families.items():

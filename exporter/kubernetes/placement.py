@@ -8,8 +8,8 @@ by time-slicing appears under several pods: the NVIDIA device plugin names its r
 placement stays and the failure is counted.
 
 Spans name their pod through the resource attributes `k8s.namespace.name` and `k8s.pod.name`
-(set from the downward API; see k8s/README.md). Rendered here: which pods hold each GPU, the
-energy attributed to each pod's requests, unplaced spans and the refreshes.
+(set from the downward API; see k8s/README.md). `holders`, `gpu_uuids` and `refreshes` are
+rendered by jouletrace.exporter.sinks.prometheus.placement.
 """
 
 from __future__ import annotations
@@ -18,17 +18,12 @@ import collections
 import dataclasses
 import logging
 import threading
-from typing import Callable, Iterator
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
+from typing import Callable
 
 from jouletrace.exporter.kubernetes.podresources import ContainerGPUs, PodResourcesError, list_gpus
 from jouletrace.exporter.ledger.ledger import Ledger
 
 log = logging.getLogger(__name__)
-
-POD_LABELS = ["k8s_namespace", "k8s_pod"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +78,6 @@ class PodPlacement:
         self._list = lister
         self.holders: list[Holder] = []
         self.refreshes: collections.Counter[str] = collections.Counter()  # "ok" or "error"
-        self.collector = PlacementCollector(self)
 
     def refresh(self) -> None:
         """One refresh; a kubelet that does not answer leaves the last placement in force."""
@@ -106,32 +100,3 @@ class PodPlacement:
             self.refresh()
             if stop.wait(self.refresh_s):
                 return
-
-
-class PlacementCollector(Collector):
-    def __init__(self, placement: PodPlacement):
-        self.placement = placement
-
-    def describe(self):
-        return []
-
-    def collect(self) -> Iterator:
-        p = self.placement
-        holds = GaugeMetricFamily("jouletrace_gpu_pod_info", "1 for each container that holds the GPU (kubelet "
-                                  "PodResources); several pods on one GPU share it by time-slicing.",
-                                  labels=["gpu", "uuid", *POD_LABELS, "container"])
-        for h in p.holders:
-            holds.add_metric([str(h.gpu), p.gpu_uuids[h.gpu], h.namespace, h.pod, h.container], 1)
-        energy = CounterMetricFamily("jouletrace_pod_energy_joules", "GPU energy attributed to the requests of "
-                                     "the pod named by their spans; `other` past the pod cap.", labels=POD_LABELS)
-        for pod, joules in p.ledger.pod_energy():
-            namespace, _, name = pod.rpartition("/")
-            energy.add_metric([namespace, name], joules)
-        unplaced = CounterMetricFamily("jouletrace_spans_unplaced", "Request spans whose pod holds none of the "
-                                       "node's GPUs or that name no pod: attributed across every GPU.")
-        unplaced.add_metric([], p.ledger.spans_unplaced)
-        refreshes = CounterMetricFamily("jouletrace_pod_placement_refreshes", "Reads of the kubelet's "
-                                        "PodResources API for the pod placement, by result.", labels=["result"])
-        for result in ("ok", "error"):
-            refreshes.add_metric([result], p.refreshes[result])
-        yield from (holds, energy, unplaced, refreshes)

@@ -36,8 +36,6 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from aiohttp import web
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from jouletrace.exporter.gpu.sampler import GPUSampler
 from jouletrace.exporter.ledger.ledger import SEEN_PER_PENDING, Ledger
@@ -53,7 +51,6 @@ HEADROOM_PERCENTILE = 99.0
 POLL_S = 1.0  # how often the limits in force are read
 PASS_S = 1.0  # the ledger's attribution period: its window's granularity
 MIN_LIMITS = 2
-GPU_LABELS = ["gpu", "uuid", "backend"]
 
 
 # -- options --------------------------------------------------------------------------------
@@ -539,9 +536,8 @@ class PowerCap:
     """Advice, headroom and (when enabled) actuation for one exporter.
 
     Wiring: the span intake's sink is `sink` (it passes every batch to the ledger); `run(stop)`
-    runs on a thread of its own; `collector` is registered with the exporter's registry;
-    `add_routes(app)` adds `/api/v1/powercap` to the metrics server; `restore()` at stop puts back
-    the limits the GPUs had before actuation changed them."""
+    runs on a thread of its own; `add_routes(app)` adds `/api/v1/powercap` to the metrics server;
+    `restore()` at stop puts back the limits the GPUs had before actuation changed them."""
 
     def __init__(self, cfg: PowerCapConfig, samplers: Sequence[GPUSampler], ledger: Ledger,
                  clock: Callable[[], float] = time.time):
@@ -557,7 +553,6 @@ class PowerCap:
                                                actuation.AuditLog(cfg.audit_log), clock)
             self.tokens = actuation.Tokens(cfg.token_file)
             self.tokens.check()
-        self.collector = PowerCapCollector(self)
         self.errors = 0
 
     def advice(self) -> list[ModelAdvice]:
@@ -605,58 +600,3 @@ class PowerCap:
         if self.actuator is not None:
             body.update(await asyncio.to_thread(self.actuator.state))
         return web.json_response(body)
-
-
-class PowerCapCollector(Collector):
-    """jouletrace_powercap_* and jouletrace_power_headroom_watts, rendered at scrape time."""
-
-    def __init__(self, powercap: PowerCap):
-        self.powercap = powercap
-
-    def describe(self):
-        return []
-
-    def collect(self):
-        pc = self.powercap
-        advice = pc.advice()
-        backend = ",".join(sorted({s.device.backend for s in pc.samplers}))
-        lab = ["model", "deadline_ms", "basis", "backend"]
-        recommended = GaugeMetricFamily("jouletrace_powercap_recommended_watts", "Power limit per GPU with the least "
-                                        "energy per output within the latency deadline, from the observed windows.",
-                                        labels=lab)
-        budget = GaugeMetricFamily("jouletrace_powercap_budget_recommended_watts", "Power limit per GPU that serves "
-                                   "the most within the deadline while the GPUs, counted at their limit, stay within "
-                                   "--powercap-budget.", labels=lab)
-        observed = GaugeMetricFamily("jouletrace_powercap_limits_observed", "Distinct power limits observed in the "
-                                     "windows kept for advice.", labels=["model", "backend"])
-        insufficient = GaugeMetricFamily("jouletrace_powercap_insufficient_data", "1 while there is not enough data "
-                                         "to advise: no window observed yet, or fewer than 2 distinct power limits.",
-                                         labels=["model", "reason", "backend"])
-        if not advice:
-            insufficient.add_metric(["", "no_windows", backend], 1.0)
-        for a in advice:
-            observed.add_metric([a.model, backend], len(a.limits_w))
-            if a.insufficient:
-                insufficient.add_metric([a.model, "too_few_limits", backend], 1.0)
-            for family, recs in ((recommended, a.recommendations), (budget, a.budget)):
-                for r in recs:
-                    if r.point is not None:
-                        family.add_metric([a.model, f"{r.deadline.ms:g}", r.deadline.basis, backend],
-                                          r.point.power_limit_w)
-        yield from (recommended, budget, observed, insufficient)
-        headroom = GaugeMetricFamily("jouletrace_power_headroom_watts", "Enforced power limit minus the 99th "
-                                     "percentile of power over the window.", labels=GPU_LABELS)
-        for s in pc.samplers:
-            p99 = power_percentile(s, pc.ledger.window_s)
-            with s.lock:
-                limit = s.status.power_limit_w
-            if p99 is not None and limit is not None:
-                headroom.add_metric([str(s.device.index), s.device.uuid, s.device.backend], limit - p99)
-        yield headroom
-        changes = CounterMetricFamily("jouletrace_powercap_changes", "Power-limit changes made by the exporter, "
-                                      "by action: set (admin API), rollback (latency guard), restore.",
-                                      labels=["action"])
-        counts = pc.actuator.changes if pc.actuator is not None else {}
-        for action in actuation.ACTIONS:
-            changes.add_metric([action], counts.get(action, 0))
-        yield changes

@@ -8,13 +8,15 @@ import re
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 from rig import Rig
 from servers import sum_samples
 from stack import TOKEN
 
 from jouletrace.exporter.powercap.advisor import PowerCap, PowerCapConfig, SpanLatency, deadlines, weighted_median
 from jouletrace.exporter.ledger.records import RequestBatch, RequestRecord
+from jouletrace.exporter.sinks.prometheus.powercap import PowerCapCollector
+from jouletrace.exporter.sinks.prometheus.registry import build_registry
 
 
 class Stub:
@@ -93,8 +95,7 @@ class Deployment:
         self.pc = PowerCap(PowerCapConfig(token_file=str(self.token_file), audit_log=str(self.audit),
                                           deadlines=deadlines("25,50"), **cfg), self.rig.samplers, self.rig.ledger,
                            clock=clock)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self.pc.collector)
+        self.registry = build_registry([PowerCapCollector(self.pc)])
         self.rig.run(3.0)
 
     @property

@@ -1,3 +1,9 @@
+"""Shared fixtures, and how `make test` spreads the suite over worker processes (pytest-xdist):
+each test file is one unit of work, run whole by one worker, so a module's servers start once; the
+files that run the real vLLM (their names say `vllm`) are one unit together, handed out first,
+so that one worker installs vLLM's venv and runs its servers one at a time while the other
+workers run the rest."""
+
 import pathlib
 import sys
 
@@ -7,6 +13,35 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from rig import FakeClock  # noqa: E402
+
+VLLM_UNIT = "real vLLM"
+
+
+def vllm_file(nodeid: str) -> bool:
+    """Whether the test's file runs the real vLLM (its name says `vllm`)."""
+    return "vllm" in pathlib.PurePath(nodeid.split("::", 1)[0]).name
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return VLLM_UNIT if vllm_file(nodeid) else nodeid.split("::", 1)[0]
+
+        def _assign_work_unit(self, node) -> None:
+            if VLLM_UNIT in self.workqueue:  # the longest unit starts first
+                self.workqueue.move_to_end(VLLM_UNIT, last=False)
+            super()._assign_work_unit(node)
+
+    return FileScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that uses the real vLLM (the `model_dir` fixture) must sit in a file named for it."""
+    misplaced = [item.nodeid for item in items if "model_dir" in item.fixturenames and not vllm_file(item.nodeid)]
+    if misplaced:
+        raise pytest.UsageError(f"tests using the real vLLM outside a *vllm* file: {misplaced}")
 
 
 @pytest.fixture

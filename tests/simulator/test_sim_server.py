@@ -15,11 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "vllm"))
 from jouletrace.exporter.engine import parse_vllm  # noqa: E402
 from jouletrace.loadgen.plan import Sampling  # noqa: E402
 from jouletrace.loadgen.runner import RunConfig, run  # noqa: E402
-from jouletrace.loadgen.tasks import task  # noqa: E402
 from jouletrace.simulator.gpus import install_gpus  # noqa: E402
-from jouletrace.simulator.lengths import OutputLengths  # noqa: E402
-from jouletrace.simulator.profiles import H100_SXM, LLAMA_3_1_8B  # noqa: E402
-from jouletrace.simulator.whatif import run_point  # noqa: E402
 from servers import ExporterProcess, SimEngine, free_port, http_get, sum_samples, wait_for  # noqa: E402
 from vllm_stack import OtlpReceiver, attributes  # noqa: E402
 
@@ -106,15 +102,3 @@ def test_the_exporter_measures_the_engine_as_it_would_vllm(tmp_path):
         if engine is not None:
             engine.stop()
         exporter.stop()
-
-
-def test_real_time_serving_matches_the_offline_simulation(tmp_path):
-    """The same engine in real time through HTTP and the load generator, against its virtual-time run."""
-    engine = SimEngine("--max-num-seqs", "8")
-    try:
-        real = load(engine, tmp_path, 24, max_num_seqs=8, max_tokens=4096)
-    finally:
-        engine.stop()
-    offline, _ = run_point(LLAMA_3_1_8B, H100_SXM, 1, task("chat"), 8, 700, OutputLengths(), num_requests=24)
-    assert real["median_itl_ms"] == pytest.approx(offline.median_itl_ms, rel=0.15)
-    assert real["window_output_throughput"] == pytest.approx(offline.tokens_per_s, rel=0.15)

@@ -7,7 +7,7 @@ from prometheus_client import generate_latest
 from rig import Rig
 
 from jouletrace.exporter.config import OPTIONS
-from jouletrace.exporter.intake.server import IntakeStats
+from jouletrace.exporter.intake.core import IntakeStats
 from jouletrace.exporter.sinks.prometheus import JouletraceCollector
 from jouletrace.exporter.kubernetes.placement import PodPlacement
 

@@ -32,7 +32,7 @@ from jouletrace.exporter.sinks.forward import (
     otlp_json_to_message,
     parse_endpoint,
 )
-from jouletrace.exporter.intake.server import IntakeStats
+from jouletrace.exporter.intake.core import IntakeStats
 from jouletrace.exporter.ledger.ledger import span_key, span_keys
 from jouletrace.exporter.sinks.prometheus import JouletraceCollector
 from jouletrace.exporter.intake.otlp import decode_protobuf

@@ -21,7 +21,9 @@ from jouletrace.exporter.engine import EngineScraper
 from jouletrace.exporter.gpu import backends, simulated
 from jouletrace.exporter.gpu.device import GPUDevice, Selection
 from jouletrace.exporter.gpu.sampler import GPUSampler
-from jouletrace.exporter.intake.server import IntakeStats, start_grpc_intake, start_http_intake
+from jouletrace.exporter.intake.core import IntakeStats, Receiver
+from jouletrace.exporter.intake.otlp_grpc import GrpcIntake
+from jouletrace.exporter.intake.otlp_http import HttpIntake
 from jouletrace.exporter.kubernetes.placement import PodPlacement
 from jouletrace.exporter.ledger.ledger import Ledger
 from jouletrace.exporter.powercap.advisor import PowerCap, PowerCapConfig
@@ -109,9 +111,8 @@ class Exporter:
         self.ports: dict[str, int] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._runners: list[web.AppRunner] = []   # OTLP/HTTP intake
+        self._intakes: list[HttpIntake | GrpcIntake] = []
         self._metrics_runner: web.AppRunner | None = None
-        self._grpc = None
         self._final = asyncio.Event()     # set when the final attribution is done
         self._final_scraped = asyncio.Event()
 
@@ -130,18 +131,21 @@ class Exporter:
         cfg = self.cfg
         if self.forwarder is not None:
             await self.forwarder.start()
-        intake = {"max_bytes": cfg.max_message_bytes, "default_model": cfg.default_model, "forward": self.forwarder}
+        receiver = Receiver(self.ledger, self.intake_stats, max_bytes=cfg.max_message_bytes,
+                            default_model=cfg.default_model, forward=self.forwarder)
         if cfg.metrics_addr:
             self.ports["metrics"] = await self._serve_metrics(*cfg.metrics_addr)
+        intakes = {}
         if cfg.otlp_http_addr:
-            runner = await start_http_intake(*cfg.otlp_http_addr, self.powercap.sink, self.intake_stats, **intake,
-                                             ssl_context=self.tls.otlp_http if self.tls else None)
-            self._runners.append(runner)
-            self.ports["otlp_http"] = _bound_port(runner)
+            intakes["otlp_http"] = HttpIntake(*cfg.otlp_http_addr, receiver,
+                                              ssl_context=self.tls.otlp_http if self.tls else None)
         if cfg.otlp_grpc_addr:
-            self._grpc = await start_grpc_intake(*cfg.otlp_grpc_addr, self.powercap.sink, self.intake_stats, **intake,
-                                                 credentials=self.tls.otlp_grpc if self.tls else None)
-            self.ports["otlp_grpc"] = self._grpc.bound_port
+            intakes["otlp_grpc"] = GrpcIntake(*cfg.otlp_grpc_addr, receiver,
+                                              credentials=self.tls.otlp_grpc if self.tls else None)
+        for name, intake in intakes.items():
+            await intake.start()
+            self._intakes.append(intake)
+            self.ports[name] = intake.port
         log.info("listening: %s (%s)", ", ".join(f"{k}={v}" for k, v in self.ports.items()),
                  "plaintext" if self.tls is None else
                  "TLS, OTLP clients need a certificate" if self.tls.mutual else "TLS")
@@ -181,10 +185,8 @@ class Exporter:
         numbers or `scrape_wait_s` has passed. Power limits the exporter changed are restored first."""
         await asyncio.to_thread(self.powercap.restore)
         await self.engines.stop()
-        if self._grpc is not None:
-            await self._grpc.stop(grace=2.0)
-        for runner in self._runners:
-            await runner.cleanup()
+        for intake in reversed(self._intakes):
+            await intake.stop()
         await asyncio.to_thread(self._final_attribution)
         self._final.set()
         if self.forwarder is not None:  # after the intake and the final attribution

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import aiohttp
 
-from jouletrace.exporter.powercap.advisor import Deadline
+from jouletrace.planning import Deadline
 
 from .datasets import DatasetError
 from .energy import EnergyUnavailable

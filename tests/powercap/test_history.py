@@ -13,7 +13,8 @@ from rig import Rig
 from servers import sum_samples
 from stack import TOKEN
 
-from jouletrace.exporter.powercap.advisor import PowerCap, PowerCapConfig, SpanLatency, deadlines, weighted_median
+from jouletrace.exporter.powercap.advisor import PowerCap, PowerCapConfig, SpanLatency, weighted_median
+from jouletrace.planning import deadlines
 from jouletrace.exporter.ledger.records import RequestBatch, RequestRecord
 
 

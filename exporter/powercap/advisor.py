@@ -1,31 +1,19 @@
-"""Power-cap advice: the power limit that spends the least energy per output within a latency
-deadline, from measured operating points, and the headroom between each GPU's limit and its draw.
+"""Power-cap advice, headroom and actuation for one exporter (`PowerCap`), and their metrics.
 
-Operating points come from two places:
-- the exporter's own history: every `--window` seconds, each model's window figures (the ledger's
-  J/token and tokens/s, the GPUs' average power) with the power limit in force over the whole
-  window and the latency of the requests that ended in it, estimated from their spans: a request's
-  inter-token latency is its decode time / (output tokens - 1). Median ITL weights each request by
-  its token gaps; p99 TPOT is over requests; diffusion requests give their generation latency (span
-  duration). Windows in which the limit changed, or GPUs' limits differ, are not observed.
-- the load generator's result files (`power_limit_w`, set by `loadgen sweep --power-limits`).
-
-Points of one model, configuration (batch size, rate: fixed in a load generator run, the live
-deployment for the exporter) and power limit are combined by their medians. Per deadline, the
-recommended limit is the least J/token whose latency meets it (`jouletrace.planning`, the
-time-energy frontier's choice); it is compared with the highest limit observed in the same
-configuration. With a power budget, the recommended limit is the one whose GPUs, counted at their
-limit, give the most throughput within the deadline. Fewer than two distinct limits observed: no
-advice, and the reason says so.
+Advice: the power limit that spends the least energy per output within each latency deadline
+(`--powercap-deadlines`), and with `--powercap-budget` the one that serves the most within the
+budget, drawn (jouletrace.planning) from the live deployment's operating points (history.py).
 
 Headroom: a GPU's enforced limit minus the 99th percentile of its power over the window (power at
 the timeline's resolution, 100 ms): what oversubscribing a power budget relies on.
+
+Actuation (actuation.py), off unless `--powercap-actuation on`: the admin API and the latency
+guard that rolls a change back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import logging
 import threading
@@ -39,16 +27,14 @@ from prometheus_client.registry import Collector
 
 from jouletrace.exporter.gpu.sampler import GPUSampler
 from jouletrace.exporter.ledger.ledger import SEEN_PER_PENDING, Ledger
-from jouletrace.exporter.ledger.records import RequestBatch
 from jouletrace.exporter.powercap import actuation
-from jouletrace.planning import Deadline, ModelAdvice, OperatingPoint, advise
+from jouletrace.exporter.powercap.history import POLL_S, History
+from jouletrace.exporter.powercap.latency import SpanLatency
+from jouletrace.planning import Deadline, ModelAdvice, advise
 
 log = logging.getLogger(__name__)
 
-HISTORY_WINDOWS = 1440  # observations kept: a day of 60 s windows
 HEADROOM_PERCENTILE = 99.0
-POLL_S = 1.0  # how often the limits in force are read
-PASS_S = 1.0  # the ledger's attribution period: its window's granularity
 GPU_LABELS = ["gpu", "uuid", "backend"]
 
 
@@ -82,165 +68,6 @@ class PowerCapConfig:
                                 self.rollback_windows)
 
 
-# -- latency from spans ----------------------------------------------------------------------
-class SpanLatency:
-    """The span intake's sink: passes each batch to the ledger and keeps, per request the ledger took
-    (once, on the exporter's clock), its end, model, mean inter-token latency (decode time /
-    (output tokens - 1)) with its token gaps as weight, and for image and video requests the
-    generation latency; for `hold_s` seconds, and of at most `SEEN_PER_PENDING` x the ledger's
-    `max_pending` requests (the oldest go first)."""
-
-    def __init__(self, ledger: Ledger, hold_s: float, clock: Callable[[], float] = time.time):
-        self.ledger = ledger
-        self.hold_s = hold_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._chunks: collections.deque = collections.deque()  # (latest end, columns)
-        self._rows = 0
-
-    @property
-    def full(self) -> bool:
-        return self.ledger.full
-
-    def submit(self, batch: RequestBatch) -> None:
-        rows = self.ledger.submit(batch)  # raises IntakeFull: nothing kept
-        if not len(rows):
-            return
-        gaps = rows["completion_tokens"] - 1
-        text = (rows["output_kind"] == 0) & np.isfinite(rows["decode_s"]) & (gaps >= 1)
-        columns = {
-            "end": rows["end"].copy(),
-            "model": np.asarray(batch.models, dtype=object)[rows["model"]],
-            "itl": np.where(text, rows["decode_s"] / np.maximum(gaps, 1), np.nan),
-            "gaps": np.where(text, gaps, 0),
-            "generation": np.where(rows["output_kind"] != 0, rows["end"] - rows["start"], np.nan),
-        }
-        with self._lock:
-            self._chunks.append((float(rows["end"].max()), columns))
-            self._rows += len(rows)
-            cutoff = self._clock() - self.hold_s
-            cap = SEEN_PER_PENDING * self.ledger.max_pending
-            while self._chunks and (self._chunks[0][0] < cutoff or self._rows > cap):
-                self._rows -= len(self._chunks.popleft()[1]["end"])
-
-    def window(self, start: float, end: float) -> dict[str, dict[str, float]]:
-        """Latency (ms) by basis, per model, of the requests that ended in (start, end]."""
-        with self._lock:
-            chunks = [c for t, c in self._chunks if t > start]
-        if not chunks:
-            return {}
-        col = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-        inside = (col["end"] > start) & (col["end"] <= end)
-        out = {}
-        for model in set(col["model"][inside]):
-            sel = inside & (col["model"] == model)
-            itl, gaps, gen = col["itl"][sel], col["gaps"][sel], col["generation"][sel]
-            lat = {}
-            text = np.isfinite(itl)
-            if text.any():
-                lat["median_itl"] = 1000 * weighted_median(itl[text], gaps[text])
-                lat["p99_tpot"] = 1000 * float(np.percentile(itl[text], 99))
-            if np.isfinite(gen).any():
-                lat["generation_latency"] = 1000 * float(np.median(gen[np.isfinite(gen)]))
-            out[str(model)] = lat
-        return out
-
-
-def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
-    """The value below which half the total weight lies."""
-    order = np.argsort(values)
-    cumulative = np.cumsum(weights[order])
-    return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2.0)])
-
-
-# -- the exporter's history ------------------------------------------------------------------
-class LimitLog:
-    """When the GPUs' common enforced power limit changed (None: unknown, or the GPUs differ), as
-    read from the samplers every POLL_S."""
-
-    def __init__(self, samplers: Sequence[GPUSampler], size: int = 10_000):
-        self.samplers = samplers
-        self.changes: collections.deque = collections.deque(maxlen=size)  # (t, limit)
-        self.polled = float("-inf")
-        # a reading can lag a change by the sampler's status period plus our poll
-        self.lag_s = POLL_S + max((s.status_interval_s for s in samplers), default=1.0)
-
-    def poll(self, now: float) -> None:
-        limits = set()
-        for s in self.samplers:
-            with s.lock:
-                limits.add(s.status.power_limit_w if s.healthy else None)
-        limit = limits.pop() if len(limits) == 1 else None
-        if not self.changes or self.changes[-1][1] != limit:
-            self.changes.append((now, limit))
-        self.polled = now
-
-    def during(self, start: float, end: float) -> float | None:
-        """The limit in force from `start` to `end`, if it held throughout and is known."""
-        if self.polled < end + self.lag_s:
-            return None
-        before = [limit for t, limit in self.changes if t <= start - self.lag_s]
-        if not before or any(start - self.lag_s < t <= end + self.lag_s for t, _ in self.changes):
-            return None
-        return before[-1]
-
-
-@dataclasses.dataclass(frozen=True)
-class Observation:
-    start: float
-    end: float
-    power_limit_w: float
-    points: list[OperatingPoint]  # one per model that produced output
-
-
-class History:
-    """Operating points of the live deployment: per window of the ledger (`--window`), one point
-    per model that produced output, with the limit that held over the whole window."""
-
-    def __init__(self, samplers: Sequence[GPUSampler], ledger: Ledger, spans: SpanLatency,
-                 size: int = HISTORY_WINDOWS):
-        self.samplers = samplers
-        self.ledger = ledger
-        self.spans = spans
-        self.limits = LimitLog(samplers)
-        self.points: collections.deque[OperatingPoint] = collections.deque(maxlen=size)
-        self.last_end = float("-inf")
-
-    def observe(self) -> Observation | None:
-        """The window just completed; None until the previous one has passed (the ledger's window
-        slides by its attribution passes, ~1 s), while the window is shorter than half the
-        ledger's, or when the limit changed in it or the GPUs' limits differ."""
-        ends = [t.finalized_until for t, s in zip(self.ledger.gpus, self.samplers)
-                if s.healthy and t.finalized_until is not None]
-        if not ends or min(ends) - self.last_end < self.ledger.window_s / 2:
-            return None
-        end, stats = min(ends), self.ledger.window()
-        if not stats:
-            return None
-        seconds = next(iter(stats.values())).seconds
-        start = end - seconds
-        if seconds < self.ledger.window_s / 2 or start < self.last_end - PASS_S:
-            return None
-        limit = self.limits.during(start, end)
-        if limit is None:
-            return None
-        self.last_end = end
-        latency = self.spans.window(start, end)
-        observed = []
-        for model, ws in stats.items():
-            items = ws.images + ws.videos
-            if ws.output_tokens > 0:
-                energy, rate = ws.joules_per_output_token, ws.output_tokens / seconds
-            elif items:
-                energy, rate = (ws.image_energy_j + ws.video_energy_j) / items, items / seconds
-            else:
-                continue
-            observed.append(OperatingPoint(model, limit, energy, rate, ws.measured_j / seconds / ws.gpus,
-                                           latency.get(model, {}), ws.gpus, time=end))
-        self.points.extend(observed)
-        return Observation(start, end, limit, observed)
-
-
 def power_percentile(sampler: GPUSampler, window_s: float, q: float = HEADROOM_PERCENTILE) -> float | None:
     """The `q`th percentile of the GPU's power (W) over the last `window_s` seconds of its settled
     timeline, at the power sampling resolution; None with less than a second of timeline."""
@@ -261,10 +88,10 @@ def power_percentile(sampler: GPUSampler, window_s: float, q: float = HEADROOM_P
 class PowerCap:
     """Advice, headroom and (when enabled) actuation for one exporter.
 
-    Wiring: the span intake's sink is `sink` (it passes every batch to the ledger); `run(stop)`
-    runs on a thread of its own; `collector` is registered with the exporter's registry;
-    `add_routes(app)` adds `/api/v1/powercap` to the metrics server; `restore()` at stop puts back
-    the limits the GPUs had before actuation changed them."""
+    Wiring: the requests the ledger takes reach its latency record (a consumer of the ledger,
+    added here); `run(stop)` runs on a thread of its own; `collector` is registered with the
+    exporter's registry; `add_routes(app)` adds `/api/v1/powercap` to the metrics server;
+    `restore()` at stop puts back the limits the GPUs had before actuation changed them."""
 
     def __init__(self, cfg: PowerCapConfig, samplers: Sequence[GPUSampler], ledger: Ledger,
                  clock: Callable[[], float] = time.time):
@@ -272,8 +99,10 @@ class PowerCap:
         self.samplers = list(samplers)
         self.ledger = ledger
         self._clock = clock
-        self.sink = SpanLatency(ledger, ledger.settle_delay_s + 3 * ledger.window_s, clock)
-        self.history = History(self.samplers, ledger, self.sink)
+        self.latency = SpanLatency(ledger.settle_delay_s + 3 * ledger.window_s, SEEN_PER_PENDING * ledger.max_pending,
+                                   clock)
+        ledger.add_consumer(self.latency.record)
+        self.history = History(self.samplers, ledger, self.latency)
         self.actuator = self.tokens = None
         if cfg.actuation:
             self.actuator = actuation.Actuator([s.device for s in self.samplers], cfg.policy(),

@@ -42,6 +42,8 @@ class GrpcIntake:
     """OTLP/gRPC on host:port, over TLS with `credentials`. `await start()` listens (OSError if it
     cannot); `port` is then the bound port (useful with port 0); `await stop()` closes it."""
 
+    name = "otlp_grpc"  # the port's name in the daemon's `ports`
+
     def __init__(self, host: str, port: int, receiver: core.Receiver, *,
                  credentials: grpc.ServerCredentials | None = None):
         self.host = host

@@ -46,6 +46,8 @@ class HttpIntake:
     """OTLP/HTTP on host:port, over TLS with `ssl_context`. `await start()` listens (OSError if it
     cannot); `port` is then the bound port (useful with port 0); `await stop()` closes it."""
 
+    name = "otlp_http"  # the port's name in the daemon's `ports`
+
     def __init__(self, host: str, port: int, receiver: core.Receiver, *, ssl_context: ssl.SSLContext | None = None):
         self.host = host
         self.port = port

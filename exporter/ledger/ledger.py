@@ -35,6 +35,9 @@ pending span is answered by the original's result, since both share the key). Sp
 remembered for the timeline's retention, at most `SEEN_PER_PENDING` x `max_pending` of them: under
 a flood, the oldest are forgotten first and memory stays bounded.
 
+Running. `run(stop)` settles every `SETTLE_PERIOD_S` on the caller's thread until `stop` is set; a
+pass that raises is logged and counted (`pass_errors`), and the next pass runs.
+
 Consumers. `add_consumer(f)`: after each submit that took rows, `f(rows, batch)` is called with
 the rows `submit` returns, on the submitting thread and outside the ledger's lock; it must not
 modify them. A consumer that raises is logged and counted (`consumer_errors`); the rows stay
@@ -56,6 +59,8 @@ from jouletrace.exporter.gpu.sampler import GPUSampler
 from jouletrace.exporter.ledger.clockskew import ClockSkew
 from jouletrace.exporter.ledger.labels import LabelSlots
 from jouletrace.exporter.ledger.records import IntakeFull, RequestBatch
+
+SETTLE_PERIOD_S = 1.0  # how often `run` settles; a window's granularity
 
 #: Request-energy histogram bucket upper bounds (J).
 ENERGY_BUCKETS_J = np.array([0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000,
@@ -272,6 +277,7 @@ class Ledger:
         self.spans_duplicate = 0
         self.spans_unplaced = 0  # placement is set but names no GPU for the span's pod
         self.consumer_errors = 0
+        self.pass_errors = 0
         self.skew = ClockSkew()
         self.passes = 0
         self.pass_seconds = 0.0
@@ -432,6 +438,15 @@ class Ledger:
                             rows["completion_tokens"][orphan].astype(np.int64), "duplicate")
 
     # -- attribution ----------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Settle every SETTLE_PERIOD_S until `stop` is set; one failed pass never stops the next."""
+        while not stop.wait(SETTLE_PERIOD_S):
+            try:
+                self.settle()
+            except Exception:
+                self.pass_errors += 1
+                log.exception("attribution pass failed")
+
     def settle(self, final: bool = False) -> None:
         """Finalize every GPU up to its horizon and attribute the energy; call about once a second.
         `final` (at shutdown, once no span can arrive): up to the last counter reading, without

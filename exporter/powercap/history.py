@@ -12,13 +12,12 @@ import dataclasses
 from typing import Sequence
 
 from jouletrace.exporter.gpu.sampler import GPUSampler
-from jouletrace.exporter.ledger.ledger import Ledger
+from jouletrace.exporter.ledger.ledger import SETTLE_PERIOD_S, Ledger
 from jouletrace.exporter.powercap.latency import SpanLatency
 from jouletrace.planning import OperatingPoint
 
 HISTORY_WINDOWS = 1440  # observations kept: a day of 60 s windows
 POLL_S = 1.0  # how often the limits in force are read
-PASS_S = 1.0  # the ledger's attribution period: its window's granularity
 
 
 class LimitLog:
@@ -86,7 +85,7 @@ class History:
             return None
         seconds = next(iter(stats.values())).seconds
         start = end - seconds
-        if seconds < self.ledger.window_s / 2 or start < self.last_end - PASS_S:
+        if seconds < self.ledger.window_s / 2 or start < self.last_end - SETTLE_PERIOD_S:
             return None
         limit = self.limits.during(start, end)
         if limit is None:

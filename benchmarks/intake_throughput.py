@@ -22,7 +22,7 @@ import time
 
 import aiohttp
 import grpc
-from jouletrace.exporter.intake.server import GRPC_METHOD
+from jouletrace.exporter.intake.otlp_grpc import GRPC_METHOD
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))

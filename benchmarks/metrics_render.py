@@ -17,7 +17,7 @@ from prometheus_client import generate_latest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from rig import FakeClock, Rig  # noqa: E402
 
-from jouletrace.exporter.intake.server import IntakeStats  # noqa: E402
+from jouletrace.exporter.intake.core import IntakeStats  # noqa: E402
 from jouletrace.exporter.sinks.prometheus.registry import build_registry, collectors  # noqa: E402
 
 

@@ -7,7 +7,7 @@ deadlines of 50, 100 and 250 ms.
 Each configuration is a closed-loop run (all requests at t=0, max(4 x batch, 200) requests) of the
 load generator's synthetic chat workload through the simulated engine in virtual time
 (simulator/whatif.py), measured by the load generator's own window and energy code. The points go
-through `exporter.powercap.advise`: per deadline, the least J/token among all configurations, and
+through `jouletrace.planning.advise`: per deadline, the least J/token among all configurations, and
 for a fixed batch size the least J/token among its limits, each against the same batch size at
 700 W; then against the least-energy configuration at 700 W (the batch size alone chosen), and
 with a 10 kW budget the GPUs x cap that serve the most. Writes powercap_points.csv and
@@ -21,7 +21,7 @@ import dataclasses
 import multiprocessing
 from pathlib import Path
 
-from jouletrace.exporter.powercap.advisor import Deadline, OperatingPoint, Recommendation, advise
+from jouletrace.planning import Deadline, OperatingPoint, Recommendation, advise
 from jouletrace.loadgen.tasks import task
 from jouletrace.simulator.lengths import OutputLengths
 from jouletrace.simulator.profiles import H100_SXM, LLAMA_3_1_8B

@@ -9,7 +9,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from jouletrace.exporter.powercap.advisor import Deadline, deadlines, non_negative, optional_deadline, switch
+from jouletrace.planning import Deadline, deadlines, optional_deadline
 
 
 def address(text: str) -> tuple[str, int] | None:
@@ -39,6 +39,24 @@ def sim_load(text: str) -> str | float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"sim load is `wave` or a fraction in [0, 1], got {text!r}")
+    return value
+
+
+def switch(text: str) -> bool:
+    """`on`/`off` (also true/false, 1/0, yes/no)."""
+    value = text.strip().lower()
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no", ""):
+        return False
+    raise ValueError(f"expected on or off, got {text!r}")
+
+
+def non_negative(text: str) -> float:
+    """A number >= 0 (W or s; 0 often means "not set")."""
+    value = float(text)
+    if not value >= 0:
+        raise ValueError(f"expected a number >= 0, got {text!r}")
     return value
 
 

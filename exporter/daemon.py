@@ -8,7 +8,6 @@ import ctypes
 import logging
 import os
 import signal
-import threading
 import time
 from typing import Callable
 
@@ -21,9 +20,12 @@ from jouletrace.exporter.engine import EngineScraper
 from jouletrace.exporter.gpu import backends, simulated
 from jouletrace.exporter.gpu.device import GPUDevice, Selection
 from jouletrace.exporter.gpu.sampler import GPUSampler
-from jouletrace.exporter.intake.server import IntakeStats, start_grpc_intake, start_http_intake
+from jouletrace.exporter.intake.core import IntakeStats, Receiver
+from jouletrace.exporter.intake.otlp_grpc import GrpcIntake
+from jouletrace.exporter.intake.otlp_http import HttpIntake
 from jouletrace.exporter.kubernetes.placement import PodPlacement
 from jouletrace.exporter.ledger.ledger import Ledger
+from jouletrace.exporter.lifecycle import Components, Step, Worker
 from jouletrace.exporter.powercap.advisor import PowerCap, PowerCapConfig
 from jouletrace.exporter.sinks import energy_api
 from jouletrace.exporter.sinks.forward import Forwarder, hold_seconds
@@ -31,7 +33,6 @@ from jouletrace.exporter.sinks.prometheus.registry import build_registry, collec
 
 log = logging.getLogger(__name__)
 
-ATTRIBUTION_PERIOD_S = 1.0
 FORWARD_GRACE_S = 3.0  # at stop, time given to forward what is held
 FINAL_READING_WAIT_S = 2.0  # at stop, time given to the samplers for a last counter reading
 CONFIG_POLL_S = 2.0  # how often the config file is checked for changes
@@ -105,46 +106,53 @@ class Exporter:
             self.samplers, self.ledger, self.intake_stats.snapshot, engine_states=lambda: self.engines.states,
             powercap=self.powercap, forward_snapshot=self.forwarder.snapshot if self.forwarder else None,
             placement=self.placement, selection=selection, config_reloads=self.config_reloads))
-        self.attribution_errors = 0
         self.ports: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._runners: list[web.AppRunner] = []   # OTLP/HTTP intake
         self._metrics_runner: web.AppRunner | None = None
-        self._grpc = None
         self._final = asyncio.Event()     # set when the final attribution is done
         self._final_scraped = asyncio.Event()
+        self._scrape_wait_s = 0.0
+        self.components = self._components()
 
     # -- lifecycle ------------------------------------------------------------------------
+    def _components(self) -> Components:
+        """Every component, in start order; `stop()` stops them in reverse: the span intake first,
+        then the engine scrape and the ledger's consumers, the final attribution (while the samplers
+        still read), forwarding what it released, the last scrape, and the samplers last."""
+        cfg, c = self.cfg, Components()
+        for s in self.samplers:
+            c.add(Worker(f"sampler-gpu{s.device.index}", s.run))
+        if cfg.metrics_addr:
+            c.add(Step("metrics", lambda: self._serve_metrics(*cfg.metrics_addr), self._stop_metrics))
+        if self.forwarder is not None:
+            forwarder = self.forwarder
+            c.add(Step("forwarding", forwarder.start, lambda: forwarder.stop(FORWARD_GRACE_S)))
+        c.add(Step("final attribution", stop=self._final_attribution))
+        c.add(Worker("attribution", self.ledger.run))
+        c.add(Worker("powercap", self.powercap.run, after_stop=self.powercap.restore))
+        c.add(Worker("diagnosis", self.history.run))
+        if self.placement is not None:
+            c.add(Worker("placement", self.placement.run))
+        c.add(Step("engine scrape", self._start_engines, lambda: self.engines.stop()))
+        receiver = Receiver(self.ledger, self.intake_stats, max_bytes=cfg.max_message_bytes,
+                            default_model=cfg.default_model, forward=self.forwarder)
+        if cfg.otlp_http_addr:
+            c.add(HttpIntake(*cfg.otlp_http_addr, receiver, ssl_context=self.tls.otlp_http if self.tls else None))
+        if cfg.otlp_grpc_addr:
+            c.add(GrpcIntake(*cfg.otlp_grpc_addr, receiver, credentials=self.tls.otlp_grpc if self.tls else None))
+        return c
+
     async def start(self) -> None:
         for d in self.devices:
             log.info("GPU %d: %s %s (backend %s)", d.index, d.uuid, d.name, d.backend)
-        for s in self.samplers:
-            self._spawn(f"sampler-gpu{s.device.index}", s.run, self._stop)
-        self._spawn("attribution", self._attribute)
-        self._spawn("powercap", self.powercap.run, self._stop)
-        self._spawn("diagnosis", self.history.run, self._stop)
-        if self.placement is not None:
-            self._spawn("placement", self.placement.run, self._stop)
-        self.engines.start()
-        cfg = self.cfg
-        if self.forwarder is not None:
-            await self.forwarder.start()
-        intake = {"max_bytes": cfg.max_message_bytes, "default_model": cfg.default_model, "forward": self.forwarder}
-        if cfg.metrics_addr:
-            self.ports["metrics"] = await self._serve_metrics(*cfg.metrics_addr)
-        if cfg.otlp_http_addr:
-            runner = await start_http_intake(*cfg.otlp_http_addr, self.powercap.sink, self.intake_stats, **intake,
-                                             ssl_context=self.tls.otlp_http if self.tls else None)
-            self._runners.append(runner)
-            self.ports["otlp_http"] = _bound_port(runner)
-        if cfg.otlp_grpc_addr:
-            self._grpc = await start_grpc_intake(*cfg.otlp_grpc_addr, self.powercap.sink, self.intake_stats, **intake,
-                                                 credentials=self.tls.otlp_grpc if self.tls else None)
-            self.ports["otlp_grpc"] = self._grpc.bound_port
+        await self.components.start()
+        for intake in self.components.of_type(HttpIntake, GrpcIntake):
+            self.ports[intake.name] = intake.port
         log.info("listening: %s (%s)", ", ".join(f"{k}={v}" for k, v in self.ports.items()),
                  "plaintext" if self.tls is None else
                  "TLS, OTLP clients need a certificate" if self.tls.mutual else "TLS")
+
+    async def _start_engines(self) -> None:
+        self.engines.start()
 
     def reload(self, new: ExporterConfig) -> None:
         """Applies the options of `new` that can change live; logs and counts the others."""
@@ -175,32 +183,26 @@ class Exporter:
                              timeout_s=cfg.engine_timeout, max_models=cfg.max_models)
 
     async def stop(self, scrape_wait_s: float = 0.0) -> None:
-        """Graceful stop: close the span intake, take a last counter reading of every GPU, attribute
-        everything received up to it (without waiting the settle delay: no span can come any more),
-        forward what that released, then keep serving /metrics until one scrape has seen the final
-        numbers or `scrape_wait_s` has passed. Power limits the exporter changed are restored first."""
-        await asyncio.to_thread(self.powercap.restore)
-        await self.engines.stop()
-        if self._grpc is not None:
-            await self._grpc.stop(grace=2.0)
-        for runner in self._runners:
-            await runner.cleanup()
-        await asyncio.to_thread(self._final_attribution)
-        self._final.set()
-        if self.forwarder is not None:  # after the intake and the final attribution
-            await self.forwarder.stop(FORWARD_GRACE_S)
-        if self._metrics_runner is not None:
-            if scrape_wait_s > 0:
-                try:
-                    await asyncio.wait_for(self._final_scraped.wait(), scrape_wait_s)
-                except asyncio.TimeoutError:
-                    log.info("no final scrape within %g s", scrape_wait_s)
-            await self._metrics_runner.cleanup()
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=5.0)
+        """Graceful stop: close the span intake, restore the power limits the exporter changed, take
+        a last counter reading of every GPU, attribute everything received up to it (without waiting
+        the settle delay: no span can come any more), forward what that released, then keep serving
+        /metrics until one scrape has seen the final numbers or `scrape_wait_s` has passed."""
+        self._scrape_wait_s = scrape_wait_s
+        await self.components.stop()
 
-    def _final_attribution(self) -> None:
+    async def _stop_metrics(self) -> None:
+        if self._scrape_wait_s > 0:
+            try:
+                await asyncio.wait_for(self._final_scraped.wait(), self._scrape_wait_s)
+            except asyncio.TimeoutError:
+                log.info("no final scrape within %g s", self._scrape_wait_s)
+        await self._metrics_runner.cleanup()
+
+    async def _final_attribution(self) -> None:
+        await asyncio.to_thread(self._settle_finally)
+        self._final.set()
+
+    def _settle_finally(self) -> None:
         t_stop = time.time()
         for s in self.samplers:
             s.read_counter_soon()
@@ -210,19 +212,6 @@ class Exporter:
             time.sleep(0.05)
         self.ledger.settle(final=True)
         log.info("final attribution done: %d requests still without energy", self.ledger.pending)
-
-    def _spawn(self, name: str, target, *args) -> None:
-        t = threading.Thread(target=target, args=args, name=name, daemon=True)
-        t.start()
-        self._threads.append(t)
-
-    def _attribute(self) -> None:
-        while not self._stop.wait(ATTRIBUTION_PERIOD_S):
-            try:
-                self.ledger.settle()
-            except Exception:  # never let one bad pass stop attribution
-                self.attribution_errors += 1
-                log.exception("attribution pass failed")
 
     # -- HTTP: metrics and health ---------------------------------------------------------
     def metrics_app(self) -> web.Application:
@@ -236,12 +225,12 @@ class Exporter:
         app.router.add_get("/diagnose", diagnose.handler(self.history))
         return app
 
-    async def _serve_metrics(self, host: str, port: int) -> int:
+    async def _serve_metrics(self, host: str, port: int) -> None:
         runner = web.AppRunner(self.metrics_app(), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, port, ssl_context=self.tls.metrics if self.tls else None).start()
         self._metrics_runner = runner
-        return _bound_port(runner)
+        self.ports["metrics"] = _bound_port(runner)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
@@ -252,7 +241,7 @@ class Exporter:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        alive = all(t.is_alive() for t in self._threads)
+        alive = all(w.alive for w in self.components.of_type(Worker))
         return web.Response(status=200 if alive else 503, text="ok\n" if alive else "a worker thread died\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:

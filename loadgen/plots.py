@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .frontier import deadline_choices, pareto_frontier
+from jouletrace.planning import deadline_choices, pareto_frontier
 
 ENERGY_VS_BATCH = "energy_per_token_vs_batch.png"
 FRONTIER = "time_energy_frontier.png"

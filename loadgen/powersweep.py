@@ -9,8 +9,8 @@ is made in steps; one refused for its cool-down waits the Retry-After it gives. 
 limits go back by `DELETE /api/v1/powercap` (which passes the step and cool-down guards) when the
 exporter's record of the original limits agrees with those found at the start, else in steps.
 
-`loadgen advise RESULTS_DIR` prints the power-cap advice (exporter/powercap/advisor.py) of the results in
-a directory: per model, the limit with the least J/token within each deadline."""
+`loadgen advise RESULTS_DIR` prints the power-cap advice (jouletrace/planning.py) of the results in a
+directory: per model, the limit with the least J/token within each deadline."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import sys
 
 import aiohttp
 
-from jouletrace.exporter.powercap.advisor import Deadline, advise, deadlines, describe, non_negative, point_from_result
+from jouletrace.exporter.config import non_negative
+from jouletrace.planning import Deadline, advise, deadlines, describe, point_from_result
 
 from .plots import load_results
 

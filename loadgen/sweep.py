@@ -31,10 +31,11 @@ from pathlib import Path
 
 import aiohttp
 
-from jouletrace.exporter.powercap.advisor import Deadline
+from jouletrace.planning import Deadline
 
 from .datasets import DatasetError
 from .energy import EnergyUnavailable
+from .options import add_run_options, run_config
 from .plots import DEFAULT_DEADLINES_MS, load_results, write_plots
 from .powersweep import PowerCapError, PowerLimits, add_advise_parser, print_advice
 from .runner import RunConfig, ServerUnreachable, run, until_signalled
@@ -254,8 +255,8 @@ async def _main(cfg: SweepConfig) -> tuple[list[SweepPoint], bool]:
     return await until_signalled(lambda stop: sweep(cfg, stop))
 
 
-def add_sweep_parsers(sub, add_run_options) -> None:
-    """The `sweep` and `plot` subcommands; `add_run_options(parser, base_url_required)` adds run's options."""
+def add_sweep_parsers(sub) -> None:
+    """The `sweep`, `plot` and `advise` subcommands."""
     p = sub.add_parser("sweep", help="one run per batch size (launching the server) or per request rate",
                        description="Sweeps max_num_seqs by launching the server from --server-cmd for each "
                                    "batch size, or sweeps --rates against the running server at --base-url; "
@@ -289,7 +290,6 @@ def add_sweep_parsers(sub, add_run_options) -> None:
 
 
 def sweep_config(args: argparse.Namespace) -> SweepConfig:
-    from .cli import config
     if bool(args.server_cmd) == bool(args.base_url):
         raise ValueError("give exactly one of --server-cmd (batch-size sweep) and --base-url (rate sweep)")
     if args.server_cmd:
@@ -307,7 +307,7 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
     if args.power_limits and not (args.exporter and args.admin_token_file):
         raise ValueError("--power-limits sets the limits through the exporter's admin API: give --exporter and "
                          "--admin-token-file")
-    base = config(argparse.Namespace(**{**vars(args), "base_url": args.base_url or "http://unset"}))
+    base = run_config(argparse.Namespace(**{**vars(args), "base_url": args.base_url or "http://unset"}))
     return SweepConfig(base=base, server_cmd=args.server_cmd,
                        batch_sizes=tuple(parse_list(args.batch_sizes, int, "--batch-sizes")),
                        rates=tuple(parse_list(args.rates, float, "--rates")) if args.rates else (base.rate,),

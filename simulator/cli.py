@@ -107,7 +107,7 @@ def serve_main(args: argparse.Namespace) -> int:
 
 
 def plan_main(args: argparse.Namespace) -> int:
-    from jouletrace.loadgen.frontier import provision
+    from jouletrace.planning import provision
 
     from .whatif import min_energy, run_point, write_plot
 

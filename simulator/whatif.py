@@ -1,6 +1,6 @@
 """Planning by simulation: every (batch size, power limit) of a model on a GPU profile run offline
 through the load generator's closed-loop workload, and the choices a deadline and a power budget
-leave (provisioning: `jouletrace.loadgen.frontier.provision`, by median ITL)."""
+leave (provisioning: `jouletrace.planning.provision`, by median ITL)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-from jouletrace.exporter.intake.server import IntakeStats
+from jouletrace.exporter.intake.core import IntakeStats
 from jouletrace.exporter.kubernetes.placement import PodPlacement
 from jouletrace.exporter.ledger.ledger import Ledger
 from jouletrace.exporter.ledger.records import RequestBatch, RequestRecord

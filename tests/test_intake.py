@@ -15,16 +15,10 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from jouletrace.exporter.intake import server as intake
-from jouletrace.exporter.intake.server import (
-    GRPC_METHOD,
-    PROTOCOLS,
-    REASONS,
-    IntakeStats,
-    bound_port,
-    start_grpc_intake,
-    start_http_intake,
-)
+from jouletrace.exporter.intake import core as intake
+from jouletrace.exporter.intake.core import PROTOCOLS, REASONS, IntakeStats, Receiver
+from jouletrace.exporter.intake.otlp_grpc import GRPC_METHOD, GrpcIntake
+from jouletrace.exporter.intake.otlp_http import HttpIntake
 from jouletrace.exporter.ledger.records import IntakeFull, RequestBatch, RequestRecord
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from otlp_json import to_otlp_json
@@ -74,18 +68,23 @@ class Servers:
         return out
 
 
+def receiver(sink, stats: IntakeStats, max_bytes: int = MAX_BYTES) -> Receiver:
+    return Receiver(sink, stats, max_bytes=max_bytes, default_model=DEFAULT_MODEL)
+
+
 @contextlib.asynccontextmanager
 async def running(max_bytes: int = MAX_BYTES):
     sink, stats = ListSink(), IntakeStats()
-    runner = await start_http_intake("127.0.0.1", 0, sink, stats, max_bytes=max_bytes, default_model=DEFAULT_MODEL)
-    server = await start_grpc_intake("127.0.0.1", 0, sink, stats, max_bytes=max_bytes, default_model=DEFAULT_MODEL)
+    both = receiver(sink, stats, max_bytes)
+    http_intake, grpc_intake = HttpIntake("127.0.0.1", 0, both), GrpcIntake("127.0.0.1", 0, both)
+    await http_intake.start()
+    await grpc_intake.start()
     try:
-        assert bound_port(runner) == runner.addresses[0][1] > 0
-        assert bound_port(server) == server.bound_port > 0
-        yield Servers(sink, stats, bound_port(runner), bound_port(server))
+        assert http_intake.port > 0 and grpc_intake.port > 0
+        yield Servers(sink, stats, http_intake.port, grpc_intake.port)
     finally:
-        await server.stop(None)
-        await runner.cleanup()
+        await grpc_intake.stop()
+        await http_intake.stop()
 
 
 def run(coro_fn):
@@ -357,21 +356,21 @@ def test_http_gzip_bomb_is_413_without_inflating():
 def test_bounded_gunzip_never_holds_more_than_the_limit():
     import tracemalloc
 
-    from jouletrace.exporter.intake.server import _gunzip_bounded, _TooLarge
+    from jouletrace.exporter.intake.core import TooLarge, gunzip_bounded
 
     limit = 1024 * 1024
     bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), compresslevel=9)
     tracemalloc.start()
     try:
-        with pytest.raises(_TooLarge):
-            _gunzip_bounded(bomb, limit)
+        with pytest.raises(TooLarge):
+            gunzip_bounded(bomb, limit)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert peak < 4 * limit  # 64 MiB were never materialised
-    assert _gunzip_bounded(gzip.compress(b"x" * limit), limit) == b"x" * limit
-    with pytest.raises(_TooLarge):
-        _gunzip_bounded(gzip.compress(b"x" * (limit + 1)), limit)
+    assert gunzip_bounded(gzip.compress(b"x" * limit), limit) == b"x" * limit
+    with pytest.raises(TooLarge):
+        gunzip_bounded(gzip.compress(b"x" * (limit + 1)), limit)
 
 
 def test_http_garbage_is_400_with_status():
@@ -483,7 +482,7 @@ def test_http_internal_error_is_500_and_counted(caplog):
     async def body(s: Servers):
         s.sink.broken = True
         before = s.stats.snapshot()
-        with caplog.at_level(logging.ERROR, logger="jouletrace.exporter.intake.server"):
+        with caplog.at_level(logging.ERROR, logger="jouletrace.exporter.intake.otlp_http"):
             status, _, out = await post(s, FIXTURE_BYTES, PB)
         assert status == 500
         assert status_message(out).code == code_pb2.INTERNAL
@@ -616,7 +615,7 @@ def test_grpc_unknown_method_is_unimplemented():
 
 
 def test_large_bodies_decode_off_the_event_loop():
-    from jouletrace.exporter.intake.server import INLINE_DECODE_BYTES
+    from jouletrace.exporter.intake.core import INLINE_DECODE_BYTES
 
     copies = INLINE_DECODE_BYTES // len(FIXTURE_BYTES) + 2
     big = FIXTURE_BYTES * copies  # concatenated messages merge: copies x 5 spans
@@ -655,11 +654,12 @@ def test_spans_taken_from_a_sender_that_gave_up_during_the_decode_are_counted(mo
 
     async def main():
         sink, stats = SlowSink(), IntakeStats()
-        server = await start_grpc_intake("127.0.0.1", 0, sink, stats, max_bytes=MAX_BYTES, default_model=DEFAULT_MODEL)
+        server = GrpcIntake("127.0.0.1", 0, receiver(sink, stats))
+        await server.start()
         try:
-            await body(Servers(sink, stats, 0, bound_port(server)))
+            await body(Servers(sink, stats, 0, server.port))
         finally:
-            await server.stop(None)
+            await server.stop()
     asyncio.run(main())
 
 
@@ -667,11 +667,9 @@ def test_port_in_use_raises():
     async def main():
         async with running() as s:
             with pytest.raises(OSError):
-                await start_http_intake("127.0.0.1", s.http_port, ListSink(), IntakeStats(),
-                                        max_bytes=MAX_BYTES, default_model=DEFAULT_MODEL)
+                await HttpIntake("127.0.0.1", s.http_port, receiver(ListSink(), IntakeStats())).start()
             with pytest.raises(OSError):
-                await start_grpc_intake("127.0.0.1", s.grpc_port, ListSink(), IntakeStats(),
-                                        max_bytes=MAX_BYTES, default_model=DEFAULT_MODEL)
+                await GrpcIntake("127.0.0.1", s.grpc_port, receiver(ListSink(), IntakeStats())).start()
             await grpc_export(s, FIXTURE_BYTES)  # the first servers still own their ports
             assert len(s.sink.records) == 3
     asyncio.run(main())

@@ -123,6 +123,27 @@ def test_full_ledger_refuses_and_keeps_what_it_has(clock):
     assert rig.ledger.pending == 3
 
 
+def test_consumers_get_the_rows_taken_and_a_failing_one_loses_nothing(clock, caplog):
+    rig = Rig(clock, max_pending=4)
+    rig.run(1.0)
+    seen = []
+
+    def broken(rows, batch):
+        raise RuntimeError("consumer bug")
+
+    rig.ledger.add_consumer(broken)
+    rig.ledger.add_consumer(lambda rows, batch: seen.append((len(rows), list(batch.models))))
+    twice = rig.request(0.2, 0.5, span_id=2)
+    rig.submit([rig.request(0.1, 0.5, span_id=1), twice, twice])
+    assert seen == [(2, ["m"])]  # the rows taken: the copy left out
+    assert rig.ledger.consumer_errors == 1 and "consumer bug" in caplog.text
+    assert rig.ledger.pending == 2 and rig.ledger.spans_accepted == 2  # what the ledger took stays taken
+    rig.submit([twice])  # nothing taken: no call
+    with pytest.raises(IntakeFull):  # refused: no call
+        rig.submit([rig.request(0.3, 0.5, span_id=i) for i in range(3, 6)])
+    assert len(seen) == 1 and rig.ledger.consumer_errors == 1
+
+
 def test_model_labels_are_capped(clock):
     rig = Rig(clock, max_models=3)
     rig.run(1.0)

@@ -34,11 +34,20 @@ and `"duplicate"` with 0 J for a copy of a span whose original is no longer pend
 pending span is answered by the original's result, since both share the key). Span identities are
 remembered for the timeline's retention, at most `SEEN_PER_PENDING` x `max_pending` of them: under
 a flood, the oldest are forgotten first and memory stays bounded.
+
+Running. `run(stop)` settles every `SETTLE_PERIOD_S` on the caller's thread until `stop` is set; a
+pass that raises is logged and counted (`pass_errors`), and the next pass runs.
+
+Consumers. `add_consumer(f)`: after each submit that took rows, `f(rows, batch)` is called with
+the rows `submit` returns, on the submitting thread and outside the ledger's lock; it must not
+modify them. A consumer that raises is logged and counted (`consumer_errors`); the rows stay
+accepted and the other consumers are still called.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -50,6 +59,8 @@ from jouletrace.exporter.gpu.sampler import GPUSampler
 from jouletrace.exporter.ledger.clockskew import ClockSkew
 from jouletrace.exporter.ledger.labels import LabelSlots
 from jouletrace.exporter.ledger.records import IntakeFull, RequestBatch
+
+SETTLE_PERIOD_S = 1.0  # how often `run` settles; a window's granularity
 
 #: Request-energy histogram bucket upper bounds (J).
 ENERGY_BUCKETS_J = np.array([0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000,
@@ -67,6 +78,10 @@ SEEN_PER_PENDING = 2
 
 #: on_results(keys (uint64), energy_j (float64), completion_tokens (int64), status)
 ResultsCallback = Callable[[np.ndarray, np.ndarray, np.ndarray, str], None]
+#: consumer(rows taken (REQUEST_DTYPE, exporter's clock), their batch)
+Consumer = Callable[[np.ndarray, RequestBatch], None]
+
+log = logging.getLogger(__name__)
 
 
 def span_keys(rows: np.ndarray) -> np.ndarray:
@@ -233,6 +248,7 @@ class Ledger:
         # Called with the lock held, so results arrive in the order the ledger decided them: it
         # must return at once and never call back into the ledger.
         self.on_results = on_results
+        self._consumers: list[Consumer] = []
         self._lock = threading.Lock()
         self._models = LabelSlots(max_models)
         slots = max_models + 1  # `other` included
@@ -260,6 +276,8 @@ class Ledger:
         self.spans_expired = 0  # all of it was: no energy, tokens still counted
         self.spans_duplicate = 0
         self.spans_unplaced = 0  # placement is set but names no GPU for the span's pod
+        self.consumer_errors = 0
+        self.pass_errors = 0
         self.skew = ClockSkew()
         self.passes = 0
         self.pass_seconds = 0.0
@@ -299,6 +317,10 @@ class Ledger:
             self.spans_unplaced += int(unplaced[pod].sum())
         gpus = np.array([EVERY_GPU if m is None else m for m in masks], dtype=np.uint64)
         return slots[pod], gpus[pod]  # pod -1 (none) indexes the sentinel at the end
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        """Hand `consumer` the rows of every later submit (see the module docstring)."""
+        self._consumers.append(consumer)
 
     @property
     def pending(self) -> int:
@@ -390,7 +412,19 @@ class Ledger:
             ph = live[p_row]
             self._ph.append(start=p_start[ph], end=p_end[ph], weight=p_weight[ph], gen=p_gen[ph], req=index[p_row[ph]],
                             kind=p_kind[ph])
+        if len(rows):
+            self._hand_on(rows, batch)
         return rows
+
+    def _hand_on(self, rows: np.ndarray, batch: RequestBatch) -> None:
+        for consumer in self._consumers:
+            try:
+                consumer(rows, batch)
+            except Exception:  # a consumer's fault never undoes what the ledger took
+                with self._lock:
+                    self.consumer_errors += 1
+                log.exception("ledger consumer %s failed on %d rows", getattr(consumer, "__qualname__", consumer),
+                              len(rows))
 
     def _report_duplicates(self, rows: np.ndarray, ids: np.ndarray, fresh: np.ndarray) -> None:
         """Report "duplicate" for copies whose original is not pending (in this batch or the table);
@@ -404,6 +438,15 @@ class Ledger:
                             rows["completion_tokens"][orphan].astype(np.int64), "duplicate")
 
     # -- attribution ----------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Settle every SETTLE_PERIOD_S until `stop` is set; one failed pass never stops the next."""
+        while not stop.wait(SETTLE_PERIOD_S):
+            try:
+                self.settle()
+            except Exception:
+                self.pass_errors += 1
+                log.exception("attribution pass failed")
+
     def settle(self, final: bool = False) -> None:
         """Finalize every GPU up to its horizon and attribute the energy; call about once a second.
         `final` (at shutdown, once no span can arrive): up to the last counter reading, without

@@ -38,14 +38,12 @@ import logging
 import math
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 from aiohttp import web
 
 from jouletrace.exporter.gpu.device import GPUDevice, GPUError
-
-if TYPE_CHECKING:
-    from jouletrace.exporter.powercap.advisor import Deadline
+from jouletrace.planning import Deadline
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("jouletrace.powercap.audit")

@@ -69,7 +69,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from jouletrace.exporter.intake.server import CT_PROTOBUF, GRPC_METHOD
+from jouletrace.exporter.intake.otlp_grpc import GRPC_METHOD
+from jouletrace.exporter.intake.otlp_http import CT_PROTOBUF
 from jouletrace.exporter.ledger.ledger import span_key
 
 __all__ = ["Forwarder", "annotate", "hold_seconds", "parse_endpoint", "otlp_json_to_message", "DROP_REASONS",

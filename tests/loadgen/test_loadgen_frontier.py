@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from jouletrace.loadgen.frontier import deadline_choices, pareto_frontier
+from jouletrace.planning import deadline_choices, pareto_frontier
 
 # batch:            8           16           32           64          128          256
 POINTS = [(20.0, 1.00), (25.0, 0.60), (40.0, 0.70), (60.0, 0.35), (120.0, 0.30), (300.0, 0.31)]

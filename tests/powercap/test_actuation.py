@@ -12,9 +12,10 @@ from stack import TOKEN, api
 from jouletrace.exporter.powercap.actuation import Actuator, AuditLog, Policy, Refused, token_id
 from jouletrace.exporter.gpu.device import GPUError
 from jouletrace.exporter.ledger.ledger import Ledger
-from jouletrace.exporter.powercap.advisor import Deadline, PowerCap, PowerCapConfig
+from jouletrace.exporter.powercap.advisor import PowerCap, PowerCapConfig
 from jouletrace.exporter.gpu.sampler import GPUSampler
 from jouletrace.exporter.gpu.simulated import TICK_S, SimulatedGPU
+from jouletrace.planning import Deadline
 
 
 class Admin:

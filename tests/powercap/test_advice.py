@@ -3,8 +3,9 @@ the budget plan, not enough data, load generator results as points, and the opti
 
 import pytest
 
-from jouletrace.exporter.powercap.advisor import (Deadline, OperatingPoint, advise, combine, deadline, deadlines, describe,
-                                          optional_deadline, point_from_result, switch)
+from jouletrace.exporter.config import switch
+from jouletrace.planning import (Deadline, OperatingPoint, advise, combine, deadline, deadlines, describe,
+                                 optional_deadline, point_from_result)
 
 # The simulator's Llama-3.1-8B / H100 figures at max_num_seqs 512 (benchmarks/RESULTS.md, issue 5):
 # limit W -> (J/token, median ITL ms, tokens/s)

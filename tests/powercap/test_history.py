@@ -1,6 +1,6 @@
-"""The exporter's side on a fake clock: latency from spans, the per-window history with the limit in
-force, the metrics (advice, not enough data, headroom) and the latency guard's rollback, driven
-through the ledger and samplers of simulated GPUs (tests/rig.py)."""
+"""The exporter's side on a fake clock: latency from spans (a consumer of the ledger), the per-window
+history with the limit in force, the metrics (advice, not enough data, headroom) and the latency
+guard's rollback, driven through the ledger and samplers of simulated GPUs (tests/rig.py)."""
 
 import dataclasses
 import json
@@ -13,18 +13,18 @@ from rig import Rig
 from servers import sum_samples
 from stack import TOKEN
 
-from jouletrace.exporter.powercap.advisor import PowerCap, PowerCapConfig, SpanLatency, deadlines, weighted_median
 from jouletrace.exporter.ledger.records import RequestBatch, RequestRecord
+from jouletrace.exporter.powercap.advisor import PowerCap, PowerCapConfig
+from jouletrace.exporter.powercap.latency import SpanLatency, weighted_median
 from jouletrace.exporter.sinks.prometheus.powercap import PowerCapCollector
 from jouletrace.exporter.sinks.prometheus.registry import build_registry
+from jouletrace.planning import deadlines
 
 
-class Stub:
-    max_pending = 100
-
-    def submit(self, batch):
-        self.batch = batch
-        return batch.rows
+def take(spans: SpanLatency, records: list[RequestRecord]) -> None:
+    """Hand `spans` the records as a ledger that took every row would."""
+    batch = RequestBatch.from_records(records)
+    spans.record(batch.rows, batch)
 
 
 def record(end, decode, completion, kind="text", model="llama", duration=None):
@@ -34,23 +34,23 @@ def record(end, decode, completion, kind="text", model="llama", duration=None):
 
 
 def test_span_latency_per_model(clock):
-    spans = SpanLatency(Stub(), hold_s=100.0, clock=clock)
+    spans = SpanLatency(hold_s=100.0, max_rows=200, clock=clock)
     t = clock.t
-    spans.submit(RequestBatch.from_records([
+    take(spans, [
         record(t - 5, 1.0, 51),                    # 20 ms per token gap, 50 gaps
         record(t - 4, 0.9, 11),                    # 90 ms, 10 gaps
         record(t - 3, float("nan"), 40),           # no decode time: no ITL
         record(t - 2, 0.5, 1),                     # one token: no gap
         record(t - 1, 0.0, 0, kind="image", model="flux", duration=2.5),
         record(t - 50, 0.1, 11),                   # outside the window
-    ]))
+    ])
     lat = spans.window(t - 10, t)
     assert lat["llama"]["median_itl"] == pytest.approx(20.0)  # the median token gap
     assert lat["llama"]["p99_tpot"] == pytest.approx(20 + 0.99 * 70)  # over requests
     assert "generation_latency" not in lat["llama"]
     assert lat["flux"] == {"generation_latency": pytest.approx(2500.0)}
     clock.advance(200)
-    spans.submit(RequestBatch.from_records([record(clock.t, 1.0, 51)]))
+    take(spans, [record(clock.t, 1.0, 51)])
     assert spans.window(t - 10, t) == {}  # held for hold_s only
     assert weighted_median(np.array([3.0, 1.0, 2.0]), np.array([1, 1, 5])) == 2.0
 
@@ -59,15 +59,16 @@ def test_span_latency_is_on_the_exporters_clock_and_counts_a_request_once(clock)
     """A sender whose clock is 30 s ahead: its requests' latencies fall where the exporter saw them
     end, as their energy does; a request sent 6 times counts once."""
     rig = Rig(clock, settle_delay_s=2.0)
-    spans = SpanLatency(rig.ledger, hold_s=100.0, clock=clock)
+    spans = SpanLatency(hold_s=100.0, max_rows=200, clock=clock)
+    rig.ledger.add_consumer(spans.record)
     t = clock.t
     fast = RequestBatch.from_records([dataclasses.replace(record(t + 30 - 0.5, 1.0, 51), trace_id=bytes(16),
                                                           span_id=b"\1" * 8)])  # 20 ms a token gap, 50 gaps
     slow = RequestBatch.from_records([dataclasses.replace(record(t + 30 - 0.4, 0.9, 11), trace_id=bytes(16),
                                                           span_id=b"\2" * 8)])  # 90 ms, 10 gaps
-    spans.submit(fast)
+    rig.ledger.submit(fast)
     for _ in range(6):
-        spans.submit(slow)
+        rig.ledger.submit(slow)
     assert rig.ledger.spans_duplicate == 5
     assert spans.window(t + 20, t + 40) == {}
     lat = spans.window(t - 5, t)["llama"]
@@ -75,12 +76,16 @@ def test_span_latency_is_on_the_exporters_clock_and_counts_a_request_once(clock)
 
 
 def test_span_latency_holds_at_most_twice_the_pending_limit(clock):
-    spans = SpanLatency(Stub(), hold_s=100.0, clock=clock)  # Stub: max_pending 100
-    for b in range(5):  # 250 requests in 5 batches
-        spans.submit(RequestBatch.from_records([record(clock.t - 1 - i / 100, 1.0, 51 + b) for i in range(50)]))
-    gaps = spans.window(clock.t - 10, clock.t)["llama"]
+    rig = Rig(clock, max_pending=100)
+    rig.run(20.0)
+    pc = PowerCap(PowerCapConfig(), rig.samplers, rig.ledger, clock=clock)
+    for b in range(5):  # 250 requests in 5 batches, each 1 s of decode; ended before the ledger's horizon
+        rig.submit([rig.request(1.0 + i / 100, 1.05, completion=51 + b, prefill=0.05, span_id=1 + b * 50 + i)
+                    for i in range(50)])
+    assert rig.ledger.pending == 0 and rig.ledger.spans_accepted == 250
+    gaps = pc.latency.window(clock.t - 30, clock.t)["m"]
     assert gaps["median_itl"] == pytest.approx(1000 / 53)  # the oldest 50 (51 tokens) were forgotten
-    assert sum(len(c["end"]) for _, c in spans._chunks) == 200
+    assert sum(len(c["end"]) for _, c in pc.latency._chunks) == 200
 
 
 class Deployment:
@@ -106,9 +111,8 @@ class Deployment:
         for _ in range(seconds):
             now = self.rig.clock.t - self.rig.t0
             decode = itl_s * 50
-            self.pc.sink.submit(RequestBatch.from_records([self.rig.request(now - decode - 0.05, decode + 0.05,
-                                                                            completion=51, prefill=0.05,
-                                                                            model="llama")]))
+            self.rig.submit([self.rig.request(now - decode - 0.05, decode + 0.05, completion=51, prefill=0.05,
+                                              model="llama")])
             self.rig.run(1.0)
             self.pc.step()
 

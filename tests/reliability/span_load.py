@@ -22,7 +22,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext
 
-from jouletrace.exporter.intake.server import GRPC_METHOD
+from jouletrace.exporter.intake.otlp_grpc import GRPC_METHOD
 from servers import http_get, sum_samples
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "vllm-0.32.0-cpu-llm_request.otlp.pb"

@@ -27,7 +27,7 @@ from servers import ExporterProcess, http_get, sum_samples
 from span_load import Stamper, sdk_span
 from test_otlp_decode import ival, kv, nested_kvlist, raw_span, request_of_spans, sval
 
-from jouletrace.exporter.intake.server import GRPC_METHOD
+from jouletrace.exporter.intake.otlp_grpc import GRPC_METHOD
 
 MAX_BYTES = 256 << 10
 PB, JS = "application/x-protobuf", "application/json"

@@ -57,10 +57,13 @@ class AttributionCollector(FamilyCollector):
             CounterMetricFamily("jouletrace_attribution_passes", "Attribution passes run.", labels=[]),
             CounterMetricFamily("jouletrace_attribution_seconds", "Wall seconds spent in attribution passes.",
                                 labels=[]),
+            CounterMetricFamily("jouletrace_attribution_errors", "Attribution passes that failed (stage=pass; the "
+                                "next pass runs) and ledger consumers that raised on accepted requests "
+                                "(stage=consumer; the requests stay accepted).", labels=["stage"]),
         )
 
     def fill(self, energy, requests, prompt, completion, images, videos, hist, per_token, per_watt, per_image,
-             per_video, late, duplicate, offset, corrected, pending, folded, passes, seconds):
+             per_video, late, duplicate, offset, corrected, pending, folded, passes, seconds, errors):
         led = self.ledger
         be = backend(self.samplers)
         for name, m in led.snapshot_models():
@@ -88,3 +91,5 @@ class AttributionCollector(FamilyCollector):
         folded.add_metric([], led.folded_models)
         passes.add_metric([], led.passes)
         seconds.add_metric([], led.pass_seconds)
+        errors.add_metric(["pass"], led.pass_errors)
+        errors.add_metric(["consumer"], led.consumer_errors)

@@ -7,7 +7,7 @@ run:
 
 test:
 	@scripts/setup.sh --test
-	.venv/bin/pytest -n 4
+	.venv/bin/pytest -n 4 --durations=10
 
 # Regenerates the rules resource and the dashboards, and their copies in the monitoring overlay.
 manifests:

@@ -7,6 +7,7 @@ import contextlib
 import gzip
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -794,3 +795,13 @@ def test_grpc_call_with_several_messages_is_refused_whole():
         assert s.delta(before) == {"rejected": {("grpc", "malformed"): 1}, "requests": {("grpc", "INVALID_ARGUMENT"): 1}}
 
     run(body)
+
+
+def test_the_status_tables_docstring_is_the_table():
+    """exporter/intake/status.py's docstring table lists every outcome with the codes STATUS gives it."""
+    from jouletrace.exporter.intake import status
+
+    rows = re.findall(r"^(\w+)\s+(\d{3})\s+([A-Z_]+)\s+(yes|-)\s", status.__doc__, re.M)
+    documented = {name: (int(http), code, retry == "yes") for name, http, code, retry in rows if name != "outcome"}
+    assert documented == {name: (a.http, a.grpc.name, a.retry) for name, a in status.STATUS.items()}
+    assert set(status.STATUS) == {status.ACCEPTED, *(r for r in REASONS if r != "invalid_span")}

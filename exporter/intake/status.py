@@ -1,19 +1,18 @@
 """How each outcome of an OTLP export call is answered, on either protocol: the one table both
 intake adapters render from.
 
-====================  ====  ===================  =========  =============================
-outcome               HTTP  gRPC                 retry      counted as rejected
-====================  ====  ===================  =========  =============================
-accepted              200   OK                   -          invalid_span (spans), if any
-too_large             413   RESOURCE_EXHAUSTED   -          too_large (messages)
-malformed             400   INVALID_ARGUMENT     -          malformed (messages)
-too_slow              408   DEADLINE_EXCEEDED    -          too_slow (messages)
-unsupported_media_    415   INVALID_ARGUMENT     -          unsupported_media_type
-type                                                        (messages)
-queue_full            503   UNAVAILABLE          yes        queue_full (spans)
-shed                  503   UNAVAILABLE          yes        shed (messages)
-internal              500   INTERNAL             -          internal (messages)
-====================  ====  ===================  =========  =============================
+======================  ====  ===================  =====  ====================================
+outcome                 HTTP  gRPC                 retry  counted as rejected
+======================  ====  ===================  =====  ====================================
+accepted                200   OK                   -      invalid_span (spans), if any
+too_large               413   RESOURCE_EXHAUSTED   -      too_large (messages)
+malformed               400   INVALID_ARGUMENT     -      malformed (messages)
+too_slow                408   DEADLINE_EXCEEDED    -      too_slow (messages)
+unsupported_media_type  415   INVALID_ARGUMENT     -      unsupported_media_type (messages)
+queue_full              503   UNAVAILABLE          yes    queue_full (spans)
+shed                    503   UNAVAILABLE          yes    shed (messages)
+internal                500   INTERNAL             -      internal (messages)
+======================  ====  ===================  =====  ====================================
 
 The gRPC code is also the ``code`` of the google.rpc.Status an HTTP refusal carries in its body.
 "Retry" asks the sender to try again in RETRY_AFTER_S seconds: an HTTP ``Retry-After`` header, a

@@ -33,6 +33,6 @@ stamp=".venv/.installed${extra}"
 want="$(cat pyproject.toml exporter/intake/*.c | sha256sum | cut -d' ' -f1)"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]] || ! .venv/bin/python -c 'import jouletrace.exporter.intake._otlpwire' 2>/dev/null; then
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".${extra}" --config-settings editable_mode=compat
+  .venv/bin/pip install -q -e ".${extra}"
   echo "$want" > "$stamp"
 fi

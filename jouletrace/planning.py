@@ -28,7 +28,7 @@ import dataclasses
 import math
 import statistics
 from operator import attrgetter
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 BASES = ("median_itl", "p99_tpot", "generation_latency")
 MIN_LIMITS = 2
@@ -100,19 +100,28 @@ def deadline_choices(points: list[tuple[float, float] | None], deadlines_ms: lis
     return out
 
 
+class PlannedPoint(Protocol):
+    """What provisioning reads of a measured or simulated operating point."""
+
+    power_limit_w: float    # per GPU
+    gpus: int               # per replica
+    tokens_per_s: float     # output tokens/s of one replica
+    energy_per_token_j: float
+
+
 @dataclasses.dataclass(frozen=True)
 class Provision:
     """A budget's plan: `replicas` of `point` (an operating point), `gpus` GPUs in all."""
 
-    point: object
+    point: PlannedPoint
     replicas: int
     gpus: int
     tokens_per_s: float         # all replicas
     provisioned_w: float        # replicas x tp x limit
 
 
-def provision(points: list, tp: int | None, budget_w: float, deadline_ms: float,
-              latency: Callable[[object], float | None] = attrgetter("median_itl_ms"),
+def provision(points: Sequence[PlannedPoint], tp: int | None, budget_w: float, deadline_ms: float,
+              latency: Callable[[Any], float | None] = attrgetter("median_itl_ms"),
               max_gpus: int | None = None) -> Provision | None:
     """The most throughput `budget_w` W buys within the deadline (None: no point meets it).
     `tp`: GPUs per replica (None: each point's `gpus`); `latency(point)`: its latency in ms (None:

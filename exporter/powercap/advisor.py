@@ -37,7 +37,7 @@ HEADROOM_PERCENTILE = 99.0
 
 @dataclasses.dataclass(frozen=True)
 class PowerCapConfig:
-    """The `--powercap-*` options (README: Configuration)."""
+    """The `--powercap-*` options (docs/configuration.md)."""
 
     actuation: bool = False
     token_file: str = ""

@@ -5,14 +5,15 @@ spans to a running `jouletrace exporter --gpu sim`, concurrent chat and completi
 (streaming and not) go through it, and the exporter's /metrics must agree with what the clients
 saw and with vLLM's own /metrics, and conserve energy.
 
-A third vLLM server sends its spans to an in-test OTLP/gRPC receiver, so that each raw span can
-be matched to its request: id, trace context, token counts and timings.
+The gRPC server's spans reach the exporter through an in-test OTLP/gRPC relay that keeps each
+raw span, so that it can be matched to its request: id, trace context, token counts and timings.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 from servers import ExporterProcess, free_port, http_get, sum_samples, wait_for
@@ -47,16 +48,17 @@ def exporter_metrics(exporter: ExporterProcess) -> str:
     return body
 
 
-@pytest.fixture(scope="module", params=["grpc", "http/protobuf"], ids=["grpc", "http"])
-def run(request, model_dir, tmp_path_factory) -> Run:
-    protocol = request.param
+@contextlib.contextmanager
+def served(protocol: str, model_dir, tmp_path_factory) -> Iterator[tuple[Run, OtlpReceiver | None]]:
+    """A run of requests through a vLLM server whose spans go to an exporter over `protocol`
+    (gRPC through a relay that keeps them, also yielded); the exporter runs until the end."""
     label = PROTOCOL_LABEL[protocol]
     model = f"tiny-llama-{label}"
     vllm_port = free_port()
     exporter = ExporterProcess("--gpu", "sim", "--sim-load", "0.6", "--settle-delay", str(SETTLE_DELAY_S),
                                "--counter-interval", "1", "--engine-metrics", f"http://127.0.0.1:{vllm_port}/metrics")
-    endpoint = (f"http://127.0.0.1:{exporter.grpc_port}" if protocol == "grpc"
-                else f"http://127.0.0.1:{exporter.http_port}/v1/traces")
+    relay = OtlpReceiver(forward_to=f"127.0.0.1:{exporter.grpc_port}") if protocol == "grpc" else None
+    endpoint = relay.endpoint if relay is not None else f"http://127.0.0.1:{exporter.http_port}/v1/traces"
     log = tmp_path_factory.mktemp("vllm") / f"vllm-{label}.log"
     logs = {"exporter": exporter.output, f"vLLM ({protocol})": log.read_text}
     try:
@@ -87,10 +89,27 @@ def run(request, model_dir, tmp_path_factory) -> Run:
                             f"\n--- vLLM log:\n{tail(server.output(), 60)}", pytrace=False)
         finally:
             server.stop()
-        yield Run(protocol, model, sent, body, gen1 - gen0, prompt1 - prompt0, server.startup_s, logs)
+        yield Run(protocol, model, sent, body, gen1 - gen0, prompt1 - prompt0, server.startup_s, logs), relay
     finally:
+        if relay is not None:
+            relay.stop()
         code = exporter.stop()
     assert code == 0, f"exporter exited {code}:\n{exporter.output()}"
+
+
+@pytest.fixture(scope="module")
+def grpc_run(model_dir, tmp_path_factory) -> tuple[Run, OtlpReceiver]:
+    with served("grpc", model_dir, tmp_path_factory) as done:
+        yield done
+
+
+@pytest.fixture(scope="module", params=["grpc", "http/protobuf"], ids=["grpc", "http"])
+def run(request, model_dir, tmp_path_factory) -> Run:
+    if request.param == "grpc":
+        yield request.getfixturevalue("grpc_run")[0]
+        return
+    with served(request.param, model_dir, tmp_path_factory) as (done, _):
+        yield done
 
 
 def test_clients_got_what_they_asked(run: Run):
@@ -172,35 +191,13 @@ class RawRun:
 
 
 @pytest.fixture(scope="module")
-def raw(model_dir, tmp_path_factory) -> RawRun:
-    receiver = OtlpReceiver()
-    model = "tiny-llama-raw"
-    log = tmp_path_factory.mktemp("vllm") / "vllm-raw.log"
-    try:
-        server = VllmServer(model_dir, model, receiver.endpoint, "grpc", log_path=log)
-        print(f"vLLM (raw spans) healthy {server.startup_s:.1f} s after start")
-        try:
-            sent = drive(server, "raw", PER_KIND, seed=3)
-            print(f"{len(sent)} requests, client latency: first {sent[0].latency_s:.2f} s, then "
-                  f"{min(r.latency_s for r in sent[1:]):.2f}-{max(r.latency_s for r in sent[1:]):.2f} s")
-            want = {r.expected_span_request_id for r in sent}
-
-            def received() -> set:
-                return {_attrs(s).get("gen_ai.request.id") for _, s in receiver.spans("llm_request")}
-            try:
-                wait_for(lambda: want <= received(), SPAN_WAIT_S, "an llm_request span for every request",
-                         period_s=0.5)
-            except TimeoutError as e:
-                pytest.fail(f"{e}; {len(receiver.requests)} exports received; missing: "
-                            f"{sorted(want - received())}\n--- vLLM log:\n{tail(server.output(), 60)}",
-                            pytrace=False)
-        finally:
-            server.stop()
-        spans = receiver.spans("llm_request")
-        by_id = {_attrs(s)["gen_ai.request.id"]: (res, s) for res, s in spans}
-        yield RawRun(model, sent, by_id, len(spans), server.startup_s, {"vLLM (raw spans)": log.read_text})
-    finally:
-        receiver.stop()
+def raw(grpc_run) -> RawRun:
+    """The gRPC run's spans as the relay kept them; the exporter counted every request, so the
+    relay passed on every span."""
+    run, relay = grpc_run
+    spans = relay.spans("llm_request")
+    by_id = {_attrs(s)["gen_ai.request.id"]: (res, s) for res, s in spans}
+    return RawRun(run.model, run.sent, by_id, len(spans), run.startup_s, run.logs)
 
 
 def _attrs(span) -> dict:

@@ -175,20 +175,32 @@ class VllmServer:
 
 class OtlpReceiver:
     """A real OTLP/gRPC trace server (opentelemetry-proto's service definition) that keeps every
-    ExportTraceServiceRequest it receives."""
+    ExportTraceServiceRequest it receives. Given `forward_to` (host:port of another OTLP/gRPC
+    server), it is a relay: each request is passed on, and kept once that server took it; the
+    sender gets that server's answer or status code."""
 
     class _Servicer(trace_service_pb2_grpc.TraceServiceServicer):
         def __init__(self, outer: "OtlpReceiver"):
             self.outer = outer
 
         def Export(self, request, context):
+            answer = trace_service_pb2.ExportTraceServiceResponse()
+            if self.outer.upstream is not None:
+                try:
+                    answer = self.outer.upstream.Export(request, timeout=30)
+                except grpc.RpcError as e:  # not kept: the sender retries it
+                    context.abort(e.code(), e.details() or "")
             with self.outer.lock:
                 self.outer.requests.append(request)
-            return trace_service_pb2.ExportTraceServiceResponse()
+            return answer
 
-    def __init__(self):
+    def __init__(self, forward_to: str | None = None):
         self.lock = threading.Lock()
         self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
+        self.upstream = None
+        if forward_to is not None:
+            self._channel = grpc.insecure_channel(forward_to)
+            self.upstream = trace_service_pb2_grpc.TraceServiceStub(self._channel)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self._Servicer(self), self.server)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
@@ -212,6 +224,8 @@ class OtlpReceiver:
 
     def stop(self) -> None:
         self.server.stop(grace=1).wait()
+        if self.upstream is not None:
+            self._channel.close()
 
 
 def attributes(kvs) -> dict:

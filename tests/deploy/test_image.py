@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -70,14 +69,12 @@ def base_image() -> str:
         rootfs = CACHE / f"rootfs-{suite}-{key}"
         shutil.rmtree(rootfs, ignore_errors=True)
         run(tool("debootstrap"), "--variant=minbase", f"--include={BASE_PACKAGES}", suite, str(rootfs), MIRROR)
-        with tarfile.open(f"{tarball}.part", "w") as tar:
-            tar.add(rootfs, arcname=".")
+        run("tar", "--create", "--file", f"{tarball}.part", "--directory", str(rootfs), ".")
         os.replace(f"{tarball}.part", tarball)
         shutil.rmtree(rootfs)
     container = buildah("from", "scratch").stdout.strip()
     try:
-        with tarfile.open(tarball) as tar:
-            tar.extractall(buildah("mount", container).stdout.strip(), filter="fully_trusted")
+        run("tar", "--extract", "--file", str(tarball), "--directory", buildah("mount", container).stdout.strip())
         buildah("umount", container)
         # Debian's pip installs into the system only when told (PEP 668); the Python image's does
         buildah("config", "--env", "PIP_BREAK_SYSTEM_PACKAGES=1", container)
@@ -96,16 +93,12 @@ def image(tmp_path_factory):
     base = base_image()
     buildah("build", "--isolation", "chroot", "--format", "docker", "--build-arg", f"PYTHON_IMAGE={base}",
             "--build-arg", "WHEELS=prebuilt", "--tag", IMAGE, "--file", str(ROOT / "Dockerfile"), str(context))
-    containers = []
-
-    def container() -> str:
-        containers.append(buildah("from", IMAGE).stdout.strip())
-        return containers[-1]
-
-    yield container
-    for name in containers:
-        buildah("rm", name, check=False)
+    yield lambda: buildah("from", IMAGE).stdout.strip()  # a new container of the image
+    # the storage is this test's own: every container goes (the build leaves one for its `wheels`
+    # stage), then the image and the stages' images; the base stays
+    buildah("rm", "--all", check=False)
     buildah("rmi", IMAGE, check=False)
+    buildah("rmi", "--prune", check=False)
 
 
 BUILDAH_LINES = ("subprocess exited ", "Error: exit status ")  # what `buildah run` adds to a failed command's stderr

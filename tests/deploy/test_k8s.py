@@ -126,6 +126,21 @@ def test_the_overlays_namespace_is_created(overlay):
     assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {namespace}
 
 
+def test_every_exporter_is_scraped_once():
+    """The PodMonitor takes the sidecars' pods, the ServiceMonitor the node DaemonSet's Service: a
+    pod both select would count its GPUs twice (JouletraceGPUMeasuredTwice)."""
+    monitors = {d["kind"]: d["spec"]["selector"]["matchLabels"] for d in build("monitoring")
+                if d["kind"] in ("PodMonitor", "ServiceMonitor")}
+    pods = {overlay: d["spec"]["template"]["metadata"]["labels"] for overlay in ("sidecar", "node")
+            for d in build(overlay) if d["kind"] in ("Deployment", "DaemonSet")}
+    (service,) = [d for d in build("node") if d["kind"] == "Service" and d["spec"].get("ports")
+                  and any(p["name"] == "metrics" for p in d["spec"]["ports"])]
+    selects = lambda selector, labels: selector.items() <= labels.items()  # noqa: E731
+    assert selects(monitors["PodMonitor"], pods["sidecar"]) and not selects(monitors["PodMonitor"], pods["node"])
+    assert selects(monitors["ServiceMonitor"], service["metadata"]["labels"])
+    assert selects(service["spec"]["selector"], pods["node"])
+
+
 def test_the_monitors_and_rules_carry_the_operators_release_label():
     docs = build("monitoring")
     releases = {d["kind"]: d["metadata"]["labels"].get("release") for d in docs}

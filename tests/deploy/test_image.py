@@ -205,6 +205,7 @@ def test_the_exporter_runs_as_non_root_takes_a_span_and_stops_on_sigterm(image, 
                  "the exporter in the image")
         assert runner.poll() is None, log.read()
         pid = exporter_process(runner)
+        assert pid, "no exporter process under `buildah run`"
         status = Path(f"/proc/{pid}/status").read_text()
         assert next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:] == [str(UID)] * 4
         send_span(grpc_port)

@@ -116,8 +116,10 @@ OPTIONS = (
     Option("gpu", str, "auto", "GPU backend: auto (NVML where the NVIDIA driver exists, else simulated), nvml, sim"),
     Option("gpus", str, "all", "GPUs to sample: all, or indices/UUIDs separated by commas; `all` honours "
                                "CUDA_VISIBLE_DEVICES, then NVIDIA_VISIBLE_DEVICES"),
+    Option("gpus_file", str, "", "a file where the inference server's container writes the GPU UUIDs it sees (shared "
+                                 "emptyDir): the GPUs sampled with --gpus all, followed when it changes"),
     Option("pod", pod_name, "", "this pod as namespace/name (Kubernetes downward API): its GPUs are looked up in the "
-                           "kubelet's PodResources API when --gpus is all"),
+                           "kubelet's PodResources API when --gpus is all and no --gpus-file is given"),
     Option("pod_resources_socket", str, "/var/lib/kubelet/pod-resources/kubelet.sock",
            "the kubelet's PodResources socket, read with --pod and in node mode"),
     Option("node_mode", switch, "off", "on: serve every pod of the node; each GPU's energy goes to the requests of "
@@ -234,6 +236,7 @@ class ExporterConfig:
     config: str
     gpu: str
     gpus: str
+    gpus_file: str
     pod: str
     pod_resources_socket: str
     node_mode: bool

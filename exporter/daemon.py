@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import ctypes
+import inspect
 import logging
 import os
 import signal
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
@@ -18,7 +19,7 @@ from jouletrace.exporter import diagnose, tls
 from jouletrace.exporter.config import ExporterConfig
 from jouletrace.exporter.engine import EngineScraper
 from jouletrace.exporter.gpu import backends, simulated
-from jouletrace.exporter.gpu.device import GPUDevice, Selection
+from jouletrace.exporter.gpu.device import UNRESOLVED, GPUDevice, Selection
 from jouletrace.exporter.gpu.sampler import GPUSampler
 from jouletrace.exporter.intake.core import IntakeStats, Receiver
 from jouletrace.exporter.intake.otlp_grpc import GrpcIntake
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 FORWARD_GRACE_S = 3.0  # at stop, time given to forward what is held
 FINAL_READING_WAIT_S = 2.0  # at stop, time given to the samplers for a last counter reading
 CONFIG_POLL_S = 2.0  # how often the config file is checked for changes
+GPUS_FILE_POLL_S = 1.0  # how often the GPUs file (--gpus-file) is checked for changes
 # glibc's malloc arenas the exporter uses (glibc's own cap: 8 per core); MALLOC_ARENA_MAX overrides
 MALLOC_ARENAS = 2
 M_ARENA_MAX = -8  # mallopt's parameter, from glibc's malloc.h
@@ -56,9 +58,8 @@ def cap_malloc_arenas() -> None:
 
 
 def gpu_selection(cfg: ExporterConfig) -> Selection:
-    selection = Selection.discover(cfg.gpus, cfg.pod, cfg.pod_resources_socket)
-    log.info("GPUs: %s (from %s)", ",".join(selection.items) or "all", selection.source)
-    return selection
+    """The GPUs this exporter is asked to sample (Selection.discover), before any is opened."""
+    return Selection.discover(cfg.gpus, cfg.pod, cfg.pod_resources_socket, cfg.gpus_file)
 
 
 def open_configured_devices(cfg: ExporterConfig, selection: Selection | None = None) -> list[GPUDevice]:
@@ -69,18 +70,48 @@ def open_configured_devices(cfg: ExporterConfig, selection: Selection | None = N
                             sim_device_file=cfg.sim_device_file)
 
 
+def open_selected(cfg: ExporterConfig, selection: Selection) -> tuple[Selection, list[GPUDevice]]:
+    """The selection as applied, and its devices. It fails closed: a selection that cannot tell this
+    pod's GPUs (unresolved, or a GPUs file naming GPUs not visible here) takes the only GPU visible,
+    and none where several are: then nothing is sampled or attributed, and the reason is logged."""
+    if selection.source != UNRESOLVED:
+        try:
+            devices = open_configured_devices(cfg, selection)
+        except ValueError as e:
+            if selection.source != "gpus-file":
+                raise
+            selection = Selection.unresolved(f"the GPUs file {cfg.gpus_file}: {e}")
+        else:
+            log.info("GPUs: %s (from %s)", ",".join(selection.items) or "all", selection.source)
+            return selection, devices
+    visible = open_configured_devices(cfg, Selection())
+    selection = selection.resolve([(d.index, d.uuid) for d in visible])
+    if selection.source != UNRESOLVED:
+        log.warning("GPUs: %s, the only one visible (%s)", selection.items[0], selection.reason)
+        return selection, visible
+    log.error("GPU selection unresolved: %s. %d GPUs are visible and this pod's are unknown: sampling none, "
+              "attributing nothing, /readyz not ready. Name them with --gpus, or let the server's container "
+              "write them to --gpus-file (k8s/overlays/sidecar), or run where the kubelet's PodResources socket "
+              "is readable (node mode, as root): docs/kubernetes.md", selection.reason, len(visible))
+    return selection, []
+
+
 class Exporter:
     """Start with `await start()`, stop with `await stop()`; `ports` holds the bound ports."""
 
-    def __init__(self, cfg: ExporterConfig, devices: list[GPUDevice] | None = None):
+    def __init__(self, cfg: ExporterConfig, devices: list[GPUDevice] | None = None,
+                 selection: Selection | None = None):
+        """`devices`: these GPUs instead of the configured ones. `selection`: the GPUs asked for, when
+        already discovered (gpu_selection)."""
         self.cfg = cfg
         self.tls = tls.load(cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_client_ca_file)
         if cfg.powercap_actuation and self.tls is None:
             log.warning("power-cap actuation is on without TLS: admin tokens cross the network in the clear "
                         "(--tls-cert-file)")
-        selection = gpu_selection(cfg) if devices is None else Selection()
-        self.devices = devices if devices is not None else open_configured_devices(cfg, selection)
-        if not self.devices:
+        self.requested = (selection or gpu_selection(cfg)) if devices is None else Selection()
+        self.selection, self.devices = (self.requested, devices) if devices is not None \
+            else open_selected(cfg, self.requested)
+        if not self.devices and self.selection.source != UNRESOLVED:
             raise RuntimeError("no GPU selected")
         self.samplers = [GPUSampler(d, retention_s=cfg.retention, power_interval_s=cfg.power_interval,
                                     counter_interval_s=cfg.counter_interval, status_interval_s=cfg.status_interval)
@@ -105,7 +136,7 @@ class Exporter:
         self.registry = build_registry(collectors(
             self.samplers, self.ledger, self.intake_stats.snapshot, engine_states=lambda: self.engines.states,
             powercap=self.powercap, forward_snapshot=self.forwarder.snapshot if self.forwarder else None,
-            placement=self.placement, selection=selection, config_reloads=self.config_reloads))
+            placement=self.placement, selection=self.selection, config_reloads=self.config_reloads))
         self.ports: dict[str, int] = {}
         self._metrics_runner: web.AppRunner | None = None
         self._final = asyncio.Event()     # set when the final attribution is done
@@ -123,6 +154,8 @@ class Exporter:
             c.add(Worker(f"sampler-gpu{s.device.index}", s.run))
         if cfg.metrics_addr:
             c.add(Step("metrics", lambda: self._serve_metrics(*cfg.metrics_addr), self._stop_metrics))
+        if not self.samplers:  # the selection failed closed: only the metrics port, saying why
+            return c
         if self.forwarder is not None:
             forwarder = self.forwarder
             c.add(Step("forwarding", forwarder.start, lambda: forwarder.stop(FORWARD_GRACE_S)))
@@ -245,26 +278,36 @@ class Exporter:
         return web.Response(status=200 if alive else 503, text="ok\n" if alive else "a worker thread died\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
+        if self.selection.source == UNRESOLVED:
+            return web.Response(status=503, text=f"GPU selection unresolved: {self.selection.reason}; sampling no "
+                                                 "GPU and attributing nothing (docs/kubernetes.md)\n")
         waiting = [str(s.device.index) for s in self.samplers if not s.timeline.started]
         if waiting:
             return web.Response(status=503, text=f"waiting for the first energy reading of GPU {','.join(waiting)}\n")
         return web.Response(text="ready\n")
 
 
-async def _watch(path: str, on_change: Callable[[], None], period_s: float = CONFIG_POLL_S) -> None:
-    """Calls `on_change` when the file's modification time or size changes."""
-    def stamp():
-        try:
-            st = os.stat(path)
-            return st.st_mtime_ns, st.st_size
-        except OSError:
-            return None
-    last = stamp()
+def _file_stamp(path: str) -> tuple[int, int] | None:
+    """The file's modification time and size, None where it is missing."""
+    try:
+        st = os.stat(path)
+        return st.st_mtime_ns, st.st_size
+    except OSError:
+        return None
+
+
+async def _watch(path: str, on_change: Callable[[], Awaitable[None] | None], period_s: float = CONFIG_POLL_S,
+                 appear: bool = False) -> None:
+    """Calls `on_change` (awaiting it where it is a coroutine function's) when the file's modification
+    time or size changes; with `appear`, also when it appears."""
+    last = _file_stamp(path)
     while True:
         await asyncio.sleep(period_s)
-        now = stamp()
-        if now != last and now is not None:
-            on_change()
+        now = _file_stamp(path)
+        if now != last and (now is not None or appear):
+            result = on_change()
+            if inspect.isawaitable(result):
+                await result
         last = now
 
 
@@ -282,7 +325,7 @@ async def serve(cfg: ExporterConfig, reread: Callable[[], ExporterConfig] | None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    watcher = None
+    watchers = []
     if reread is not None:
         def reload() -> None:
             try:
@@ -295,10 +338,23 @@ async def serve(cfg: ExporterConfig, reread: Callable[[], ExporterConfig] | None
 
         loop.add_signal_handler(signal.SIGHUP, reload)
         if cfg.config:
-            watcher = loop.create_task(_watch(cfg.config, reload))
+            watchers.append(loop.create_task(_watch(cfg.config, reload)))
+    if cfg.gpus_file and exporter.requested.source in ("gpus-file", UNRESOLVED):
+        async def follow_gpus_file() -> None:
+            """A changed GPUs file restarts the exporter on the GPUs it names now."""
+            nonlocal exporter
+            selection = gpu_selection(exporter.cfg)
+            if selection == exporter.requested:
+                return
+            log.warning("the GPUs file %s changed (%s): restarting on its GPUs", cfg.gpus_file,
+                        ",".join(selection.items) or selection.reason)
+            await exporter.stop()
+            exporter = Exporter(exporter.cfg, selection=selection)
+            await exporter.start()
+
+        watchers.append(loop.create_task(_watch(cfg.gpus_file, follow_gpus_file, GPUS_FILE_POLL_S, appear=True)))
     await stop.wait()
-    if watcher is not None:
+    for watcher in watchers:
         watcher.cancel()
     log.info("stopping")
     await exporter.stop(cfg.shutdown_scrape_wait)
-

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import logging
+import re
 import sys
 
 from . import __version__
@@ -75,9 +77,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def optional_extra(module: str) -> str | None:
+    """The extra of jouletrace's package (pyproject's optional dependencies, `test` aside) that
+    brings top-level module `module` (a distribution named as the module, or `py` + it: pyyaml)."""
+    names = {module.lower().replace("_", "-"), "py" + module.lower()}
+    for requirement in importlib.metadata.requires("jouletrace") or ():
+        found = re.match(r"([\w.-]+).*;\s*extra\s*==\s*['\"]([\w-]+)['\"]", requirement)
+        if found and found.group(1).lower() in names and found.group(2) != "test":
+            return found.group(2)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ModuleNotFoundError as exc:  # an optional dependency: one line, naming its extra
+        module = (exc.name or "").partition(".")[0]
+        extra = optional_extra(module) if module else None
+        if extra is None:
+            raise
+        print(f"jouletrace {args.command}: needs {module}: pip install 'jouletrace[{extra}]'", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

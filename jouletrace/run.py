@@ -128,6 +128,7 @@ async def _real(args, batches: list[int], out: Path, exporter_url: str, stop: as
 
 
 def main(args: argparse.Namespace) -> int:
+    import matplotlib  # noqa: F401  the plots', before the runs: missing, `jouletrace` names its extra
     try:
         batches = parse_list(args.batch_sizes, int, "--batch-sizes")
         if args.gpu == "sim" and args.engine_url:

@@ -327,6 +327,8 @@ def _plots(results: list[dict], out_dir, deadlines: list[float], name: str) -> N
 
 
 def main(args: argparse.Namespace) -> int:
+    if not args.no_plots:
+        import matplotlib  # noqa: F401  before the runs: missing, `jouletrace` names its extra
     try:
         cfg = sweep_config(args)
         deadlines = parse_list(args.itl_deadlines_ms, float, "--itl-deadlines-ms")
@@ -352,6 +354,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def plot_main(args: argparse.Namespace) -> int:
+    import matplotlib  # noqa: F401  missing, `jouletrace` names its extra
     try:
         deadlines = parse_list(args.itl_deadlines_ms, float, "--itl-deadlines-ms")
     except ValueError as e:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what jouletrace needs on a fresh Debian machine: Python venv and packages, and with
-# `--test` the Debian packages the tests use (prometheus). Idempotent; fast when nothing changed.
+# `--test` the Debian packages the tests use (prometheus, kubectl, and buildah and debootstrap to
+# build and run the image). Idempotent; fast when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,9 @@ if [[ "${1:-}" == "--test" ]]; then
   extra="[test]"
   command -v prometheus >/dev/null || apt_packages+=(prometheus)
   command -v kubectl >/dev/null || apt_packages+=(kubernetes-client)  # kubectl kustomize for tests/deploy
+  # tests/deploy/test_image.py: the image built daemonless (buildah) on a base debootstrap makes
+  command -v buildah >/dev/null || apt_packages+=(buildah)
+  [[ -x /usr/sbin/debootstrap ]] || apt_packages+=(debootstrap)
 fi
 
 if ((${#apt_packages[@]})); then

@@ -111,6 +111,7 @@ def plan_main(args: argparse.Namespace) -> int:
 
     from .whatif import min_energy, run_point, write_plot
 
+    import matplotlib  # noqa: F401  the plot's, before the simulating: missing, `jouletrace` names its extra
     try:
         model, gpu, lengths = _shape(args)
         spec = task(args.task)

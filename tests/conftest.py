@@ -2,7 +2,7 @@
 each test file is one unit of work, run whole by one worker, so a module's servers start once; the
 files that run the real vLLM (their names say `vllm`) are one unit together, handed out first,
 so that one worker installs vLLM's venv and runs its servers one at a time while the other
-workers run the rest."""
+workers run the rest; the image's build and run (tests/deploy/test_image.py) is handed out next."""
 
 import pathlib
 import sys
@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from rig import FakeClock  # noqa: E402
 
 VLLM_UNIT = "real vLLM"
+LONG_UNITS = (VLLM_UNIT, "tests/deploy/test_image.py")  # handed out first, in this order
 
 
 def vllm_file(nodeid: str) -> bool:
@@ -30,8 +31,9 @@ def pytest_xdist_make_scheduler(config, log):
             return VLLM_UNIT if vllm_file(nodeid) else nodeid.split("::", 1)[0]
 
         def _assign_work_unit(self, node) -> None:
-            if VLLM_UNIT in self.workqueue:  # the longest unit starts first
-                self.workqueue.move_to_end(VLLM_UNIT, last=False)
+            for unit in reversed(LONG_UNITS):  # the longest units start first
+                if unit in self.workqueue:
+                    self.workqueue.move_to_end(unit, last=False)
             super()._assign_work_unit(node)
 
     return FileScheduling(config, log)

@@ -67,9 +67,10 @@ class ExporterProcess:
     """`jouletrace exporter` in a subprocess on free loopback ports."""
 
     def __init__(self, *args: str, env: dict | None = None, ports: tuple[int, int, int] | None = None,
-                 tls=None):
+                 tls=None, ready: bool = True):
         """`ports`: metrics, OTLP/gRPC and OTLP/HTTP (a stopped exporter's `ports`, to restart it on
-        them); free ones by default. `tls`: the ssl.SSLContext to reach an exporter serving https."""
+        them); free ones by default. `tls`: the ssl.SSLContext to reach an exporter serving https.
+        `ready`: wait until /readyz answers 200; else until /healthz does."""
         self.tls = tls
         self.metrics_port, self.grpc_port, self.http_port = ports or (free_port(), free_port(), free_port())
         cmd = [sys.executable, "-m", "jouletrace", "exporter",
@@ -80,8 +81,9 @@ class ExporterProcess:
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
         try:
-            wait_for(lambda: self.proc.poll() is not None or http_get(self.url("/readyz"), context=tls)[0] == 200, 30,
-                     "exporter readiness")
+            route = "/readyz" if ready else "/healthz"
+            wait_for(lambda: self.proc.poll() is not None or http_get(self.url(route), context=tls)[0] == 200, 30,
+                     f"exporter {route}")
         except TimeoutError:
             self.stop()
             raise

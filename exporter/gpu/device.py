@@ -100,24 +100,31 @@ class GPUDevice(abc.ABC):
         raise NotSupported("set_power_limit")
 
 
+#: The source of a selection that could not tell which GPUs are this pod's (`Selection.reason` says why).
+UNRESOLVED = "unresolved"
+#: The source of an unresolved selection made definite by the only GPU visible.
+ONLY_GPU = "only-gpu"
+
+
 @dataclass(frozen=True, slots=True)
 class Selection:
     """Which GPUs to sample: `all`, or a list of indices and/or UUIDs (prefixes allowed), and where
-    the choice came from (`source`: config, podresources, CUDA_VISIBLE_DEVICES,
-    NVIDIA_VISIBLE_DEVICES or all)."""
+    the choice came from (`source`: config, gpus-file, podresources, CUDA_VISIBLE_DEVICES,
+    NVIDIA_VISIBLE_DEVICES, all, only-gpu, or unresolved with the `reason`)."""
 
     items: tuple[str, ...] = ()
     source: str = "all"
+    reason: str = ""
 
     @classmethod
-    def parse(cls, text: str) -> "Selection":
+    def parse(cls, text: str, source: str = "config") -> "Selection":
         text = (text or "all").strip()
         if text.lower() == "all":
             return cls(())
-        items = tuple(p.strip() for p in text.split(",") if p.strip())
+        items = tuple(p.strip() for p in text.replace(",", " ").split())
         if not items:
             raise ValueError(f"empty GPU selection {text!r}")
-        return cls(items, "config")
+        return cls(items, source)
 
     @classmethod
     def from_environment(cls, explicit: str, environ=os.environ) -> "Selection":
@@ -130,7 +137,7 @@ class Selection:
                 continue
             if value.strip().lower() in ("none", "void", "-1"):
                 raise ValueError(f"{var}={value!r} makes no GPU visible")
-            selection = cls(cls.parse(value).items, var)
+            selection = cls.parse(value, var)
             if (var == "CUDA_VISIBLE_DEVICES" and environ.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID"
                     and any(item.isdigit() for item in selection.items)):
                 log.warning("CUDA_VISIBLE_DEVICES=%s holds indices in CUDA's order, which matches NVML's only "
@@ -139,25 +146,58 @@ class Selection:
         return cls(())
 
     @classmethod
-    def discover(cls, explicit: str, pod: str = "", socket_path: str = "", environ=os.environ) -> "Selection":
-        """The GPUs of this exporter, in order of preference: the explicit selection; the GPUs the
-        kubelet's PodResources API assigns to pod `namespace/name` (when `pod` and the socket are
-        given and the pod holds GPUs); CUDA_VISIBLE_DEVICES or NVIDIA_VISIBLE_DEVICES; all."""
+    def from_file(cls, path: str) -> "Selection":
+        """The GPUs listed in the file at `path`, written by the inference server's container: UUIDs
+        (or indices) separated by commas, spaces or newlines, as `nvidia-smi --query-gpu=uuid
+        --format=csv,noheader` prints them; unresolved while the file is missing or empty."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read().strip()
+        except OSError as e:
+            return cls.unresolved(f"no GPUs file yet ({path}: {e.strerror})")
+        selection = cls.parse(text, "gpus-file") if text else cls()
+        if not selection.items:
+            return cls.unresolved(f"the GPUs file {path} names no GPU ({text!r}): it takes the UUIDs the "
+                                  "server sees, as `nvidia-smi --query-gpu=uuid --format=csv,noheader` prints them")
+        return selection
+
+    @classmethod
+    def unresolved(cls, reason: str) -> "Selection":
+        return cls((), UNRESOLVED, reason)
+
+    @classmethod
+    def discover(cls, explicit: str, pod: str = "", socket_path: str = "", gpus_file: str = "",
+                 environ=os.environ) -> "Selection":
+        """The GPUs of this exporter, in order of preference: the explicit selection; the GPUs file;
+        the GPUs the kubelet's PodResources API assigns to pod `namespace/name` (when `pod` and the
+        socket are given); CUDA_VISIBLE_DEVICES or NVIDIA_VISIBLE_DEVICES naming GPUs; all. With a
+        GPUs file or a pod, "all" is not an answer: the selection is then unresolved, with the reason."""
         if explicit and explicit.strip().lower() != "all":
             return cls.parse(explicit)
-        if pod and socket_path:
+        if gpus_file:
+            return cls.from_file(gpus_file)
+        if pod:
             from jouletrace.exporter.kubernetes.podresources import PodResourcesError, pod_gpu_ids
 
             namespace, _, name = pod.rpartition("/")
             try:
                 ids = pod_gpu_ids(socket_path, namespace, name)
             except PodResourcesError as e:
-                log.warning("GPU discovery: %s; falling back to the environment", e)
+                reason = str(e)
             else:
                 if ids:
                     return cls(tuple(ids), "podresources")
-                log.warning("GPU discovery: the kubelet lists no GPU for pod %s; falling back to the environment", pod)
+                reason = f"the kubelet lists no GPU for pod {pod}"
+            environment = cls.from_environment("all", environ)
+            return environment if environment.items else cls.unresolved(reason)
         return cls.from_environment("all", environ)
+
+    def resolve(self, devices: list[tuple[int, str]]) -> "Selection":
+        """This selection for the GPUs visible, `devices` as (index, uuid): an unresolved one takes
+        the only GPU visible, and stays unresolved where several are (none is sampled)."""
+        if self.source == UNRESOLVED and len(devices) == 1:
+            return Selection((devices[0][1],), ONLY_GPU, self.reason)
+        return self
 
     def choose(self, devices: list[tuple[int, str]]) -> list[int]:
         """Indices chosen among `devices`, given as (index, uuid); unknown items raise ValueError."""

@@ -1,6 +1,6 @@
-"""The container image's recipe, checked as far as a machine without a container engine allows: it
-copies every package directory the wheel is built from, installs only that wheel, runs as a
-non-root user, and its entrypoint is the package's own console script."""
+"""The container image's recipe, as text (tests/deploy/test_image.py builds and runs it): it copies
+every package directory the wheel is built from, installs only that wheel, runs as a non-root user,
+its entrypoint is the package's own console script, and by default it builds the wheels itself."""
 
 from __future__ import annotations
 
@@ -45,3 +45,10 @@ def test_the_entrypoint_is_the_packages_console_script_and_the_healthcheck_its_r
     assert "/healthz" in re.search(r"^HEALTHCHECK .*$", DOCKERFILE, re.M).group(0)
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.\d+\.\d+-slim-\w+$", DOCKERFILE, re.M), \
         "the base image is pinned to a patch release"
+
+
+def test_the_wheels_come_from_the_build_stage_unless_prebuilt_ones_are_asked_for():
+    assert re.search(r"^ARG WHEELS=build$", DOCKERFILE, re.M)
+    assert re.search(r"^FROM scratch AS prebuilt\nCOPY wheels/ /wheels/$", DOCKERFILE, re.M)
+    assert re.search(r"^FROM \$\{WHEELS\} AS wheels$", DOCKERFILE, re.M)
+    assert "COPY --from=wheels /wheels /wheels" in stages()[-1]

@@ -5,6 +5,7 @@ and the containers keep the security settings the deployment promises."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -65,7 +66,11 @@ def test_jouletrace_runs_least_privileged_with_probes_and_limits(overlay):
     docs = build(overlay)
     (c,) = containers(docs)
     sc = c["securityContext"]
-    assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+    if overlay == "sidecar":
+        assert sc["runAsNonRoot"] and sc["runAsUser"] == 10001
+    else:  # root, owner of the kubelet's PodResources socket, with no capability (as dcgm-exporter runs)
+        assert sc["runAsUser"] == 0 and not sc["runAsNonRoot"]
+    assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
     assert not sc.get("privileged") and sc["capabilities"]["drop"] == ["ALL"] and "add" not in sc["capabilities"]
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert {"cpu", "memory"} <= set(c["resources"]["requests"]) and {"cpu", "memory"} <= set(c["resources"]["limits"])
@@ -84,6 +89,62 @@ def test_the_sidecar_keeps_otlp_on_localhost_and_vllm_sends_there():
     assert "--otlp-traces-endpoint=http://127.0.0.1:4317" in vllm["args"]
     assert any(e["name"] == "OTEL_SERVICE_NAME" for e in vllm["env"])
     assert_names_its_pod(vllm)
+
+
+def test_the_sidecar_samples_the_gpus_its_server_lists_without_host_access():
+    docs = build("sidecar")
+    (c,) = containers(docs)
+    (vllm,) = containers(docs, "vllm")
+    (path,) = [a.split("=", 1)[1] for a in c["args"] if a.startswith("--gpus-file=")]
+    assert not any(a.startswith(("--pod=", "--gpus=")) for a in c["args"])
+    script = vllm["command"][2]
+    assert script.startswith(f"nvidia-smi --query-gpu=uuid --format=csv,noheader > {path}.tmp")
+    assert f"mv {path}.tmp {path};" in script and 'exec vllm serve "$@"' in script  # whole, then renamed
+    (pod,) = [d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert all("hostPath" not in v for v in volumes.values())
+    mounts = {name: {m["name"]: m for m in container.get("volumeMounts", [])} for name, container in
+              (("jouletrace", c), ("vllm", vllm))}
+    (shared,) = set(mounts["jouletrace"]) & set(mounts["vllm"])
+    assert "emptyDir" in volumes[shared]
+    assert mounts["jouletrace"][shared]["mountPath"] == mounts["vllm"][shared]["mountPath"] == str(Path(path).parent)
+    assert mounts["jouletrace"][shared]["readOnly"] and not mounts["vllm"][shared].get("readOnly")
+
+
+def test_the_vllm_image_carries_opentelemetry():
+    """vLLM requires opentelemetry-sdk and -exporter-otlp from 0.17.0 on (its wheels' metadata); the
+    images before lack them and exit at start with --otlp-traces-endpoint."""
+    (vllm,) = containers(build("sidecar"), "vllm")
+    version = re.fullmatch(r"vllm/vllm-openai:v(\d+)\.(\d+)\.(\d+)", vllm["image"])
+    assert version and tuple(map(int, version.groups())) >= (0, 17, 0), vllm["image"]
+
+
+@pytest.mark.parametrize("overlay", ["sidecar", "node"])
+def test_the_overlays_namespace_is_created(overlay):
+    docs = build(overlay)
+    (namespace,) = [d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"]
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {namespace}
+
+
+def test_every_exporter_is_scraped_once():
+    """The PodMonitor takes the sidecars' pods, the ServiceMonitor the node DaemonSet's Service: a
+    pod both select would count its GPUs twice (JouletraceGPUMeasuredTwice)."""
+    monitors = {d["kind"]: d["spec"]["selector"]["matchLabels"] for d in build("monitoring")
+                if d["kind"] in ("PodMonitor", "ServiceMonitor")}
+    pods = {overlay: d["spec"]["template"]["metadata"]["labels"] for overlay in ("sidecar", "node")
+            for d in build(overlay) if d["kind"] in ("Deployment", "DaemonSet")}
+    (service,) = [d for d in build("node") if d["kind"] == "Service" and d["spec"].get("ports")
+                  and any(p["name"] == "metrics" for p in d["spec"]["ports"])]
+    selects = lambda selector, labels: selector.items() <= labels.items()  # noqa: E731
+    assert selects(monitors["PodMonitor"], pods["sidecar"]) and not selects(monitors["PodMonitor"], pods["node"])
+    assert selects(monitors["ServiceMonitor"], service["metadata"]["labels"])
+    assert selects(service["spec"]["selector"], pods["node"])
+
+
+def test_the_monitors_and_rules_carry_the_operators_release_label():
+    docs = build("monitoring")
+    releases = {d["kind"]: d["metadata"]["labels"].get("release") for d in docs}
+    assert releases["PodMonitor"] == releases["ServiceMonitor"] == releases["PrometheusRule"] == "kube-prometheus-stack"
 
 
 def assert_names_its_pod(server: dict) -> None:

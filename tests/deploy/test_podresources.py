@@ -34,6 +34,8 @@ def test_exclusive_gpus_per_pod(kubelet):
     assert pod_gpu_ids(kubelet.socket, "batch", "etl-0") == []
     selection = Selection.discover("all", "inference/llama-0", kubelet.socket, environ={})
     assert (selection.items, selection.source) == ((SIM_UUID.format(1),), "podresources")
+    closed = Selection.discover("all", "batch/etl-0", kubelet.socket, environ={})  # a pod without GPUs
+    assert (closed.source, closed.reason) == ("unresolved", "the kubelet lists no GPU for pod batch/etl-0")
 
 
 @pytest.mark.parametrize("kubelet", [SHARED], indirect=True)
@@ -44,11 +46,14 @@ def test_shared_and_mig_devices_are_listed_with_their_ids(kubelet):
 
 
 def test_precedence_explicit_then_kubelet_then_environment(tmp_path):
-    assert Selection.discover("1", "ns/p", str(tmp_path / "none.sock"), {}).source == "config"
+    socket = str(tmp_path / "none.sock")
+    assert Selection.discover("1", "ns/p", socket, environ={}).source == "config"
     env = {"NVIDIA_VISIBLE_DEVICES": SIM_UUID.format(2)}
-    fallback = Selection.discover("all", "ns/p", str(tmp_path / "none.sock"), env)  # no kubelet: the environment
+    fallback = Selection.discover("all", "ns/p", socket, environ=env)  # no kubelet: the environment naming GPUs
     assert (fallback.items, fallback.source) == ((SIM_UUID.format(2),), "NVIDIA_VISIBLE_DEVICES")
-    assert Selection.discover("all", "", "", {}).source == "all"
+    closed = Selection.discover("all", "ns/p", socket, environ={"NVIDIA_VISIBLE_DEVICES": "all"})  # nor that: no answer
+    assert closed.source == "unresolved" and "UNAVAILABLE" in closed.reason
+    assert Selection.discover("all", "", "", environ={}).source == "all"  # no pod: every GPU of the machine
     with pytest.raises(PodResourcesError, match="UNAVAILABLE"):
         list_gpus(str(tmp_path / "none.sock"), timeout_s=1)
 

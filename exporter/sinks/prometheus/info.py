@@ -1,5 +1,5 @@
 """The exporter itself: its version and GPU backend, which GPUs it samples and where that choice
-came from, and its configuration reloads by result."""
+came from (or why it could not be made), and its configuration reloads by result."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ class InfoCollector(FamilyCollector):
         return (
             InfoMetricFamily("jouletrace_build", "jouletrace version and GPU backend.", labels=[]),
             CounterMetricFamily("jouletrace_config_reloads", "Configuration reloads by result.", labels=["result"]),
-            InfoMetricFamily("jouletrace_gpu_selection", "Which GPUs are sampled and where the choice came from.",
+            InfoMetricFamily("jouletrace_gpu_selection", "Which GPUs are sampled and where the choice came from; "
+                             "source=unresolved: this pod's GPUs are unknown and none is sampled (reason says why).",
                              labels=[]),
         )
 
@@ -36,4 +37,5 @@ class InfoCollector(FamilyCollector):
         for result in RELOAD_RESULTS:
             reloads.add_metric([result], self.config_reloads.get(result, 0))
         selection.add_metric([], {"source": self.selection.source,
-                                  "gpus": ",".join(s.device.uuid for s in self.samplers)})
+                                  "gpus": ",".join(s.device.uuid for s in self.samplers),
+                                  "reason": self.selection.reason})

@@ -46,9 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--max-model-len", type=int, default=8192)
     s.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     s.add_argument("--power-limit", type=float, help="W per GPU at start (default: the profile's maximum)")
-    s.add_argument("--host-overhead-ms", type=float,
-                   help="host time per step outside the GPU's kernels, ms (default: the calibrated "
-                        f"{Calibration().step_overhead_s * 1000:g}); raise it to model a slow host")
+    s.add_argument("--host-overhead-ms", type=float, default=0.0,
+                   help="extra host time per step outside the GPU's kernels, ms, on top of the calibrated "
+                        f"{Calibration().layer_overhead_s * 1e6:.1f} us per layer (default 0); raise it to model "
+                        "a slow host")
     s.add_argument("--otlp-traces-endpoint", help="where llm_request spans go (OTLP/gRPC; a .../v1/traces URL: HTTP)")
     s.add_argument("--device-file", help="publish the GPUs' readings here for `jouletrace exporter "
                                          "--gpu sim --sim-device-file`")
@@ -86,10 +87,9 @@ def serve_main(args: argparse.Namespace) -> int:
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         model, gpu, lengths = _shape(args)
-        if args.host_overhead_ms is not None and args.host_overhead_ms < 0:
+        if args.host_overhead_ms < 0:
             raise ValueError("--host-overhead-ms must be >= 0")
-        calibration = Calibration() if args.host_overhead_ms is None else \
-            dataclasses.replace(Calibration(), step_overhead_s=args.host_overhead_ms / 1000)
+        calibration = Calibration(host_overhead_s=args.host_overhead_ms / 1000)
         perf = PerfModel(model, gpu, args.tp, calibration)
         engine = Engine(perf, args.max_num_seqs, args.max_num_batched_tokens, args.gpu_memory_utilization)
         used = int(gpu.memory_bytes * args.gpu_memory_utilization)

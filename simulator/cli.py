@@ -109,10 +109,12 @@ def serve_main(args: argparse.Namespace) -> int:
 def plan_main(args: argparse.Namespace) -> int:
     from jouletrace.planning import provision
 
+    from .engine import Engine
     from .whatif import min_energy, run_point, write_plot
 
     try:
         model, gpu, lengths = _shape(args)
+        kv_tokens = Engine(PerfModel(model, gpu, args.tp), max_num_seqs=1).kv_capacity_tokens
         spec = task(args.task)
         if spec.api not in ("chat", "completion"):
             raise ValueError(f"task {spec.name}: only LLM tasks are simulated")
@@ -135,12 +137,13 @@ def plan_main(args: argparse.Namespace) -> int:
         w.writerows(dataclasses.asdict(p) for p in points)
     title = f"{model.name} on {args.tp} x {gpu.name}, {spec.name}"
     write_plot(points, args.itl_deadline_ms, out / PLAN_PNG, title)
-    print(f"{title} (simulated)")
-    print(f"{'limit W':>8} {'batch':>6} {'J/token':>9} {'ITL ms':>8} {'power W':>8} {'tokens/s':>9} "
+    print(f"{title} (simulated); KV cache {kv_tokens} tokens per replica")
+    print(f"{'limit W':>8} {'batch':>6} {'running':>7} {'J/token':>9} {'ITL ms':>8} {'power W':>8} {'tokens/s':>9} "
           f"{'tok/s/W':>8} {'stable':>6}")
     for p in points:
-        print(f"{p.power_limit_w:8g} {p.max_num_seqs:6d} {p.energy_per_token_j:9.4f} {p.median_itl_ms:8.1f} "
-              f"{p.avg_power_w:8.0f} {p.tokens_per_s:9.0f} {p.tokens_per_joule:8.2f} {'yes' if p.stable else 'no':>6}")
+        print(f"{p.power_limit_w:8g} {p.max_num_seqs:6d} {p.mean_running_batch:7.0f} {p.energy_per_token_j:9.4f} "
+              f"{p.median_itl_ms:8.1f} {p.avg_power_w:8.0f} {p.tokens_per_s:9.0f} {p.tokens_per_joule:8.2f} "
+              f"{'yes' if p.stable else 'no':>6}")
     best = min_energy(points, args.itl_deadline_ms)
     if best is None:
         print(f"no configuration meets a median ITL of {args.itl_deadline_ms:g} ms")

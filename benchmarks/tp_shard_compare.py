@@ -5,19 +5,22 @@
 For each measured step (one tensor-parallel GPU's slice of Llama-3.1-70B, decode or prefill), the
 simulator's performance model (simulator/perf.py, the constants fitted on Llama-3.1-8B / H100,
 unchanged) predicts the same step on the same GPU profile at the measured power limit: the GPU's
-share of the work alone, without the all-reduces (`communication=False`), since the measurement
-replays CUDA graphs on one GPU. Prints a Markdown table: step time, power (energy counter / time)
+share of the work alone, without the all-reduces (`communication=False`) and without the
+per-sequence sampling and host time (the measurement samples nothing and replays CUDA graphs on
+one GPU); the per-layer latency stays. Prints a Markdown table: step time, power (energy counter / time)
 and SM clock, measured and simulated, and the errors."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
-from jouletrace.simulator.perf import PerfModel, StepWork
+from jouletrace.simulator.perf import Calibration, PerfModel, StepWork
 from jouletrace.simulator.profiles import H100_SXM, H200_SXM, LLAMA_3_1_70B
 
 PROFILES = {"H100": H100_SXM, "H200": H200_SXM}
+GPU_WORK_ONLY = dataclasses.replace(Calibration(), sequence_overhead_s=0.0)
 
 
 def work(row: dict) -> StepWork:
@@ -45,7 +48,7 @@ def main() -> None:
         if "error" in row:
             print(f"| {row['tp']} | {row['phase']} | {row['batch']} | {row['context']} | {row['error']} |")
             continue
-        perf = PerfModel(LLAMA_3_1_70B, gpu, row["tp"], communication=False)
+        perf = PerfModel(LLAMA_3_1_70B, gpu, row["tp"], GPU_WORK_ONLY, communication=False)
         cost = perf.step(work(row), device["power_limit_w"])
         ms, watts = cost.duration_s * 1000, cost.power_w
         print(f"| {row['tp']} | {row['phase']} | {row['batch']} | {row['context']} | {row['step_ms']:.1f} | "

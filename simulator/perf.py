@@ -6,14 +6,15 @@ sequence's KV cache and does 4 FLOPs per head dimension per (query, context) pai
 takes the longer of its compute time and its memory time (a roofline per kernel family) plus the
 share `overlap_loss` of the shorter that the kernels fail to hide behind the longer:
 
-    t = host + layers x latency + R(F_lin / C, B_w / M) + R(F_attn / C, B_kv / M) + t_comm
+    t = host + layers x latency + sequences x per_sequence + R(F_lin / C, B_w / M) + R(F_attn / C, B_kv / M) + t_comm
     R(a, b) = max(a, b) + overlap_loss x min(a, b)
     C = peak FLOP/s x compute_efficiency x f          M = HBM bytes/s x memory_efficiency x min(1, f / knee)
 
 f is the SM clock as a fraction of its maximum. All figures are per GPU. `latency` is a fixed
 time per layer outside the kernels' compute and memory time (launch and tail latencies of the
-layer's kernels, and the host's share of the step); `host` is extra host time per step (0 unless a
-slow host is modelled).
+layer's kernels, and the host's share of the step); `per_sequence` the time each sequence in the
+step adds whatever the model's size (sampling over the vocabulary, the host's work per request);
+`host` is extra host time per step (0 unless a slow host is modelled).
 
 Tensor parallelism (degree N, Megatron-style as vLLM shards a Llama): each GPU holds 1/N of the
 weights, query heads and MLP width, so FLOPs and weight bytes divide by N; it holds
@@ -69,15 +70,15 @@ class Calibration:
     """The time and power models' constants (per GPU), fitted to the study's Llama-3.1-8B / H100
     table by benchmarks/calibrate.py within the plausible ranges it names; memory_clock_knee is set."""
 
-    memory_efficiency: float = 0.848   # bandwidth reached while streaming weights and KV / HBM peak
-    compute_efficiency: float = 0.339  # FLOP/s of the whole forward pass (matmuls, attention, norms, sampling) / tensor peak
-    layer_overhead_s: float = 1.16e-3 / 32  # per layer per step outside the kernels' work, s (fitted as 1.16 ms
-                                            # per step of the 32-layer Llama-3.1-8B)
+    memory_efficiency: float = 0.860   # bandwidth reached while streaming weights and KV / HBM peak
+    compute_efficiency: float = 0.458  # FLOP/s of the forward pass's kernels (matmuls, attention, norms) / tensor peak
+    layer_overhead_s: float = 47.5e-6  # per layer per step outside the kernels' work: launch and tail latencies, s
+    sequence_overhead_s: float = 17.4e-6  # per sequence in the step: sampling and the host's per-request work, s
     host_overhead_s: float = 0.0       # extra host time per step (a slow host), s; not fitted
-    clock_power_w: float = 261.0       # a busy GPU's power above idle at the maximum clock before any work, W
-    memory_power_w: float = 157.0      # added while HBM streams for the whole step, W
-    compute_power_w: float = 630.0     # added while the tensor cores work for the whole step at the maximum clock, W
-    overlap_loss: float = 0.92         # share of the shorter of a part's compute and memory times the longer does not hide
+    clock_power_w: float = 279.0       # a busy GPU's power above idle at the maximum clock before any work, W
+    memory_power_w: float = 149.0      # added while HBM streams for the whole step, W
+    compute_power_w: float = 669.0     # added while the tensor cores work for the whole step at the maximum clock, W
+    overlap_loss: float = 0.88         # share of the shorter of a part's compute and memory times the longer does not hide
     memory_clock_knee: float = 0.5     # clock ratio below which HBM bandwidth falls with the clock
 
 
@@ -153,7 +154,8 @@ class PerfModel:
 
     def _at(self, w: StepWork, f: float, comm: float) -> StepCost:
         kernels, compute, memory = self._times(w, f)
-        t = self.cal.host_overhead_s + self.model.layers * self.cal.layer_overhead_s + kernels + comm
+        t = (self.cal.host_overhead_s + self.model.layers * self.cal.layer_overhead_s
+             + w.sequences * self.cal.sequence_overhead_s + kernels + comm)
         a_c, a_m = min(1.0, compute / t), min(1.0, memory / t)
         k_c, k_m = self.gpu.compute_power_scale, self.gpu.memory_power_scale
         power = (self.gpu.idle_w + k_c * self.cal.clock_power_w * f**3 + k_m * self.cal.memory_power_w * a_m

@@ -23,8 +23,8 @@ import dataclasses
 import multiprocessing
 from pathlib import Path
 
-from jouletrace.planning import Deadline, OperatingPoint, Recommendation, advise
 from jouletrace.loadgen.tasks import task
+from jouletrace.planning import Deadline, OperatingPoint, Recommendation, advise
 from jouletrace.simulator.lengths import OutputLengths
 from jouletrace.simulator.profiles import GPUProfile, ModelShape, gpu_profile, model_shape
 from jouletrace.simulator.whatif import Point, min_energy, run_point
@@ -79,8 +79,8 @@ def rows(r: Replica, points: list[Point]) -> list[tuple[str, Recommendation]]:
 
 
 def table(r: Replica, recs: list[tuple[str, Recommendation]]) -> str:
-    lines = ["| median ITL deadline | configurations | recommended cap | batch | J/token | median ITL ms | tokens/s "
-             f"| energy saved vs {r.top:g} W | throughput vs {r.top:g} W |",
+    lines = [("| median ITL deadline | configurations | recommended cap | batch | J/token | median ITL ms | tokens/s "
+              f"| energy saved vs {r.top:g} W | throughput vs {r.top:g} W |"),
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, rec in recs:
         p = rec.point
@@ -96,8 +96,8 @@ def table(r: Replica, recs: list[tuple[str, Recommendation]]) -> str:
 def uncapped_table(r: Replica, points: list[Point], recs: list[tuple[str, Recommendation]]) -> str:
     """Per deadline, the recommendation against the least-energy configuration at the maximum limit
     (the batch size alone chosen, as without power capping), and the budget plan."""
-    lines = [f"| median ITL deadline | best at {r.top:g} W | J/token | tokens/s | recommended | J/token | tokens/s "
-             f"| energy saved | throughput | {BUDGET_W / 1000:g} kW: GPUs x cap | tokens/s | at {r.top:g} W |",
+    lines = [(f"| median ITL deadline | best at {r.top:g} W | J/token | tokens/s | recommended | J/token | tokens/s "
+              f"| energy saved | throughput | {BUDGET_W / 1000:g} kW: GPUs x cap | tokens/s | at {r.top:g} W |"),
              "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     ops = [operating_point(r, p) for p in points]
     for name, rec in recs:

@@ -26,7 +26,7 @@ import dataclasses
 
 from jouletrace.loadgen.tasks import task
 from jouletrace.simulator.lengths import OutputLengths
-from jouletrace.simulator.perf import PerfModel
+from jouletrace.simulator.perf import PerfModel, StepWork
 from jouletrace.simulator.profiles import B200_SXM, H100_SXM, H200_SXM, LLAMA_3_1_70B
 from jouletrace.simulator.whatif import run_point
 
@@ -66,7 +66,6 @@ def lambda_table() -> None:
 
 def comm_share(model, tp: int, batch: float) -> float:
     """Share of a decode step of `batch` sequences (600 tokens of context) spent in all-reduces."""
-    from jouletrace.simulator.perf import StepWork
     b = max(1, round(batch))
     cost = PerfModel(model, H100_SXM, tp).step(StepWork(b, b, b, b * 600, b * 600), H100_SXM.max_power_limit_w)
     return cost.comm_fraction

@@ -34,6 +34,7 @@ Output: DIR/tp_shard.jsonl, one JSON object per configuration (first line: the d
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import threading
 import time
@@ -88,7 +89,9 @@ class Power:
 
     def device(self) -> dict:
         h = self.h
-        text = lambda v: v.decode() if isinstance(v, bytes) else v  # noqa: E731
+        def text(v: str | bytes) -> str:
+            return v.decode() if isinstance(v, bytes) else v
+
         return {"name": text(pynvml.nvmlDeviceGetName(h)), "driver": text(pynvml.nvmlSystemGetDriverVersion()),
                 "power_limit_w": pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0,
                 "max_sm_clock_mhz": pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM),
@@ -98,18 +101,23 @@ class Power:
         return pynvml.nvmlDeviceGetClockInfo(self.h, pynvml.NVML_CLOCK_SM)
 
 
+def weight(*shape: int) -> torch.Tensor:
+    """Random bf16 weights on the GPU, normal x 0.02."""
+    return torch.randn(*shape, device="cuda", dtype=torch.bfloat16) * 0.02
+
+
 class Shard:
     """GPU 0's slice of the model at tensor-parallel degree `tp`: `distinct` layer weight sets."""
 
     def __init__(self, tp: int, distinct: int):
         self.tp, self.hq, self.hkv = tp, HEADS // tp, max(1, KV_HEADS // tp)
         self.inter = INTERMEDIATE // tp
-        w = lambda *s: torch.randn(*s, device="cuda", dtype=torch.bfloat16) * 0.02  # noqa: E731
         qkv = (self.hq + 2 * self.hkv) * HEAD_DIM
-        self.layers = [dict(qkv=w(qkv, HIDDEN), o=w(HIDDEN, self.hq * HEAD_DIM), gate_up=w(2 * self.inter, HIDDEN),
-                            down=w(HIDDEN, self.inter), n1=torch.ones(HIDDEN, device="cuda", dtype=torch.bfloat16),
-                            n2=torch.ones(HIDDEN, device="cuda", dtype=torch.bfloat16)) for _ in range(distinct)]
-        self.lm_head = w(VOCAB // tp, HIDDEN)
+        self.layers = [{"qkv": weight(qkv, HIDDEN), "o": weight(HIDDEN, self.hq * HEAD_DIM),
+                        "gate_up": weight(2 * self.inter, HIDDEN), "down": weight(HIDDEN, self.inter),
+                        "n1": torch.ones(HIDDEN, device="cuda", dtype=torch.bfloat16),
+                        "n2": torch.ones(HIDDEN, device="cuda", dtype=torch.bfloat16)} for _ in range(distinct)]
+        self.lm_head = weight(VOCAB // tp, HIDDEN)
 
     def _split(self, qkv: torch.Tensor):
         q_end, k_end = self.hq * HEAD_DIM, (self.hq + self.hkv) * HEAD_DIM
@@ -229,12 +237,12 @@ def main() -> None:
                           for _ in range(args.distinct_layers)]
                     x = torch.randn(b, HIDDEN, device="cuda", dtype=torch.bfloat16)
                     run(write, {"tp": tp, "phase": "decode", "batch": b, "context": ctx, "tokens": b},
-                        lambda: shard.decode(x, kv), power, args.seconds)
+                        functools.partial(shard.decode, x, kv), power, args.seconds)
                     del kv, x
             for tokens, seq in prefills:
                 x = torch.randn(tokens, HIDDEN, device="cuda", dtype=torch.bfloat16)
                 run(write, {"tp": tp, "phase": "prefill", "batch": tokens // seq, "context": seq, "tokens": tokens},
-                    lambda: shard.prefill(x, seq), power, args.seconds)
+                    functools.partial(shard.prefill, x, seq), power, args.seconds)
                 del x
             del shard
             torch.cuda.empty_cache()

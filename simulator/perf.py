@@ -12,7 +12,7 @@ share `overlap_loss` of the shorter that the kernels fail to hide behind the lon
 
 f is the SM clock as a fraction of its maximum. All figures are per GPU. `latency` is a fixed
 time per layer outside the kernels' compute and memory time (launch and tail latencies of the
-layer's kernels, and the host's share of the step); `per_sequence` the time each sequence in the
+layer's kernels); `per_sequence` the time each sequence in the
 step adds whatever the model's size (sampling over the vocabulary, the host's work per request);
 `host` is extra host time per step (0 unless a slow host is modelled).
 
@@ -78,7 +78,7 @@ class Calibration:
     clock_power_w: float = 279.0       # a busy GPU's power above idle at the maximum clock before any work, W
     memory_power_w: float = 149.0      # added while HBM streams for the whole step, W
     compute_power_w: float = 669.0     # added while the tensor cores work for the whole step at the maximum clock, W
-    overlap_loss: float = 0.88         # share of the shorter of a part's compute and memory times the longer does not hide
+    overlap_loss: float = 0.88         # share of the shorter of a part's compute and memory times not hidden
     memory_clock_knee: float = 0.5     # clock ratio below which HBM bandwidth falls with the clock
 
 

@@ -40,7 +40,8 @@ def test_plan_runs_a_tensor_parallel_replica(tmp_path):
                       "--itl-deadline-ms", "100", "--budget-kw", "20", "-n", "200", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "llama-3.1-70b on 4 x h200-sxm" in done.stdout and "KV cache" in done.stdout
-    (row,) = csv.DictReader(open(tmp_path / "plan.csv"))
+    with open(tmp_path / "plan.csv") as f:
+        (row,) = csv.DictReader(f)
     assert 4 * 200 < float(row["avg_power_w"]) < 4 * 700   # four GPUs, below their limit
     assert "replicas" in done.stdout
     done = jouletrace("simulate", "plan", "--model", "llama-3.1-70b", "--tensor-parallel-size", "2",

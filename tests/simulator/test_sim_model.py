@@ -8,6 +8,7 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from jouletrace.simulator.engine import Engine, SimRequest
 from jouletrace.simulator.perf import MIN_CLOCK_RATIO, PerfModel, StepWork
 from jouletrace.simulator.profiles import (

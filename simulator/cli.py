@@ -46,9 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--max-model-len", type=int, default=8192)
     s.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     s.add_argument("--power-limit", type=float, help="W per GPU at start (default: the profile's maximum)")
-    s.add_argument("--host-overhead-ms", type=float,
-                   help="host time per step outside the GPU's kernels, ms (default: the calibrated "
-                        f"{Calibration().step_overhead_s * 1000:g}); raise it to model a slow host")
+    s.add_argument("--host-overhead-ms", type=float, default=0.0,
+                   help="extra host time per step outside the GPU's kernels, ms, on top of the calibrated "
+                        f"{Calibration().layer_overhead_s * 1e6:.1f} us per layer (default 0); raise it to model "
+                        "a slow host")
     s.add_argument("--otlp-traces-endpoint", help="where llm_request spans go (OTLP/gRPC; a .../v1/traces URL: HTTP)")
     s.add_argument("--device-file", help="publish the GPUs' readings here for `jouletrace exporter "
                                          "--gpu sim --sim-device-file`")
@@ -86,10 +87,9 @@ def serve_main(args: argparse.Namespace) -> int:
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         model, gpu, lengths = _shape(args)
-        if args.host_overhead_ms is not None and args.host_overhead_ms < 0:
+        if args.host_overhead_ms < 0:
             raise ValueError("--host-overhead-ms must be >= 0")
-        calibration = Calibration() if args.host_overhead_ms is None else \
-            dataclasses.replace(Calibration(), step_overhead_s=args.host_overhead_ms / 1000)
+        calibration = Calibration(host_overhead_s=args.host_overhead_ms / 1000)
         perf = PerfModel(model, gpu, args.tp, calibration)
         engine = Engine(perf, args.max_num_seqs, args.max_num_batched_tokens, args.gpu_memory_utilization)
         used = int(gpu.memory_bytes * args.gpu_memory_utilization)
@@ -109,11 +109,13 @@ def serve_main(args: argparse.Namespace) -> int:
 def plan_main(args: argparse.Namespace) -> int:
     from jouletrace.planning import provision
 
+    from .engine import Engine
     from .whatif import min_energy, run_point, write_plot
 
     import matplotlib  # noqa: F401  the plot's, before the simulating: missing, `jouletrace` names its extra
     try:
         model, gpu, lengths = _shape(args)
+        kv_tokens = Engine(PerfModel(model, gpu, args.tp), max_num_seqs=1).kv_capacity_tokens
         spec = task(args.task)
         if spec.api not in ("chat", "completion"):
             raise ValueError(f"task {spec.name}: only LLM tasks are simulated")
@@ -136,12 +138,13 @@ def plan_main(args: argparse.Namespace) -> int:
         w.writerows(dataclasses.asdict(p) for p in points)
     title = f"{model.name} on {args.tp} x {gpu.name}, {spec.name}"
     write_plot(points, args.itl_deadline_ms, out / PLAN_PNG, title)
-    print(f"{title} (simulated)")
-    print(f"{'limit W':>8} {'batch':>6} {'J/token':>9} {'ITL ms':>8} {'power W':>8} {'tokens/s':>9} "
+    print(f"{title} (simulated); KV cache {kv_tokens} tokens per replica")
+    print(f"{'limit W':>8} {'batch':>6} {'running':>7} {'J/token':>9} {'ITL ms':>8} {'power W':>8} {'tokens/s':>9} "
           f"{'tok/s/W':>8} {'stable':>6}")
     for p in points:
-        print(f"{p.power_limit_w:8g} {p.max_num_seqs:6d} {p.energy_per_token_j:9.4f} {p.median_itl_ms:8.1f} "
-              f"{p.avg_power_w:8.0f} {p.tokens_per_s:9.0f} {p.tokens_per_joule:8.2f} {'yes' if p.stable else 'no':>6}")
+        print(f"{p.power_limit_w:8g} {p.max_num_seqs:6d} {p.mean_running_batch:7.0f} {p.energy_per_token_j:9.4f} "
+              f"{p.median_itl_ms:8.1f} {p.avg_power_w:8.0f} {p.tokens_per_s:9.0f} {p.tokens_per_joule:8.2f} "
+              f"{'yes' if p.stable else 'no':>6}")
     best = min_energy(points, args.itl_deadline_ms)
     if best is None:
         print(f"no configuration meets a median ITL of {args.itl_deadline_ms:g} ms")

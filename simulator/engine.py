@@ -8,9 +8,12 @@ computed samples one output token at the end of the step. When the KV cache is f
 recently admitted sequence is preempted: its blocks are freed and it waits again at the front of
 the queue, to recompute its prompt and output so far (vLLM's recompute preemption).
 
-KV capacity: GPU memory x `gpu_memory_utilization`, less the weights and the activations of a
-full token budget and a fixed runtime reserve, split across the tensor-parallel GPUs; in blocks
-of `block_size` tokens.
+KV capacity, per GPU as vLLM sizes it: GPU memory x `gpu_memory_utilization`, less the GPU's
+share of the weights (1/tp), the activations of a full token budget (the residual stream whole, the
+MLP's width split) and a fixed runtime reserve; divided by the KV bytes a token takes on one GPU
+(its share of the KV heads, at least one head when tp exceeds them); in blocks of `block_size`
+tokens. A `max_num_seqs` larger than the cache holds is capped by it: admission waits for free
+blocks and a full cache preempts, so the running batch stays below `max_num_seqs`.
 
 The engine is clock-free: `step(t)` plans the step that starts at `t`, asks the performance model
 how long it takes and what it draws, and applies its outcome at its end time. A server runs it
@@ -86,9 +89,9 @@ class Engine:
 
     def _kv_capacity(self, utilization: float) -> int:
         m, gpu, tp = self.perf.model, self.perf.gpu, self.perf.tp
-        activations = self.max_num_batched_tokens * (2 * m.intermediate + 4 * m.hidden) * m.dtype_bytes / tp
+        activations = self.max_num_batched_tokens * (2 * m.intermediate / tp + 4 * m.hidden) * m.dtype_bytes
         per_gpu = gpu.memory_bytes * utilization - m.params * m.dtype_bytes / tp - activations - RUNTIME_RESERVE_BYTES
-        return max(0, int(per_gpu * tp / m.kv_bytes_per_token))
+        return max(0, int(per_gpu / m.kv_bytes_per_token_per_gpu(tp)))
 
     @property
     def kv_usage(self) -> float:

@@ -1,8 +1,8 @@
 """What the simulator simulates: model shapes and GPU profiles, with where each figure comes from.
 
 A model shape is read from a Hugging Face `config.json` (or one of the built-in shapes); a GPU
-profile from a JSON file with GPUProfile's fields (or the built-in H100). Units: FLOP/s, bytes,
-bytes/s, watts, hertz."""
+profile from a JSON file with GPUProfile's fields (or the built-in H100, H200 and B200). Units:
+FLOP/s, bytes, bytes/s, seconds, watts, hertz."""
 
 from __future__ import annotations
 
@@ -49,6 +49,11 @@ class ModelShape:
         """KV-cache bytes one token occupies: K and V of every layer."""
         return 2 * self.layers * self.kv_heads * self.head_dim * self.dtype_bytes
 
+    def kv_bytes_per_token_per_gpu(self, tp: int) -> int:
+        """KV-cache bytes one token occupies on each of `tp` GPUs: the KV heads are split among them,
+        and replicated when there are fewer heads than GPUs (each GPU keeps one), as vLLM shards them."""
+        return 2 * self.layers * max(1, self.kv_heads // tp) * self.head_dim * self.dtype_bytes
+
     def linear_flops(self, tokens: float, sampled: float) -> float:
         """FLOPs of the matrix products for `tokens` processed, `sampled` of which go through the LM head."""
         return 2.0 * self.layers * self.layer_params * tokens + 2.0 * self.vocab * self.hidden * sampled
@@ -76,17 +81,25 @@ class ModelShape:
 
 @dataclasses.dataclass(frozen=True)
 class GPUProfile:
-    """One GPU's peak rates, memory and power envelope."""
+    """One GPU's peak rates, memory, links and power envelope.
+
+    The power model's calibrated watts (perf.Calibration) were fitted on the H100: `compute_power_scale`
+    scales its clock and compute power, `memory_power_scale` its HBM power, for another GPU (1 for
+    the H100)."""
 
     name: str
     peak_flops: float             # dense BF16 tensor FLOP/s at the maximum SM clock
     memory_bandwidth: float       # HBM bytes/s
     memory_bytes: int
-    interconnect_bandwidth: float  # GPU-to-GPU bytes/s, one direction (tensor-parallel all-reduce)
+    interconnect_bandwidth: float  # NVLink bytes/s per GPU, one direction (data sheet)
+    allreduce_latency_s: float    # one all-reduce of a few KB among the NVLink-connected GPUs, s
+    allreduce_busbw_1mib: float   # bus bandwidth an all-reduce of 1 MiB reaches, bytes/s
     idle_w: float                 # power with nothing running, W
     min_power_limit_w: float
     max_power_limit_w: float      # also the default limit (TDP)
     max_sm_clock_hz: float
+    compute_power_scale: float = 1.0
+    memory_power_scale: float = 1.0
     source: str = ""
 
 
@@ -98,17 +111,45 @@ LLAMA_3_1_70B = ModelShape(
     name="llama-3.1-70b", layers=80, hidden=8192, intermediate=28672, heads=64, kv_heads=8, head_dim=128,
     vocab=128256, source="meta-llama/Llama-3.1-70B-Instruct config.json (70.6 B parameters, BF16)")
 
+ALLREDUCE_SOURCE = (
+    "All-reduce: vLLM's custom all-reduce on H100s, 8.5-10 us for messages up to 32 KB and 27-45 us for "
+    "1 MiB at TP 2-8 (https://github.com/sgl-project/sglang/pull/2904), i.e. ~60 GB/s of bus bandwidth at "
+    "1 MiB; 1 GiB all-reduces through NCCL reach 329-361 GB/s on the lent 2-8 x H100 machines, 0.8 of "
+    "NVLink's 450 GB/s each way")
+
 H100_SXM = GPUProfile(
     name="h100-sxm", peak_flops=989.4e12, memory_bandwidth=3.35e12, memory_bytes=80 * 10**9,
-    interconnect_bandwidth=450e9, idle_w=72.0, min_power_limit_w=200.0, max_power_limit_w=700.0,
-    max_sm_clock_hz=1.98e9,
+    interconnect_bandwidth=450e9, allreduce_latency_s=9e-6, allreduce_busbw_1mib=60e9, idle_w=72.0,
+    min_power_limit_w=200.0, max_power_limit_w=700.0, max_sm_clock_hz=1.98e9,
     source="NVIDIA H100 SXM5 datasheet: 989.4 TFLOP/s dense BF16, 3.35 TB/s HBM3, 80 GB, NVLink 900 GB/s "
            "(450 GB/s each way), up to 700 W. Read through NVML (benchmarks/h100_profile.py): 200-700 W limit "
            "range, 1980 MHz max SM clock (the lent SXM machine, an H200 of the same board power envelope, "
-           "2026-11-27); ~72 W idle on an H100 SXM5 (benchmarks/RESULTS.md)")
+           "2026-11-27); ~72 W idle on an H100 SXM5 (benchmarks/RESULTS.md). " + ALLREDUCE_SOURCE)
+
+H200_SXM = GPUProfile(
+    name="h200-sxm", peak_flops=989.4e12, memory_bandwidth=4.8e12, memory_bytes=141 * 10**9,
+    interconnect_bandwidth=450e9, allreduce_latency_s=9e-6, allreduce_busbw_1mib=60e9, idle_w=72.0,
+    min_power_limit_w=200.0, max_power_limit_w=700.0, max_sm_clock_hz=1.98e9, memory_power_scale=4.8 / 3.35,
+    source="NVIDIA H200 SXM: the H100's GH100 die and 700 W envelope with 141 GB of HBM3e at 4.8 TB/s and the "
+           "same NVLink 4 (900 GB/s both ways) (https://www.aiminingco.com/gpu/h200/specs, "
+           "https://lzwjava.github.io/nvidia-h200-gpu-specs-en); 200-700 W and 1980 MHz read through NVML on "
+           "the lent H200 (benchmarks/RESULTS.md). Same die and clocks: the H100's compute and clock power; "
+           "HBM power scaled with bandwidth (the same energy per byte). Idle as the H100. " + ALLREDUCE_SOURCE)
+
+B200_SXM = GPUProfile(
+    name="b200-sxm", peak_flops=2.25e15, memory_bandwidth=8.0e12, memory_bytes=180 * 10**9,
+    interconnect_bandwidth=900e9, allreduce_latency_s=9e-6, allreduce_busbw_1mib=120e9, idle_w=103.0,
+    min_power_limit_w=200.0, max_power_limit_w=1000.0, max_sm_clock_hz=1.98e9,
+    compute_power_scale=1000 / 700, memory_power_scale=8.0 / 3.35,
+    source="NVIDIA HGX B200 at 1000 W: 2.25 PFLOP/s dense BF16, 8 TB/s HBM3e, NVLink 5 at 1.8 TB/s both ways "
+           "(https://glennklockwood.com/garden/processors/B200, https://hmc-tech.com/gpus/nvidia-b200-vs-nvidia-b100); "
+           "180 GB as HGX B200 boards ship it (192 GB on the package). Assumed, not measured: the lowest limit "
+           "and the clock as the H100's, idle power at the H100's share of its limit, clock and compute power "
+           "scaled with the board power (1000/700), HBM power with bandwidth, all-reduce bus bandwidth doubled "
+           "with NVLink 5 and the H100's latency. " + ALLREDUCE_SOURCE)
 
 MODELS = {m.name: m for m in (LLAMA_3_1_8B, LLAMA_3_1_70B)}
-GPUS = {g.name: g for g in (H100_SXM,)}
+GPUS = {g.name: g for g in (H100_SXM, H200_SXM, B200_SXM)}
 
 
 def model_shape(name_or_path: str) -> ModelShape:

@@ -34,6 +34,21 @@ def test_plan_picks_configurations_for_a_deadline_and_a_budget(tmp_path):
     assert "GPUs" in done.stdout and "most throughput in 10 kW" in done.stdout
 
 
+def test_plan_runs_a_tensor_parallel_replica(tmp_path):
+    done = jouletrace("simulate", "plan", "--model", "llama-3.1-70b", "--gpu", "h200-sxm",
+                      "--tensor-parallel-size", "4", "--batch-sizes", "64", "--power-limits", "700",
+                      "--itl-deadline-ms", "100", "--budget-kw", "20", "-n", "200", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "llama-3.1-70b on 4 x h200-sxm" in done.stdout and "KV cache" in done.stdout
+    with open(tmp_path / "plan.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert 4 * 200 < float(row["avg_power_w"]) < 4 * 700   # four GPUs, below their limit
+    assert "replicas" in done.stdout
+    done = jouletrace("simulate", "plan", "--model", "llama-3.1-70b", "--tensor-parallel-size", "2",
+                      "--out", str(tmp_path))
+    assert done.returncode == 2 and "no room for a KV cache" in done.stderr
+
+
 def test_plan_rejects_bad_options_in_one_line(tmp_path):
     for args, words in ((("--power-limits", "50"), "accepts 200-700 W"), (("--task", "text-to-image"), "only LLM"),
                         (("--model", "nope"), "unknown model"), (("--batch-sizes", "x"), "--batch-sizes")):

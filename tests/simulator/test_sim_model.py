@@ -8,13 +8,17 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from jouletrace.simulator.engine import Engine, SimRequest
 from jouletrace.simulator.perf import MIN_CLOCK_RATIO, PerfModel, StepWork
 from jouletrace.simulator.profiles import (
+    B200_SXM,
     H100_SXM,
+    H200_SXM,
     LLAMA_3_1_8B,
     LLAMA_3_1_70B,
     ModelShape,
+    gpu_profile,
     model_shape,
 )
 
@@ -44,7 +48,8 @@ def test_a_hugging_face_config_gives_the_same_shape(tmp_path):
 def test_a_small_batch_is_memory_bound_and_a_large_prefill_compute_bound():
     decode = PERF.step(StepWork(sequences=1, tokens=1, sampled=1, attended=100, kv_read=100), 700)
     weights_s = LLAMA_3_1_8B.weight_bytes_per_step / (H100_SXM.memory_bandwidth * PERF.cal.memory_efficiency)
-    assert decode.duration_s == pytest.approx(weights_s + PERF.cal.step_overhead_s, rel=0.05)
+    overhead_s = LLAMA_3_1_8B.layers * PERF.cal.layer_overhead_s
+    assert decode.duration_s == pytest.approx(weights_s + overhead_s, rel=0.05)
     assert decode.memory_util > decode.compute_util
     prefill = PERF.step(StepWork(sequences=4, tokens=8192, sampled=4, attended=8192 * 1024, kv_read=8192), 700)
     assert prefill.compute_util > prefill.memory_util
@@ -84,6 +89,69 @@ def test_tensor_parallelism_splits_a_large_model():
     two = PerfModel(LLAMA_3_1_8B, H100_SXM, 2).step(StepWork(64, 64, 64, 64 * 500, 64 * 500), 700)
     assert two.duration_s < one.duration_s
     assert Engine(PerfModel(LLAMA_3_1_70B, H100_SXM, 4)).kv_capacity_tokens > 100_000
+
+
+def test_an_all_reduce_costs_its_latency_when_small_and_nvlink_bandwidth_when_large():
+    perf = PerfModel(LLAMA_3_1_70B, H100_SXM, 8)
+    small = perf.allreduce_s(16 * 1024)
+    assert small == pytest.approx(H100_SXM.allreduce_latency_s, rel=0.1)
+    mib = perf.allreduce_s(1 << 20) - H100_SXM.allreduce_latency_s   # the profile's 1 MiB bus bandwidth
+    assert mib == pytest.approx(2 * 7 / 8 * (1 << 20) / H100_SXM.allreduce_busbw_1mib)
+    gib = perf.allreduce_s(1 << 30)                                  # 0.8 of NVLink's bandwidth
+    assert gib == pytest.approx(2 * 7 / 8 * (1 << 30) / (0.8 * H100_SXM.interconnect_bandwidth), rel=0.01)
+    sizes = [2 ** k for k in range(10, 32)]
+    times = [perf.allreduce_s(b) for b in sizes]
+    assert times == sorted(times)
+    assert PerfModel(LLAMA_3_1_70B, H100_SXM, 2).allreduce_s(1 << 24) < PerfModel(
+        LLAMA_3_1_70B, H100_SXM, 8).allreduce_s(1 << 24)
+
+
+def test_communication_adds_time_at_idle_and_clock_power():
+    work = StepWork(sequences=256, tokens=256, sampled=256, attended=256 * 600, kv_read=256 * 600)
+    uncapped = 10_000.0   # the same clock in both
+    alone = PerfModel(LLAMA_3_1_70B, H100_SXM, 4, communication=False).step(work, uncapped)
+    tp = PerfModel(LLAMA_3_1_70B, H100_SXM, 4)
+    both = tp.step(work, uncapped)
+    comm = tp.comm_s(work)
+    assert comm == pytest.approx((2 * 80 + 1) * tp.allreduce_s(256 * 8192 * 2))
+    assert both.duration_s == pytest.approx(alone.duration_s + comm, rel=0.05)   # not overlapped
+    assert both.comm_fraction == pytest.approx(comm / both.duration_s)
+    assert both.power_w < alone.power_w
+    # energy: the all-reduce time is paid at idle + clock power, below the computing power
+    assert both.power_w * both.duration_s - alone.power_w * alone.duration_s == pytest.approx(
+        comm * tp.waiting_power_w(), rel=0.01)
+    assert PerfModel(LLAMA_3_1_8B, H100_SXM, 1).comm_s(work) == 0.0
+
+
+def test_kv_heads_split_across_gpus_and_replicate_beyond_their_number():
+    per_token = LLAMA_3_1_70B.kv_bytes_per_token
+    assert LLAMA_3_1_70B.kv_bytes_per_token_per_gpu(4) == per_token // 4
+    assert LLAMA_3_1_70B.kv_bytes_per_token_per_gpu(8) == per_token // 8
+    assert LLAMA_3_1_70B.kv_bytes_per_token_per_gpu(16) == per_token // 8   # one head each, replicated
+    four, eight = (Engine(PerfModel(LLAMA_3_1_70B, H100_SXM, tp)).kv_capacity_tokens for tp in (4, 8))
+    assert 2.5 * four < eight < 3.5 * four       # twice the memory, less the weights twice as thin per GPU
+    h200 = Engine(PerfModel(LLAMA_3_1_70B, H200_SXM, 4)).kv_capacity_tokens
+    assert h200 > 2 * four
+
+
+def test_gpu_profiles_rank_as_their_data_sheets():
+    assert gpu_profile("h200-sxm") is H200_SXM and gpu_profile("b200-sxm") is B200_SXM
+    work = StepWork(sequences=64, tokens=64, sampled=64, attended=64 * 600, kv_read=64 * 600)
+    h100, h200, b200 = (PerfModel(LLAMA_3_1_70B, g, 4).step(work, g.max_power_limit_w) for g in
+                        (H100_SXM, H200_SXM, B200_SXM))
+    assert b200.duration_s < h200.duration_s < h100.duration_s    # memory-bound decode: HBM bandwidth
+    assert b200.power_w > h100.power_w
+
+
+def test_a_kv_cache_smaller_than_the_batch_caps_the_running_batch():
+    engine = Engine(PerfModel(LLAMA_3_1_70B, H100_SXM, 4), max_num_seqs=512)
+    per_request = 2000 + 500
+    requests = [SimRequest(f"r{i}", 2000, 500, 0.0) for i in range(200)]   # 500,000 tokens at most
+    assert engine.kv_capacity_tokens < len(requests) * per_request
+    steps = run_to_end(engine, requests)
+    assert max(running for _, running, _ in steps) <= engine.kv_capacity_tokens // 2000
+    assert engine.preemptions > 0
+    assert all(r.generated == 500 for r in requests)
 
 
 def run_to_end(engine: Engine, requests: list[SimRequest]) -> list:

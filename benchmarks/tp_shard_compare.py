@@ -1,0 +1,61 @@
+"""benchmarks/tp_shard.py's measurements beside the simulator's prediction of the same per-GPU work.
+
+    python benchmarks/tp_shard_compare.py benchmarks/results/tp-shard-h100-2026-12-06/tp_shard.jsonl
+
+For each measured step (one tensor-parallel GPU's slice of Llama-3.1-70B, decode or prefill), the
+simulator's performance model (simulator/perf.py, the constants fitted on Llama-3.1-8B / H100,
+unchanged) predicts the same step on the same GPU profile at the measured power limit: the GPU's
+share of the work alone, without the all-reduces (`communication=False`) and without the
+per-sequence sampling and host time (the measurement samples nothing and replays CUDA graphs on
+one GPU); the per-layer latency stays. Prints a Markdown table: step time, power (energy counter / time)
+and SM clock, measured and simulated, and the errors."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from jouletrace.simulator.perf import Calibration, PerfModel, StepWork
+from jouletrace.simulator.profiles import H100_SXM, H200_SXM, LLAMA_3_1_70B
+
+PROFILES = {"H100": H100_SXM, "H200": H200_SXM}
+GPU_WORK_ONLY = dataclasses.replace(Calibration(), sequence_overhead_s=0.0)
+
+
+def work(row: dict) -> StepWork:
+    """The measured step as the engine would describe it."""
+    b, ctx, tokens = row["batch"], row["context"], row["tokens"]
+    if row["phase"] == "decode":   # one new token per sequence against `context` cached ones
+        return StepWork(sequences=b, tokens=b, sampled=b, attended=b * ctx, kv_read=b * ctx)
+    return StepWork(sequences=b, tokens=tokens, sampled=b, attended=b * ctx * (ctx + 1) / 2, kv_read=tokens)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("jsonl")
+    args = ap.parse_args()
+    with open(args.jsonl) as f:
+        head, *rows = [json.loads(line) for line in f]
+    device = head["device"]
+    gpu = next(p for key, p in PROFILES.items() if key in device["name"])
+    print(f"{device['name']} (profile {gpu.name}), limit {device['power_limit_w']:g} W; idle measured "
+          f"{head['idle_counter_w']:.0f} W, profile {gpu.idle_w:g} W\n")
+    print("| TP | step | batch | context | ms measured | sim | error | W measured | sim | error "
+          "| SM MHz measured | sim |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        if "error" in row:
+            print(f"| {row['tp']} | {row['phase']} | {row['batch']} | {row['context']} | {row['error']} |")
+            continue
+        perf = PerfModel(LLAMA_3_1_70B, gpu, row["tp"], GPU_WORK_ONLY, communication=False)
+        cost = perf.step(work(row), device["power_limit_w"])
+        ms, watts = cost.duration_s * 1000, cost.power_w
+        print(f"| {row['tp']} | {row['phase']} | {row['batch']} | {row['context']} | {row['step_ms']:.1f} | "
+              f"{ms:.1f} | {ms / row['step_ms'] - 1:+.0%} | {row['counter_power_w']:.0f} | {watts:.0f} | "
+              f"{watts / row['counter_power_w'] - 1:+.0%} | {row['sm_clock_mhz']} | "
+              f"{cost.clock_ratio * gpu.max_sm_clock_hz / 1e6:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -38,7 +38,7 @@ vllm:request_success_total{engine="0",finished_reason="stop",model_name="llama"}
 def test_parse_vllm_text():
     values = parse_vllm(VLLM_TEXT % {"prompt": 1000.0, "gen": 500.0})
     assert values == {"llama": {"requests_running": 12.0, "requests_waiting": 3.0, "kv_cache_usage_ratio": 0.42,
-                                "prompt_tokens": 1000.0, "generation_tokens": 500.0}}
+                                "prompt_tokens": 1000.0, "generation_tokens": 500.0, "requests_succeeded": 7.0}}
     with pytest.raises(ValueError):
         parse_vllm("# nothing from vLLM here\nup 1\n")
 

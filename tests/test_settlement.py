@@ -130,8 +130,8 @@ def test_a_nearly_full_ledger_ends_holds(clock):
     served.sent.add(0)
     served.run(70)
     fig = rig.ledger.settlement_figures()
-    assert fig.holds_expired >= 1 and rig.ledger.pending < 50
-    assert max(fig.holds.values()) < 10.0
+    assert fig.holds_expired >= 1 and rig.ledger.pending < 50  # never full: no sender refused
+    assert max(fig.holds.values()) < 30.0  # the stuck request has run for 70 s
 
 
 def test_a_fixed_delay_is_kept(clock):

@@ -18,7 +18,8 @@ moment that may be split, under one of three policies (`reason`):
   the engine finished UNTRACED_AFTER of its requests, holds nothing (its requests are not traced).
 - `adaptive` (no engine scrape, or one that is down, stale or restarted): now - ADAPTIVE_MARGIN x
   the greatest (arrival - start) of recent spans (any sender), within [ADAPTIVE_FLOOR_S, max hold].
-  Moments before an engine's first scrape (at start, after a restart or an outage) follow it too.
+  When an engine's first scrape (at start, after a restart or an outage) finds requests running,
+  their start is unknown: all time not yet split waits for their spans.
 
 Bounds. No moment is held more than `max_hold_s`; an uncovered scrape moment older than that is
 given up (its request's span never came: lost, or the engine restarted unseen) and the run of
@@ -208,9 +209,8 @@ class Settlement:
             e.expiring = False
             for _ in range(u - 1):
                 samples.popleft()  # keep the last covered one: the requests after it are counted from it
-        if e.anchor is None:  # before the first scrape moment: the adaptive delay
-            return max(min(sent[0], adaptive), limit)
-        return max(e.anchor, limit)
+        # None: the first scrape found requests running, started when is unknown: all time unsplit waits
+        return limit if e.anchor is None else max(e.anchor, limit)
 
     # -- figures --------------------------------------------------------------------------
     def figures(self) -> "Figures":

@@ -105,7 +105,7 @@ def run_once(code: str | None, args) -> dict:
     engine = BackgroundApp(app)
     exporter = ExporterProcess("--gpu", "sim", "--sim-gpus", str(args.gpus), "--sim-load", "0.6",
                                "--engine-metrics", engine.url + "/metrics",
-                               env={"PYTHONPATH": code} if code else None)
+                               env={"PYTHONPATH": code, "PYTHONSAFEPATH": "1"} if code else None)
     readings = []
     done = threading.Event()
 

@@ -72,7 +72,7 @@ def run_once(code: str | None, name: str, seed: int) -> dict:
     engine_port = free_port()
     exporter = ExporterProcess("--gpu", "sim", "--sim-device-file", str(device), "--counter-interval", "1",
                                "--engine-metrics", f"http://127.0.0.1:{engine_port}/metrics",
-                               env={"PYTHONPATH": code} if code else None)
+                               env={"PYTHONPATH": code, "PYTHONSAFEPATH": "1"} if code else None)
     engine = SimEngine("--max-num-seqs", "64", "--device-file", str(device), "--otlp-traces-endpoint",
                        f"http://127.0.0.1:{exporter.grpc_port}", port=engine_port)
     counts: list[tuple[float, float]] = []
@@ -104,13 +104,16 @@ def run_once(code: str | None, name: str, seed: int) -> dict:
     finally:
         engine.stop()
         exporter.stop()
+    log = exporter.output()
     lags = []
     for k, end in enumerate(ends, 1):
         final = next((t for t, n in counts if n >= k), None)
         lags.append(final - end if final is not None else float("nan"))
     attributed = sum_samples(text, "jouletrace_gpu_attributed_energy_joules_total")
     idle = sum_samples(text, "jouletrace_gpu_idle_energy_joules_total")
-    return {"lag_median_s": statistics.median(lags), "lag_p99_s": percentile(lags, 0.99), "lags_s": lags,
+    policy = next((line.split("settlement: ")[1].split(":")[0] for line in log.splitlines() if "settlement: " in line),
+                  "fixed --settle-delay (default)")
+    return {"policy": policy, "lag_median_s": statistics.median(lags), "lag_p99_s": percentile(lags, 0.99), "lags_s": lags,
             "spans_late": sum_samples(text, "jouletrace_spans_late_total"),
             "requests_final": counts[-1][1] if counts else 0, "requests": len(ends),
             "attributed_j": attributed, "idle_j": idle, "model_energy_j":
@@ -132,7 +135,7 @@ def main() -> int:
         for label, code in codes.items():
             r = run_once(code, args.workload, seed=i)
             runs[label].append(r)
-            print(f"{args.workload} {label} #{i}: lag median {r['lag_median_s']:.1f} s, p99 {r['lag_p99_s']:.1f} s, "
+            print(f"{args.workload} {label} ({r['policy']}) #{i}: lag median {r['lag_median_s']:.1f} s, p99 {r['lag_p99_s']:.1f} s, "
                   f"late {r['spans_late']:.0f}, final {r['requests_final']:.0f}/{r['requests']}", flush=True)
     summary = {label: {"lag_median_s": statistics.median(r["lag_median_s"] for r in rs),
                        "lag_p99_s": statistics.median(r["lag_p99_s"] for r in rs),

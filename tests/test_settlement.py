@@ -93,6 +93,20 @@ def test_a_request_whose_span_never_comes_holds_only_up_to_max_hold(clock):
     assert rig.ledger.spans_late == 0
 
 
+def test_a_request_that_ends_without_a_span_holds_only_until_its_end_is_seen(clock):
+    """Aborted, or its span sampled out: once the engine no longer runs it, nothing is waited for."""
+    rig = Rig(clock, settle_delay_s=None, max_hold_s=300.0, load=lambda t: 0.5)
+    aborted = rig.request(2.0, 10.0, span_id=99)
+    served = Served(rig, [aborted, *[rig.request(3.0 + 2.0 * i, 1.5, span_id=i + 1) for i in range(20)]])
+    served.sent.add(0)
+    served.run(10)
+    assert max(rig.ledger.settlement_figures().holds.values()) >= 7.0  # held while it ran
+    served.run(30)
+    fig = rig.ledger.settlement_figures()
+    assert max(fig.holds.values()) <= 4.0 and fig.holds_expired == 0  # the short requests in flight
+    assert rig.ledger.spans_late == 0
+
+
 def test_an_engine_restart_or_outage_falls_back_to_the_adaptive_delay(clock):
     rig = Rig(clock, settle_delay_s=None, max_hold_s=200.0, load=lambda t: 0.5)
     killed = rig.request(2.0, 500.0, span_id=99)  # running when the engine restarts: never ends

@@ -8,8 +8,11 @@ moment that may be split, under one of three policies (`reason`):
 - `engine` (every scraped engine answers, `--engine-metrics`): each scrape records its moment (the
   middle of the request to the engine and its answer) and how many requests the engine was running
   per model. A scrape moment is covered once the spans of that model whose GPU phases run at that
-  moment number at least that many; an uncovered one between covered ones, older than the export
-  delay + ISOLATED_S, is a reading that fell on a request's edge and counts as covered. The horizon
+  moment number at least that many. Its deficit (running - spans) may also be requests that will
+  never send a span (aborted, sampled out) or a reading on a request's edge: a request still on its
+  way is missing at every later moment too, until it ends and its span arrives within the export
+  delay. So a moment is also covered once some later moment, older than the export delay +
+  SETTLED_MARGIN_S, has no deficit for the same model and none between them is smaller. The horizon
   is the last covered scrape moment before the first uncovered one, and never later than now -
   the span export delay (the greatest arrival - end of recent spans, any sender; `clockskew.py`),
   which covers requests that start and end between two scrapes. A long request thus holds its
@@ -50,7 +53,7 @@ ADAPTIVE_FLOOR_S = 5.0
 ADAPTIVE_MARGIN = 1.25
 #: Export delay assumed before any span arrived: the OpenTelemetry batch processor's schedule delay.
 DEFAULT_EXPORT_DELAY_S = 5.0
-ISOLATED_S = 2.0
+SETTLED_MARGIN_S = 2.0
 STALE_S = 30.0  # an engine with no answer for this long counts as down
 UNTRACED_AFTER = 10
 #: Request end -> energy final histogram bucket upper bounds (s).
@@ -162,7 +165,7 @@ class Settlement:
         age = skew.age()
         adaptive = now - min(max(ADAPTIVE_MARGIN * age if age is not None else 0.0, ADAPTIVE_FLOOR_S), self.max_hold_s)
         limit = now - (delay if pressure else self.max_hold_s)
-        settled = now - delay - ISOLATED_S  # the spans of requests that ended before this have arrived
+        settled = now - delay - SETTLED_MARGIN_S  # the spans of requests that ended before this have arrived
         with self._lock:
             for e in self._engines.values():
                 if e.up and e.last_answer < now - STALE_S:
@@ -194,6 +197,7 @@ class Settlement:
         sent = np.fromiter((s[0] for s in samples), float, len(samples))
         answered = np.fromiter((s[1] for s in samples), float, len(samples))
         moment = (sent + answered) / 2
+        old = int(np.searchsorted(answered, settled))  # moments whose requests' spans had time to arrive
         for model in {m for s in samples for m in s[2]}:
             need = np.fromiter((s[2].get(model, 0) for s in samples), float, len(samples))
             have = covering(model, moment)
@@ -201,8 +205,11 @@ class Settlement:
                 if e.succeeded.get(model, 0) - e.first_succeeded.get(model, 0) >= UNTRACED_AFTER:
                     continue  # the engine finished many of them, and no span came: not traced
                 have = np.zeros(len(samples))
-            covered &= have >= need
-        covered[:-1] |= covered[1:] & (answered[:-1] < settled)  # isolated: a reading on a request's edge
+            deficit = need - have
+            # a request on its way is missing from every later moment until it ends: the least
+            # deficit from a moment to the last old one bounds how many of its requests can still come
+            deficit[:old] = np.minimum.accumulate(deficit[:old][::-1])[::-1]
+            covered &= deficit <= 0
         u = int(np.argmin(covered)) if not covered.all() else len(samples)
         if u:
             e.anchor = sent[u - 1]

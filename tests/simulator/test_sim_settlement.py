@@ -1,7 +1,9 @@
 """Settlement end to end: the simulated engine runs reasoning-length requests beside short chat
 ones, its spans go to a real exporter that scrapes the engine's /metrics. The long requests hold
-settlement (no span late), and once nothing is in flight a request's energy is final within the
-span export delay and a few seconds."""
+settlement (no span late) and get the energy an unbounded delay gives them: a second exporter on
+the same GPU, fed the spans by the first's forwarding, splits nothing before its final attribution.
+Once nothing is in flight a request's energy is final within the span export delay and a few
+seconds."""
 
 from __future__ import annotations
 
@@ -34,8 +36,11 @@ def test_reasoning_requests_hold_settlement_and_short_ones_settle_in_seconds(tmp
     device = tmp_path / "gpu.dev"
     install_gpus(device)
     engine_port = free_port()
+    unbounded = ExporterProcess("--gpu", "sim", "--sim-device-file", str(device), "--counter-interval", "1",
+                                "--settle-delay", "600", "--shutdown-scrape-wait", "20")
     exporter = ExporterProcess("--gpu", "sim", "--sim-device-file", str(device), "--counter-interval", "1",
-                               "--engine-metrics", f"http://127.0.0.1:{engine_port}/metrics")
+                               "--engine-metrics", f"http://127.0.0.1:{engine_port}/metrics",
+                               "--forward-otlp", f"grpc://127.0.0.1:{unbounded.grpc_port}")
     engine = None
     try:
         engine = SimEngine("--max-num-seqs", "8", "--device-file", str(device), "--otlp-traces-endpoint",
@@ -68,7 +73,17 @@ def test_reasoning_requests_hold_settlement_and_short_ones_settle_in_seconds(tmp
         assert attributed > 0 and sum_samples(text, "jouletrace_model_energy_joules_total") == \
             pytest.approx(attributed, rel=1e-6)
         assert "settlement: engine" in exporter.output()
+        # the same requests split with every span known: the final attribution of an unbounded delay
+        wait_for(lambda: sum_samples(http_get(unbounded.url("/metrics"))[1], "jouletrace_requests_pending") == n + 1,
+                 20, "the spans forwarded")
+        unbounded.proc.terminate()
+        final = wait_for(lambda: "final attribution done" in unbounded.output() and http_get(unbounded.url("/metrics"))[1],
+                         20, "the unbounded exporter's final attribution")
+        assert sum_samples(final, "jouletrace_model_requests_total", model=MODEL) == n + 1
+        assert sum_samples(text, "jouletrace_model_energy_joules_total", model=MODEL) == \
+            pytest.approx(sum_samples(final, "jouletrace_model_energy_joules_total", model=MODEL), rel=0.01)
     finally:
         if engine is not None:
             engine.stop()
         exporter.stop()
+        unbounded.stop()

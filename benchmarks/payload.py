@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-
-FIXTURE = pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "vllm-0.32.0-cpu-llm_request.otlp.pb"
-
-
-def template() -> trace_service_pb2.ExportTraceServiceRequest:
-    msg = trace_service_pb2.ExportTraceServiceRequest()
-    msg.ParseFromString(FIXTURE.read_bytes())
-    return msg
+TESTS = pathlib.Path(__file__).resolve().parents[1] / "tests"
+sys.path[:0] = [str(TESTS), str(TESTS / "reliability")]
+from span_load import vllm_message  # noqa: E402
 
 
 def build(spans: int, end_s: float, spacing_s: float = 0.001, service: str = "bench-model") -> bytes:
     """One ExportTraceServiceRequest of `spans` llm_request spans ending up to `end_s`, unique ids."""
-    src = template()
-    span = next(s for rs in src.resource_spans for ss in rs.scope_spans for s in ss.spans if s.name == "llm_request")
-    msg = trace_service_pb2.ExportTraceServiceRequest()
-    rs = msg.resource_spans.add()
-    rs.resource.attributes.add(key="service.name").value.string_value = service
-    ss = rs.scope_spans.add()
-    ss.scope.name = "vllm.tracing.otel"
+    msg, ss, span = vllm_message(service)
     duration = span.end_time_unix_nano - span.start_time_unix_nano
     for i in range(spans):
         s = ss.spans.add()

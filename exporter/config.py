@@ -60,6 +60,13 @@ def non_negative(text: str) -> float:
     return value
 
 
+def optional_seconds(text: str) -> float | None:
+    """A positive number of seconds, or `auto` (None)."""
+    if text.strip().lower() in ("auto", ""):
+        return None
+    return positive(float)(text)
+
+
 def pod_name(text: str) -> str:
     """`namespace/name` of a pod, or empty."""
     text = text.strip()
@@ -145,9 +152,12 @@ OPTIONS = (
     Option("max_pending", positive(int), "100000", "requests held for attribution at most; beyond, senders are told to retry"),
     Option("max_models", positive(int), "50", "distinct model labels at most; later ones fold into `other`"),
     Option("default_model", str, "unknown", "model label for spans that name no model and no service"),
-    Option("settle_delay", positive(float), "60", "seconds energy waits for late spans before it is split (set above "
-                                                  "your p99 request latency plus the span export delay)"),
-    Option("retention", positive(float), "600", "seconds of energy timeline kept per GPU"),
+    Option("settle_delay", optional_seconds, "auto", "seconds energy waits for spans before it is split, fixed; auto: "
+           "until the requests the engine runs (--engine-metrics) have reported, else a delay adapted to the spans' "
+           "age"),
+    Option("max_hold", positive(float), "1800", "auto settlement: the longest energy waits for a request still "
+                                                "running, seconds; below --retention"),
+    Option("retention", positive(float), "2400", "seconds of energy timeline kept per GPU"),
     Option("window", positive(float), "60", "sliding window of the energy-per-token and throughput-per-watt gauges, seconds"),
     Option("power_interval", positive(float), "0.1", "power sampling period, seconds (the timeline's resolution)"),
     Option("counter_interval", positive(float), "5", "energy counter read period, seconds (each read costs ~4 ms CPU on H100)"),
@@ -256,7 +266,8 @@ class ExporterConfig:
     max_pending: int
     max_models: int
     default_model: str
-    settle_delay: float
+    settle_delay: float | None
+    max_hold: float
     retention: float
     window: float
     power_interval: float
@@ -282,6 +293,11 @@ class ExporterConfig:
     powercap_audit_log: str
     powercap_deadlines: tuple[Deadline, ...]
     powercap_budget: float
+
+    @property
+    def longest_hold(self) -> float:
+        """The longest a moment's energy may wait before it is split (s): the fixed delay or the max hold."""
+        return self.max_hold if self.settle_delay is None else self.settle_delay
 
     RELOADABLE = ("log_level", "engine_metrics", "engine_interval", "engine_timeout", "window")  # applied live
 
@@ -310,8 +326,9 @@ class ExporterConfig:
         cfg = cls(**values)
         if cfg.gpu not in ("auto", "nvml", "sim"):
             raise ValueError(f"--gpu must be auto, nvml or sim, not {cfg.gpu!r}")
-        if cfg.settle_delay >= cfg.retention:
-            raise ValueError(f"--settle-delay ({cfg.settle_delay}s) must be shorter than --retention ({cfg.retention}s)")
+        if cfg.longest_hold >= cfg.retention:
+            flag = "--max-hold" if cfg.settle_delay is None else "--settle-delay"
+            raise ValueError(f"{flag} ({cfg.longest_hold}s) must be shorter than --retention ({cfg.retention}s)")
         if cfg.counter_interval < cfg.power_interval:
             raise ValueError("--counter-interval must not be shorter than --power-interval")
         return cfg

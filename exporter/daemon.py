@@ -119,10 +119,10 @@ class Exporter:
         self.forwarder = None
         if cfg.forward_otlp:
             self.forwarder = Forwarder(cfg.forward_otlp, gpu_uuids=self.gpu_uuids,
-                                       hold_s=hold_seconds(cfg.settle_delay, cfg.counter_interval),
+                                       hold_s=hold_seconds(cfg.longest_hold, cfg.counter_interval),
                                        buffer_bytes=cfg.forward_buffer_bytes, timeout_s=cfg.forward_timeout,
                                        retry_max_s=cfg.forward_retry_max)
-        self.ledger = Ledger(self.samplers, settle_delay_s=cfg.settle_delay, window_s=cfg.window,
+        self.ledger = Ledger(self.samplers, settle_delay_s=cfg.settle_delay, max_hold_s=cfg.max_hold, window_s=cfg.window,
                              max_pending=cfg.max_pending, max_models=cfg.max_models, max_pods=cfg.max_pods,
                              on_results=self.forwarder.on_results if self.forwarder else None)
         self.powercap = PowerCap(PowerCapConfig.from_config(cfg), self.samplers, self.ledger)
@@ -178,6 +178,7 @@ class Exporter:
         for d in self.devices:
             log.info("GPU %d: %s %s (backend %s)", d.index, d.uuid, d.name, d.backend)
         await self.components.start()
+        log.info("settlement: %s", self.ledger.settlement.describe())
         for intake in self.components.of_type(HttpIntake, GrpcIntake):
             self.ports[intake.name] = intake.port
         log.info("listening: %s (%s)", ", ".join(f"{k}={v}" for k, v in self.ports.items()),
@@ -212,8 +213,10 @@ class Exporter:
         return [d.uuid for d in self.devices]
 
     def _engine_scraper(self, cfg: ExporterConfig) -> EngineScraper:
+        self.ledger.watch_engines(list(cfg.engine_metrics))
         return EngineScraper(list(cfg.engine_metrics), self.ledger.completion_tokens, interval_s=cfg.engine_interval,
-                             timeout_s=cfg.engine_timeout, max_models=cfg.max_models)
+                             timeout_s=cfg.engine_timeout, max_models=cfg.max_models,
+                             on_scrape=self.ledger.engine_sample)
 
     async def stop(self, scrape_wait_s: float = 0.0) -> None:
         """Graceful stop: close the span intake, restore the power limits the exporter changed, take

@@ -1,9 +1,11 @@
 """Engine metrics scrape: the inference server's own Prometheus endpoint, read beside the energy.
 
 Every `interval_s` each configured URL (vLLM's `/metrics`) is fetched with aiohttp and parsed;
-running and waiting requests, KV-cache usage and token counters are kept per `model_name`, so
-batch size and memory pressure can be read next to energy. The engine's output-token counter is
-also the cross-check of span intake: tokens seen in spans vs tokens the engine counted.
+running and waiting requests, KV-cache usage, token and request counters are kept per
+`model_name`, so batch size and memory pressure can be read next to energy. The engine's
+output-token counter is also the cross-check of span intake: tokens seen in spans vs tokens the
+engine counted. Every scrape, answered or failed, is handed to `on_scrape(url, sent, answered,
+values or None)` (Unix seconds): settlement waits for the requests the engine runs.
 
 Faults: an engine that is down, slow (no whole answer within `timeout_s`) or answers garbage
 (HTTP error, no vLLM series, a body over MAX_BODY_BYTES) is counted by reason and logged once
@@ -35,6 +37,7 @@ VLLM_SERIES = {
     "vllm:kv_cache_usage_perc": "kv_cache_usage_ratio",
     "vllm:prompt_tokens": "prompt_tokens",  # the parser strips `_total` from counters
     "vllm:generation_tokens": "generation_tokens",
+    "vllm:request_success": "requests_succeeded",
 }
 #: Gauges among them: a value of the last good scrape, not exported while the engine fails.
 GAUGES = ("requests_running", "requests_waiting", "kv_cache_usage_ratio")
@@ -91,12 +94,14 @@ class EngineScraper:
     """
 
     def __init__(self, urls: list[str], span_tokens: Callable[[str], float], *, interval_s: float = 1.0,
-                 timeout_s: float = 2.0, max_models: int = 50):
+                 timeout_s: float = 2.0, max_models: int = 50,
+                 on_scrape: Callable[[str, float, float, dict[str, dict[str, float]] | None], None] | None = None):
         self.states = [EngineState(url) for url in urls]
         self.span_tokens = span_tokens
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.max_models = max_models
+        self.on_scrape = on_scrape
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
@@ -119,6 +124,8 @@ class EngineScraper:
 
     async def scrape(self, session: aiohttp.ClientSession, st: EngineState) -> None:
         t0 = time.monotonic()
+        sent = time.time()
+        values, cancelled = None, False
         try:
             async with session.get(st.url) as r:
                 if r.status != 200:
@@ -130,6 +137,9 @@ class EngineScraper:
                         raise ValueError(f"answer larger than {MAX_BODY_BYTES} bytes")
             values = await asyncio.to_thread(parse_vllm, body.decode("utf-8", errors="replace"))
             values = dict(list(values.items())[: self.max_models])
+        except asyncio.CancelledError:  # stopped: no answer to report
+            cancelled = True
+            raise
         except asyncio.TimeoutError:
             self._set(st, SLOW, f"no answer within {self.timeout_s}s")
         except aiohttp.ClientError as exc:
@@ -149,6 +159,8 @@ class EngineScraper:
             st.last_success = time.time()
             self._set(st, UP, "")
         finally:
+            if self.on_scrape is not None and not cancelled:
+                self.on_scrape(st.url, sent, time.time(), values)
             st.scrapes += 1
             st.scrape_seconds += time.monotonic() - t0
 

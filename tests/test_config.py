@@ -21,7 +21,8 @@ def test_defaults():
     assert cfg.gpu == "auto" and cfg.gpus == "all"
     assert cfg.metrics_addr == ("0.0.0.0", 9464)
     assert cfg.otlp_grpc_addr == ("127.0.0.1", 4317) and cfg.otlp_http_addr == ("127.0.0.1", 4318)
-    assert cfg.settle_delay == 60.0 and cfg.counter_interval == 5.0 and cfg.max_message_bytes == 4 << 20
+    assert cfg.settle_delay is None and cfg.counter_interval == 5.0 and cfg.max_message_bytes == 4 << 20
+    assert (cfg.max_hold, cfg.retention, cfg.longest_hold) == (1800.0, 2400.0, 1800.0)
 
 
 def test_environment_and_flags(monkeypatch):
@@ -35,7 +36,8 @@ def test_environment_and_flags(monkeypatch):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--settle-delay", "700"], "must be shorter than --retention"),
+    (["--settle-delay", "700", "--retention", "600"], "--settle-delay .* must be shorter than --retention"),
+    (["--max-hold", "3000"], "--max-hold .* must be shorter than --retention"),
     (["--gpu", "tpu"], "--gpu must be auto, nvml or sim"),
     (["--counter-interval", "0.01"], "--counter-interval must not be shorter"),
 ])
@@ -54,10 +56,10 @@ def test_malformed_values_exit_with_a_message(argv, capsys):
 
 
 def test_command_reports_bad_environment_and_exits_2():
-    env = {"JOULETRACE_SETTLE_DELAY": "900", "PATH": ""}
+    env = {"JOULETRACE_SETTLE_DELAY": "2500", "PATH": ""}
     out = subprocess.run([sys.executable, "-m", "jouletrace", "exporter"], env=env, capture_output=True, text=True)
     assert out.returncode == 2
-    assert "--settle-delay (900.0s) must be shorter than --retention" in out.stderr
+    assert "--settle-delay (2500.0s) must be shorter than --retention" in out.stderr
 
 
 def test_command_refuses_a_port_in_use():

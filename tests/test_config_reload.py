@@ -24,7 +24,7 @@ def test_flag_then_environment_then_file_then_default(tmp_path):
     cfg = config(["--config", str(f), "--window", "5"], {"JOULETRACE_LOG_LEVEL": "warning"})
     assert (cfg.window, cfg.log_level, cfg.settle_delay) == (5.0, "warning", 30.0)
     assert cfg.engine_metrics == ("http://a:8000/metrics", "http://b:8000/metrics")
-    assert cfg.retention == 600.0  # the default
+    assert cfg.retention == 2400.0  # the default
     assert config([], {"JOULETRACE_CONFIG": str(f)}).settle_delay == 30.0
 
 
@@ -60,7 +60,7 @@ def test_sighup_and_file_changes_reload_without_losing_counters(tmp_path):
         energy = sum_samples(metrics(), "jouletrace_gpu_energy_joules_total")
         assert energy > 0 and reloads(exporter, "applied") >= 1
         # a change that needs a restart: the file alone (no signal) triggers the reload
-        f.write_text(f'window = 30\nengine_metrics = ["{engine.url("/metrics")}"]\nretention = 900\n')
+        f.write_text(f'window = 30\nengine_metrics = ["{engine.url("/metrics")}"]\nretention = 3000\n')
         wait_for(lambda: reloads(exporter, "restart_needed") == 1, 15, "the file change to be seen")
         assert "needs a restart to change: retention" in exporter.output()
         # a broken file is refused; the exporter goes on, its counters grow on

@@ -38,7 +38,7 @@ vllm:request_success_total{engine="0",finished_reason="stop",model_name="llama"}
 def test_parse_vllm_text():
     values = parse_vllm(VLLM_TEXT % {"prompt": 1000.0, "gen": 500.0})
     assert values == {"llama": {"requests_running": 12.0, "requests_waiting": 3.0, "kv_cache_usage_ratio": 0.42,
-                                "prompt_tokens": 1000.0, "generation_tokens": 500.0}}
+                                "prompt_tokens": 1000.0, "generation_tokens": 500.0, "requests_succeeded": 7.0}}
     with pytest.raises(ValueError):
         parse_vllm("# nothing from vLLM here\nup 1\n")
 
@@ -67,8 +67,11 @@ def test_states_are_counted_and_logged_once_per_change(caplog):
         app.router.add_get("/metrics", engine.handle)
         runner, port = await serve_app(app)
         span_tokens = {"llama": 100.0}
+        reports = []  # what settlement is handed: every scrape, its values or None
         scraper = EngineScraper([f"http://127.0.0.1:{port}/metrics", f"http://127.0.0.1:{free_port()}/metrics"],
-                                span_tokens.get, timeout_s=0.5)
+                                span_tokens.get, timeout_s=0.5,
+                                on_scrape=lambda url, sent, answered, values: reports.append(
+                                    (url.endswith(f":{port}/metrics"), sent <= answered, values)))
         ok, down = scraper.states
         seen = []
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as session:
@@ -89,9 +92,13 @@ def test_states_are_counted_and_logged_once_per_change(caplog):
             engine.mode = "ok"
             await scrape()
         await runner.cleanup()
-        return seen, ok, down, ratio
+        return seen, ok, down, ratio, reports
 
-    seen, ok, down, ratio = asyncio.run(scenario())
+    seen, ok, down, ratio, reports = asyncio.run(scenario())
+    assert all(ordered for _, ordered, _ in reports) and len(reports) == 18
+    assert [values is not None for is_ok, _, values in reports if is_ok] == [True] * 3 + [False] * 5 + [True]
+    assert all(values is None for is_ok, _, values in reports if not is_ok)
+    assert next(values for is_ok, _, values in reports if is_ok)["llama"]["requests_succeeded"] == 7.0
     assert [s[0] for s in seen] == [UP, UP, SLOW, GARBAGE, GARBAGE, UP]
     assert all(s[1] == DOWN for s in seen)
     assert ok.failures == {SLOW: 2, GARBAGE: 3}

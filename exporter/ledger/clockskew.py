@@ -1,4 +1,4 @@
-"""Clock skew between a span's sender and the exporter, measured from the spans themselves.
+"""Span timing per sender, measured from the spans themselves: clock skew, export delay, age.
 
 A span arrives after it ends: arrival - end = d + (exporter clock - sender clock), with d >= 0 the
 export delay (batching, network). Per source (the span's model label), the least `arrival - end`
@@ -9,6 +9,11 @@ A negative offset beyond `tolerance_s` is certain skew: the sender's clock is ah
 in the exporter's future). Its spans are moved back by the offset, onto the exporter's clock, and
 counted as corrected; what remains is the shortest export delay. A positive offset cannot be told
 from export delay, so it is only reported: if it exceeds the settle delay, spans arrive late.
+
+Settlement reads two more extremes per source, on the exporter's clock (after correction): the
+greatest `arrival - end` over `window_s` (`export_delay`: how long a finished request's span may
+still be on its way) and the greatest `arrival - start` over `age_window_s` (`age`: how long a
+request's time may wait for its span). All in seconds.
 """
 
 from __future__ import annotations
@@ -18,28 +23,59 @@ import collections
 import numpy as np
 
 WINDOW_S = 120.0
+AGE_WINDOW_S = 600.0
 TOLERANCE_S = 0.5
 
 
-class ClockSkew:
-    """Per-source clock offsets (s; negative: the sender's clock is ahead)."""
+class _Extreme:
+    """The least (or, with `sign` -1, greatest) value noted over the last `window_s` seconds: a
+    monotonic deque of (time, value), whose head is the window's extreme."""
 
-    def __init__(self, window_s: float = WINDOW_S, tolerance_s: float = TOLERANCE_S):
+    __slots__ = ("window_s", "sign", "_seen")
+
+    def __init__(self, window_s: float, sign: float = 1.0):
+        self.window_s = window_s
+        self.sign = sign
+        self._seen: collections.deque = collections.deque()
+
+    def note(self, t: float, value: float) -> float:
+        seen, v = self._seen, self.sign * value
+        while seen and seen[0][0] < t - self.window_s:
+            seen.popleft()
+        while seen and seen[-1][1] >= v:
+            seen.pop()
+        seen.append((t, v))
+        return self.sign * seen[0][1]
+
+    def value(self) -> float | None:
+        return self.sign * self._seen[0][1] if self._seen else None
+
+
+class ClockSkew:
+    """Per-source clock offsets (s; negative: the sender's clock is ahead), export delays and ages."""
+
+    def __init__(self, window_s: float = WINDOW_S, tolerance_s: float = TOLERANCE_S, age_window_s: float = AGE_WINDOW_S):
         self.window_s = window_s
         self.tolerance_s = tolerance_s
-        self._seen: dict[int, collections.deque] = {}  # source -> (arrival, least lag of a batch)
+        self.age_window_s = age_window_s
+        self._offset: dict[int, _Extreme] = {}  # source -> least lag
+        self._delay: dict[int, _Extreme] = {}  # source -> greatest lag, corrected
+        self._age: dict[int, _Extreme] = {}  # source -> greatest arrival - start, corrected
         self.corrected = 0  # spans moved onto the exporter's clock
 
     def correct(self, rows: np.ndarray, sources: np.ndarray, arrival: float) -> np.ndarray:
         """Note the batch's lags and return its rows (REQUEST_DTYPE), those of sources whose clock
         is ahead moved back by their offset (a copy; `rows` is left as it is)."""
         lag = arrival - rows["end"]
+        age = arrival - rows["start"]
         shift = np.zeros(len(rows))
         for source in np.unique(sources).tolist():
             sel = sources == source
-            offset = self._observe(source, arrival, float(lag[sel].min()))
-            if offset < -self.tolerance_s:
-                shift[sel] = offset
+            offset = self._of(self._offset, source, self.window_s, 1.0).note(arrival, float(lag[sel].min()))
+            moved = offset if offset < -self.tolerance_s else 0.0
+            shift[sel] = moved
+            self._of(self._delay, source, self.window_s, -1.0).note(arrival, float(lag[sel].max()) - moved)
+            self._of(self._age, source, self.age_window_s, -1.0).note(arrival, float(age[sel].max()) - moved)
         if not shift.any():
             return rows
         self.corrected += int(np.count_nonzero(shift))
@@ -48,15 +84,21 @@ class ClockSkew:
             rows[field] += shift
         return rows
 
-    def _observe(self, source: int, arrival: float, least_lag: float) -> float:
-        seen = self._seen.setdefault(source, collections.deque())
-        while seen and seen[0][0] < arrival - self.window_s:
-            seen.popleft()
-        while seen and seen[-1][1] >= least_lag:  # a monotonic deque: its head is the window's least
-            seen.pop()
-        seen.append((arrival, least_lag))
-        return seen[0][1]
+    @staticmethod
+    def _of(table: dict[int, _Extreme], source: int, window_s: float, sign: float) -> _Extreme:
+        extreme = table.get(source)
+        if extreme is None:
+            extreme = table[source] = _Extreme(window_s, sign)
+        return extreme
 
     def offsets(self) -> dict[int, float]:
         """The last offset measured for each source (s)."""
-        return {source: seen[0][1] for source, seen in self._seen.items() if seen}
+        return {source: v for source, x in self._offset.items() if (v := x.value()) is not None}
+
+    def export_delay(self) -> float | None:
+        """The greatest (arrival - end) of any source's spans over the window (s); None before any."""
+        return max((v for x in self._delay.values() if (v := x.value()) is not None), default=None)
+
+    def age(self) -> float | None:
+        """The greatest (arrival - start) of any source's spans over the age window (s); None before any."""
+        return max((v for x in self._age.values() if (v := x.value()) is not None), default=None)

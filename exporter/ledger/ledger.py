@@ -1,7 +1,9 @@
 """The energy ledger: measured GPU energy split among the requests that ran, conserving every joule.
 
-Attribution rule. Time is finalized per GPU up to its horizon, `min(settled_until, now -
-settle_delay)`. Inside a finalized interval, each request occupies the GPU during its prefill and
+Attribution rule. Time is finalized per GPU up to its horizon, `min(settled_until, settlement
+horizon)`: the latest moment every request that ran then is known, by the policy of
+settlement.py (a fixed `settle_delay`, the engine's requests in flight, or a delay adapted to the
+spans). Inside a finalized interval, each request occupies the GPU during its prefill and
 decode phases (from the span: decode is the last `time_in_model_decode` seconds before the span's
 end, prefill the `time_in_model_prefill` seconds before that; queueing and tokenization occupy no
 GPU). A phase carries a weight equal to the tokens it processes per second: prompt tokens spread
@@ -22,7 +24,8 @@ Span times are on the sender's clock; a sender whose clock runs ahead of the exp
 detected and its spans moved onto the exporter's clock (clockskew.py).
 
 Spans arrive after their request ends; a request whose time was partly finalized before its span
-arrived is counted as late and gets energy only for its unfinalized time.
+arrived is counted as late and gets energy only for its unfinalized time. Each request's lag, from
+its end to its energy being final, is observed into the settlement's histogram.
 
 Storage is column-wise (numpy), so that intake and each pass cost a few vector operations over
 the pending requests rather than Python work per request.
@@ -59,6 +62,7 @@ from jouletrace.exporter.gpu.sampler import GPUSampler
 from jouletrace.exporter.ledger.clockskew import ClockSkew
 from jouletrace.exporter.ledger.labels import LabelSlots
 from jouletrace.exporter.ledger.records import IntakeFull, RequestBatch
+from jouletrace.exporter.ledger.settlement import Figures, Settlement
 
 SETTLE_PERIOD_S = 1.0  # how often `run` settles; a window's granularity
 
@@ -75,6 +79,8 @@ EVERY_GPU = np.uint64(2**64 - 1)
 
 #: Span identities remembered for duplicates, per request that may be pending.
 SEEN_PER_PENDING = 2
+#: Share of max_pending beyond which holds end at the export delay (settlement's `pressure`).
+HOLD_PRESSURE = 0.8
 
 #: on_results(keys (uint64), energy_j (float64), completion_tokens (int64), status)
 ResultsCallback = Callable[[np.ndarray, np.ndarray, np.ndarray, str], None]
@@ -226,7 +232,8 @@ class Ledger:
         self,
         samplers: Sequence[GPUSampler],
         *,
-        settle_delay_s: float = 60.0,
+        settle_delay_s: float | None = 60.0,
+        max_hold_s: float = 300.0,
         window_s: float = 60.0,
         max_pending: int = 100_000,
         max_models: int = 50,
@@ -238,9 +245,10 @@ class Ledger:
         if len(self.samplers) > MAX_GPUS:
             raise ValueError(f"{len(self.samplers)} GPUs: a ledger splits the energy of {MAX_GPUS} at most")
         retention = min(s.timeline.retention_s for s in self.samplers) if self.samplers else 600.0
-        if settle_delay_s >= retention:
-            raise ValueError(f"settle delay {settle_delay_s}s must be shorter than retention {retention}s")
-        self.settle_delay_s = settle_delay_s
+        self.settlement = Settlement(settle_delay_s, max_hold_s)
+        if self.settlement.max_hold_s >= retention:
+            raise ValueError(f"settle delay or max hold {self.settlement.max_hold_s}s must be shorter than "
+                             f"retention {retention}s")
         self.retention_s = retention
         self.window_s = window_s
         self.max_pending = max_pending
@@ -458,9 +466,36 @@ class Ledger:
         self.passes += 1
         self.pass_seconds += time.perf_counter() - t_pass
 
+    @property
+    def max_hold_s(self) -> float:
+        """The longest a moment's energy may wait before it is split (s)."""
+        return self.settlement.max_hold_s
+
+    def watch_engines(self, urls: list[str]) -> None:
+        """The engines whose scrapes settlement follows from now on (see Settlement.watch)."""
+        self.settlement.watch(urls)
+
+    def engine_sample(self, url: str, sent: float, answered: float, values: dict[str, dict[str, float]] | None) -> None:
+        """One engine scrape (see Settlement.engine_sample); called by the engine scrape."""
+        self.settlement.engine_sample(url, sent, answered, values)
+
+    def _covering(self, model: str, moments: np.ndarray) -> np.ndarray | None:
+        """How many of `model`'s spans run (GPU phases, start <= t < end) at each of `moments`; None
+        if no span named the model."""
+        m = self._models.index_of(model)
+        if m is None:
+            return None
+        sel = (self._req.col("model") == m) & (self._req.col("run_end") > moments.min())
+        starts = np.sort(self._req.col("run_start")[sel])
+        ends = np.sort(self._req.col("run_end")[sel])
+        return np.searchsorted(starts, moments, "right") - np.searchsorted(ends, moments, "right")
+
     def _horizons(self, now: float, final: bool) -> dict[tuple[float, float], list[int]]:
         """GPUs grouped by the interval [finalized, horizon) each can finalize now."""
         groups: dict[tuple[float, float], list[int]] = {}
+        policy = self.settlement.horizon(now, self.skew, self._covering,
+                                         pressure=self.pending >= HOLD_PRESSURE * self.max_pending)
+        horizons: dict[int, float] = {}
         for g, sampler in enumerate(self.samplers):
             with sampler.lock:
                 tl = sampler.timeline
@@ -470,9 +505,11 @@ class Ledger:
                 if totals.finalized_until is None:
                     totals.finalized_until = tl.origin
                 f = max(totals.finalized_until, tl.oldest)
-                h = tl.settled_until if final else min(tl.settled_until, now - self.settle_delay_s)
+                h = tl.settled_until if final else min(tl.settled_until, policy)
+            horizons[g] = max(h, f)
             if h > f:
                 groups.setdefault((f, h), []).append(g)
+        self.settlement.note_holds(now, horizons)
         return groups
 
     def _settle(self, now: float, final: bool) -> None:
@@ -510,6 +547,7 @@ class Ledger:
             if len(newly):
                 done[newly] = True
                 self._n_done += len(newly)
+                self.settlement.observe_lag(np.maximum(now - self._req.col("run_end")[newly], 0.0))
                 self._complete(newly, entry)
                 if self.on_results is not None:
                     self._report_completed(newly)
@@ -644,6 +682,11 @@ class Ledger:
         """Energy attributed to each named pod's requests (J, monotonic), `other` for those past the cap."""
         with self._lock:
             return [(name, float(self._p_energy[i])) for i, name in enumerate(self._pods.names) if name]
+
+    def settlement_figures(self) -> Figures:
+        """Settlement's exported state, a copy (Settlement.figures)."""
+        with self._lock:
+            return self.settlement.figures()
 
     def clock_offsets(self) -> dict[str, float]:
         """Each model's senders' clock offset (s; negative: ahead of the exporter, corrected)."""

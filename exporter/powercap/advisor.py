@@ -95,7 +95,7 @@ class PowerCap:
         self.samplers = list(samplers)
         self.ledger = ledger
         self._clock = clock
-        self.latency = SpanLatency(ledger.settle_delay_s + 3 * ledger.window_s, SEEN_PER_PENDING * ledger.max_pending,
+        self.latency = SpanLatency(ledger.max_hold_s + 3 * ledger.window_s, SEEN_PER_PENDING * ledger.max_pending,
                                    clock)
         ledger.add_consumer(self.latency.record)
         self.history = History(self.samplers, ledger, self.latency)

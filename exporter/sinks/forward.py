@@ -111,10 +111,11 @@ _WAITING, _READY, _INFLIGHT, _DONE = range(4)
 # Endpoint, conversion and annotation (pure functions)
 
 
-def hold_seconds(settle_delay_s: float, counter_interval_s: float) -> float:
-    """How long a message waits for its spans' results at most, s. A request completes about
-    settle_delay + one energy counter interval + one attribution pass after it ends."""
-    return settle_delay_s + 2 * counter_interval_s + HOLD_MARGIN_S
+def hold_seconds(longest_hold_s: float, counter_interval_s: float) -> float:
+    """How long a message waits for its spans' results at most, s. A request completes at most
+    the longest settlement hold (fixed settle delay or max hold) + one energy counter interval +
+    one attribution pass after it ends."""
+    return longest_hold_s + 2 * counter_interval_s + HOLD_MARGIN_S
 
 
 def parse_endpoint(url: str) -> tuple[str, str, bool]:

@@ -41,19 +41,25 @@ def sdk_span(i: int, end_ns: int, resource: dict | None = None, **attributes) ->
                         start_time=end_ns - 500_000_000, end_time=end_ns)
 
 
+def vllm_message(service: str) -> tuple:
+    """An empty OTLP message of vLLM's scope for `service`, its scope spans to add to, and the
+    fixture's llm_request span to copy: (message, scope spans, span)."""
+    src = trace_service_pb2.ExportTraceServiceRequest.FromString(FIXTURE.read_bytes())
+    span = next(s for rs in src.resource_spans for ss in rs.scope_spans for s in ss.spans if s.name == "llm_request")
+    msg = trace_service_pb2.ExportTraceServiceRequest()
+    rs = msg.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = service
+    ss = rs.scope_spans.add()
+    ss.scope.name = "vllm.tracing.otel"
+    return msg, ss, span
+
+
 class Stamper:
     """One message of `spans` llm_request spans of model `service`, copied with fresh trace ids and
     times ending at the moment of each `stamp()`."""
 
     def __init__(self, spans: int, service: str = "flood-model", spacing_s: float = 1e-4):
-        src = trace_service_pb2.ExportTraceServiceRequest.FromString(FIXTURE.read_bytes())
-        span = next(s for rs in src.resource_spans for ss in rs.scope_spans for s in ss.spans
-                    if s.name == "llm_request")
-        msg = trace_service_pb2.ExportTraceServiceRequest()
-        rs = msg.resource_spans.add()
-        rs.resource.attributes.add(key="service.name").value.string_value = service
-        ss = rs.scope_spans.add()
-        ss.scope.name = "vllm.tracing.otel"
+        msg, ss, span = vllm_message(service)
         self.end_ns = 1 << 62  # the template's last end; times are distinct, so each is found once
         duration = span.end_time_unix_nano - span.start_time_unix_nano
         tids, times = [], []

@@ -9,9 +9,10 @@ import asyncio
 import threading
 import time
 
+from aiohttp import web
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
-from servers import ExporterProcess, http_get, sum_samples, wait_for
+from servers import BackgroundApp, ExporterProcess, http_get, sum_samples, wait_for
 from span_load import RETRYABLE, Stamper, exporter_counts, flood, peak_rss_bytes, sdk_span
 
 MAX_PENDING = 4096
@@ -71,6 +72,40 @@ def test_flood_is_refused_retryably_counted_and_what_was_accepted_is_attributed(
         assert exporter.proc.poll() is None
     finally:
         exporter.stop()
+
+
+def test_a_flood_while_a_running_request_holds_settlement_keeps_memory_bounded():
+    """The engine runs a request whose span never comes: settlement holds for it until the ledger is
+    nearly full, then lets go (a hold given up), so senders are refused only briefly, memory stays
+    bounded, and once the engine no longer runs it every accepted span is attributed."""
+    running = {"n": 1}
+
+    async def engine_metrics(request):
+        return web.Response(text=f'vllm:num_requests_running{{model_name="reasoning"}} {running["n"]}\n'
+                                 'vllm:request_success_total{model_name="reasoning"} 0\n')
+
+    app = web.Application()
+    app.router.add_get("/metrics", engine_metrics)
+    engine = BackgroundApp(app)
+    exporter = ExporterProcess("--gpu", "sim", "--sim-load", "0.7", "--counter-interval", "0.5",
+                               "--engine-metrics", engine.url + "/metrics", "--engine-interval", "0.5",
+                               "--max-pending", str(MAX_PENDING), "--log-level", "warning")
+    try:
+        rss_before = peak_rss_bytes(exporter.proc.pid)
+        wait_for(lambda: metric(exporter, "jouletrace_settle_hold_seconds", reason="engine") > 1.0, 10,
+                 "the running request to hold settlement")
+        tally = asyncio.run(flood(f"http://127.0.0.1:{exporter.http_port}/v1/traces",
+                                  f"127.0.0.1:{exporter.grpc_port}", Stamper(SPANS), seconds=3.0))
+        assert tally.other == {} and tally.accepted_spans > MAX_PENDING, tally.answers
+        assert metric(exporter, "jouletrace_settle_holds_expired_total") >= 1
+        assert peak_rss_bytes(exporter.proc.pid) - rss_before < RSS_BOUND
+        running["n"] = 0  # the request ended without a span (aborted): nothing is waited for
+        wait_for(lambda: metric(exporter, "jouletrace_requests_pending") == 0, 30, "the ledger to drain")
+        assert metric(exporter, "jouletrace_model_requests_total") == tally.accepted_spans
+        assert exporter.proc.poll() is None
+    finally:
+        exporter.stop()
+        engine.stop()
 
 
 def test_open_loop_flood_of_large_messages_whose_senders_give_up_loses_nothing_accepted():

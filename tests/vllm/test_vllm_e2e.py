@@ -21,9 +21,6 @@ from vllm_stack import OtlpReceiver, Sent, VllmServer, attributes, drive, tail
 
 PER_KIND = 4            # requests per (endpoint, streaming) pair: 16 at once per server, after one alone
 SPAN_WAIT_S = 90        # for the last span to arrive and its energy to be split
-# Energy is split once it is this old; a span arriving later is late and its request loses energy.
-# On 2 busy cores a burst of 16 requests has taken up to 4.5 s, and spans leave vLLM every 0.5 s.
-SETTLE_DELAY_S = 10
 PROTOCOL_LABEL = {"grpc": "grpc", "http/protobuf": "http"}
 
 
@@ -55,8 +52,9 @@ def served(protocol: str, model_dir, tmp_path_factory) -> Iterator[tuple[Run, Ot
     label = PROTOCOL_LABEL[protocol]
     model = f"tiny-llama-{label}"
     vllm_port = free_port()
-    exporter = ExporterProcess("--gpu", "sim", "--sim-load", "0.6", "--settle-delay", str(SETTLE_DELAY_S),
-                               "--counter-interval", "1", "--engine-metrics", f"http://127.0.0.1:{vllm_port}/metrics")
+    # settlement follows vLLM's running requests (--engine-metrics): no span may arrive late
+    exporter = ExporterProcess("--gpu", "sim", "--sim-load", "0.6", "--counter-interval", "1",
+                               "--engine-metrics", f"http://127.0.0.1:{vllm_port}/metrics")
     relay = OtlpReceiver(forward_to=f"127.0.0.1:{exporter.grpc_port}") if protocol == "grpc" else None
     endpoint = relay.endpoint if relay is not None else f"http://127.0.0.1:{exporter.http_port}/v1/traces"
     log = tmp_path_factory.mktemp("vllm") / f"vllm-{label}.log"
@@ -135,6 +133,8 @@ def test_every_span_arrived_once(run: Run):
     assert run.m("jouletrace_spans_rejected_total") == 0
     assert run.m("jouletrace_spans_duplicate_total") == 0
     assert run.m("jouletrace_spans_late_total") == 0
+    assert "settlement: engine" in run.logs["exporter"]()
+    assert run.m("jouletrace_settle_holds_expired_total") == 0
     assert run.m("jouletrace_request_energy_joules_count", model=run.model) == n
     ok = run.m("jouletrace_otlp_requests_total", protocol=proto, code="200" if proto == "http" else "OK")
     assert ok >= 1

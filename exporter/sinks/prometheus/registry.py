@@ -23,6 +23,7 @@ from jouletrace.exporter.sinks.prometheus.info import InfoCollector
 from jouletrace.exporter.sinks.prometheus.intake import IntakeCollector
 from jouletrace.exporter.sinks.prometheus.placement import PlacementCollector
 from jouletrace.exporter.sinks.prometheus.powercap import PowerCapCollector
+from jouletrace.exporter.sinks.prometheus.settlement import SettlementCollector
 
 
 def collectors(samplers: list[GPUSampler], ledger: Ledger, intake_snapshot: Callable[[], dict], *,
@@ -32,6 +33,7 @@ def collectors(samplers: list[GPUSampler], ledger: Ledger, intake_snapshot: Call
                clock: Callable[[], float] = time.time) -> list[Collector]:
     """The components' collectors; span forwarding, power capping and node mode only where given."""
     out = [GPUCollector(samplers, ledger, clock), AttributionCollector(samplers, ledger),
+           SettlementCollector(samplers, ledger),
            EngineCollector(engine_states, ledger.completion_tokens), IntakeCollector(intake_snapshot),
            InfoCollector(samplers, selection, config_reloads if config_reloads is not None else {})]
     if forward_snapshot is not None:

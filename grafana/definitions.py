@@ -199,20 +199,21 @@ def overview():
         .with_panel(_panel(
             timeseries.Panel(), "Late spans", units.CountsPerSecond,
             "Spans that arrived after part (partial) or all (whole) of their request's time had been split: that "
-            "time got no energy. Raise the exporter's --settle-delay above the p99 request latency plus the span "
-            "export delay, or shorten the engine's span batching (OTEL_BSP_SCHEDULE_DELAY).",
+            "time got no energy. Settlement waits for the engine's running requests (--engine-metrics) up to "
+            "--max-hold, else for a delay adapted to the spans' age: late spans mean a hold ran out (raise "
+            "--max-hold), no engine scrape (give --engine-metrics), or a fixed --settle-delay that is too short.",
             (f"sum by (part) (rate(jouletrace_spans_late_total{{{ns}}}{RATE}))", "{{part}}")))
         .with_panel(_panel(
             timeseries.Panel(), "Attribution lag", units.Seconds,
             "How far behind now the energy of each exporter has been split among requests. It should sit near "
-            "--settle-delay plus a counter interval; growing without bound means a GPU stopped answering or the "
-            "exporter is overloaded: see exporter health.",
+            "the settle hold (jouletrace_settle_hold_seconds) plus a counter interval; growing without bound means a "
+            "GPU stopped answering or the exporter is overloaded: see exporter health.",
             (f"time() - min by (namespace, pod) (jouletrace_gpu_finalized_timestamp_seconds{{{ns}}})", "{{pod}}")))
         .with_panel(_panel(
             timeseries.Panel(), "Span sender clock offset", units.Seconds,
             "Least (arrival - end) of each model's request spans over 2 minutes: the senders' clock lag plus the "
             "shortest export delay. Below zero the senders' clocks are ahead (their spans are corrected); seconds "
-            "above zero, near --settle-delay, make spans late: check NTP on the inference hosts.",
+            "above zero, near the settle hold, make spans late: check NTP on the inference hosts.",
             (f"min by (namespace, pod, model) (jouletrace_span_clock_offset_seconds{{{ns}}})", "{{pod}} {{model}}"),
             span=24))
         .with_row(dash.Row("Exporter health"))

@@ -142,7 +142,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    exporter_args = ["--counter-interval", "1", "--settle-delay", "5", "--window", "10", "--shutdown-scrape-wait", "0"]
+    exporter_args = ["--counter-interval", "1", "--window", "10", "--shutdown-scrape-wait", "0"]
     if args.engine_url:
         exporter_args += ["--gpu", args.gpu, "--engine-metrics", args.engine_url.rstrip("/") + "/metrics"]
     else:

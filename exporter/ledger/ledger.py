@@ -244,7 +244,7 @@ class Ledger:
         self.samplers = list(samplers)
         if len(self.samplers) > MAX_GPUS:
             raise ValueError(f"{len(self.samplers)} GPUs: a ledger splits the energy of {MAX_GPUS} at most")
-        retention = min(s.timeline.retention_s for s in self.samplers) if self.samplers else 600.0
+        retention = min(s.timeline.retention_s for s in self.samplers) if self.samplers else float("inf")
         self.settlement = Settlement(settle_delay_s, max_hold_s)
         if self.settlement.max_hold_s >= retention:
             raise ValueError(f"settle delay or max hold {self.settlement.max_hold_s}s must be shorter than "

@@ -53,7 +53,9 @@ ADAPTIVE_FLOOR_S = 5.0
 ADAPTIVE_MARGIN = 1.25
 #: Export delay assumed before any span arrived: the OpenTelemetry batch processor's schedule delay.
 DEFAULT_EXPORT_DELAY_S = 5.0
-SETTLED_MARGIN_S = 2.0
+# A deficit that later scrapes no longer show is a request that will never report only once those
+# scrapes are this much older than the export delay: on a busy host spans come seconds late.
+SETTLED_MARGIN_S = 10.0
 STALE_S = 30.0  # an engine with no answer for this long counts as down
 UNTRACED_AFTER = 10
 #: Request end -> energy final histogram bucket upper bounds (s).

@@ -89,7 +89,9 @@ def test_a_power_sweep_through_the_exporter_and_its_own_advice(stack):
     assert advice["model"] == MODEL and advice["limits_w"] == [200.0, 700.0] and not advice["insufficient_data"]
     at = {p["power_limit_w"]: p for p in advice["points"]}
     assert at[200.0]["energy_per_token_j"] < at[700.0]["energy_per_token_j"]
-    assert at[200.0]["latency_ms"]["median_itl"] > 1.3 * at[700.0]["latency_ms"]["median_itl"]
+    # the simulated H100 decodes ~1.45x slower at 200 W; the host's own time per token, the same at
+    # both limits and larger on a busy machine, narrows the measured ratio
+    assert at[200.0]["latency_ms"]["median_itl"] > 1.1 * at[700.0]["latency_ms"]["median_itl"]
     assert at[200.0]["avg_power_w"] <= 220.0 < at[700.0]["avg_power_w"]
     (rec,) = advice["recommendations"]
     assert rec["power_limit_w"] == 200.0 and rec["energy_saving"] > 0.2

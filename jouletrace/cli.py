@@ -15,6 +15,7 @@ from . import __version__
 def _exporter(args: argparse.Namespace) -> int:
     from jouletrace.exporter.config import ExporterConfig
     from jouletrace.exporter.daemon import serve
+    from jouletrace.exporter.gpu.device import BackendUnavailable
 
     try:
         cfg = ExporterConfig.from_namespace(args)
@@ -24,16 +25,28 @@ def _exporter(args: argparse.Namespace) -> int:
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(serve(cfg, reread=lambda: ExporterConfig.from_namespace(args)))
+    except BackendUnavailable as exc:
+        print(f"jouletrace exporter: no GPU driver for --gpu {cfg.gpu} ({exc}): run it where the NVIDIA driver "
+              "is installed (in Kubernetes, with the NVIDIA runtime class), or use --gpu sim for simulated GPUs",
+              file=sys.stderr)
+        return 2
     except (RuntimeError, ValueError, OSError) as exc:
         logging.getLogger("jouletrace").error("cannot run: %s", exc)
         return 1
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad usage is one line that names the help to read, exit code 2 (subcommands' parsers too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from jouletrace.exporter.config import add_arguments
 
-    parser = argparse.ArgumentParser(prog="jouletrace", description="Where an inference fleet's joules go.")
+    parser = _Parser(prog="jouletrace", description="Where an inference fleet's joules go.")
     parser.add_argument("--version", action="version", version=f"jouletrace {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     from jouletrace.run import add_arguments as add_run_arguments

@@ -1,5 +1,10 @@
 """The `jouletrace` command: a subcommand whose optional dependency is missing says in one line
-which extra brings it (the container image installs none)."""
+which extra brings it (the container image installs none); bad input and a missing GPU driver are
+one line that says what to do, exit code 2, no traceback."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -21,3 +26,23 @@ def test_a_missing_extra_is_one_line(monkeypatch, capsys, tmp_path, argv, module
     assert main([*argv, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err == f"jouletrace {argv[0]}: needs {module}: pip install 'jouletrace[{extra}]'\n"
+
+
+@pytest.mark.parametrize("argv, env, says", [
+    (["exporter", "--log-level", "loud"], {}, "--log-level: expected debug, info, warning or error, got 'loud'"),
+    (["exporter"], {"JOULETRACE_LOG_LEVEL": "loud"}, "JOULETRACE_LOG_LEVEL: log_level: expected debug"),
+    (["exporter", "--gpu", "nvml"], {}, "no GPU driver for --gpu nvml"),
+    (["exporter", "--gpu", "tpu"], {}, "--gpu must be auto, nvml or sim, not 'tpu'"),
+    (["exporter", "--metrics-addr", "nowhere"], {}, "--metrics-addr: expected host:port"),
+    (["exporter", "--config", "/nonexistent.toml"], {}, "config file /nonexistent.toml"),
+    (["loadgen", "run"], {}, "required: --base-url (see jouletrace loadgen run --help)"),
+    (["loadgen", "run", "--base-url", "http://h", "--bogus"], {}, "unrecognized arguments: --bogus (see jouletrace --help)"),
+    (["simulate"], {}, "the following arguments are required"),
+])
+def test_bad_input_is_one_line_exit_2(argv, env, says):
+    """Run as a user would (a subprocess, no NVIDIA driver on the test machine)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("JOULETRACE_")} | env
+    done = subprocess.run([sys.executable, "-m", "jouletrace.cli", *argv], capture_output=True, text=True,
+                          env=environ, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and says in done.stderr, done.stderr

@@ -2,13 +2,14 @@
 which extra brings it (the container image installs none); bad input and a missing GPU driver are
 one line that says what to do, exit code 2, no traceback."""
 
+import argparse
 import os
 import subprocess
 import sys
 
 import pytest
 
-from jouletrace.cli import main, optional_extra
+from jouletrace.cli import build_parser, main, optional_extra
 
 
 def test_each_optional_module_is_named_by_its_extra():
@@ -46,3 +47,21 @@ def test_bad_input_is_one_line_exit_2(argv, env, says):
                           env=environ, timeout=60)
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and says in done.stderr, done.stderr
+
+
+def _subparsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _subparsers(sub)
+
+
+def test_every_option_has_help_and_help_shows_defaults(capsys):
+    parsers = list(_subparsers(build_parser()))
+    assert [(p.prog, a.dest) for p in parsers for a in p._actions
+            if not a.help and not isinstance(a, argparse._SubParsersAction)] == []
+    with pytest.raises(SystemExit):
+        main(["simulate", "serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "most requests in a batch (vLLM's) (default: 256)" in text and "(default: None)" not in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import importlib.metadata
 import logging
 import re
@@ -31,7 +32,9 @@ def _exporter(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     except (RuntimeError, ValueError, OSError) as exc:
-        logging.getLogger("jouletrace").error("cannot run: %s", exc)
+        hint = ("; another process listens there: stop it, or move this exporter (--metrics-addr, --otlp-grpc-addr, "
+                "--otlp-http-addr)") if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE else ""
+        logging.getLogger("jouletrace").error("cannot run: %s%s", exc, hint)
         return 1
     return 0
 

@@ -4,6 +4,7 @@ one line that says what to do, exit code 2, no traceback."""
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 
@@ -65,3 +66,15 @@ def test_every_option_has_help_and_help_shows_defaults(capsys):
         main(["simulate", "serve", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "most requests in a batch (vLLM's) (default: 256)" in text and "(default: None)" not in text
+
+
+def test_a_port_in_use_says_to_move_the_exporter():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "jouletrace.cli", "exporter", "--gpu", "sim", "--metrics-addr",
+                               f"127.0.0.1:{port}", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr",
+                               "127.0.0.1:0"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "address already in use; another process listens there: stop it, or move this exporter" in done.stderr

@@ -96,8 +96,8 @@ class Exporter:
             except OSError:
                 time.sleep(0.2)
         self.stop()
-        tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-15:])
-        raise RuntimeError(f"the exporter did not start (log {self.log_path}):\n{tail}")
+        last = (self.log_path.read_text(errors="replace").strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"the exporter did not start: {last} (log {self.log_path})")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
 import subprocess
 import sys
 
@@ -83,6 +84,16 @@ def test_run_measures_the_simulated_engine_at_each_batch_size(tmp_path):
 def test_run_refuses_a_real_gpu_without_a_real_engine_and_back(tmp_path, args, words):
     done = jouletrace("run", *args, "--out", str(tmp_path))
     assert done.returncode == 2 and words in done.stderr
+
+
+def test_run_says_in_one_line_why_its_exporter_did_not_start(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        done = jouletrace("run", "--metrics-addr", f"127.0.0.1:{busy.getsockname()[1]}", "--otlp-grpc-addr",
+                          f"127.0.0.1:{free_port()}", "--otlp-http-addr", "off", "--out", str(tmp_path))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "the exporter did not start" in done.stderr and "address already in use" in done.stderr
 
 
 def test_run_measures_a_running_engine_with_client_concurrency(tmp_path):

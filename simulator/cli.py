@@ -105,7 +105,11 @@ def serve_main(args: argparse.Namespace) -> int:
                        args.otlp_traces_endpoint)
     logging.getLogger(__name__).info("KV cache: %d tokens; power limit %g W", engine.kv_capacity_tokens,
                                      engine.power_limit_w)
-    serve(server, args.host, args.port)
+    try:
+        serve(server, args.host, args.port)
+    except OSError as e:
+        print(f"jouletrace simulate serve: {e.strerror}; choose another --port (or --host)", file=sys.stderr)
+        return 2
     return 0
 
 

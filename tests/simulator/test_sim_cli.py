@@ -119,3 +119,12 @@ def test_plan_warns_when_its_choice_is_unstable(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "least energy within 200 ms median ITL: batch 256" in done.stdout
     assert "warning: that point is unstable" in done.stdout and "rerun with more requests (-n)" in done.stdout
+
+
+def test_serve_on_a_taken_port_is_one_line(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        done = jouletrace("simulate", "serve", "--port", str(busy.getsockname()[1]), timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith("address already in use; choose another --port (or --host)")

@@ -55,6 +55,18 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, formatter_class=_HelpFormatter, **kwargs):
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        namespace.__dict__.setdefault("_subcommand", self.prog)  # the innermost parser returns first
+        return namespace, extras
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        prog = namespace.__dict__.pop("_subcommand")
+        if extras:  # named by the subcommand that was given them, whose help lists what it takes
+            self.exit(2, f"{prog}: unrecognized arguments: {' '.join(extras)} (see {prog} --help)\n")
+        return namespace
+
     def error(self, message: str):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 

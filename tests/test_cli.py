@@ -38,7 +38,7 @@ def test_a_missing_extra_is_one_line(monkeypatch, capsys, tmp_path, argv, module
     (["exporter", "--metrics-addr", "nowhere"], {}, "--metrics-addr: expected host:port"),
     (["exporter", "--config", "/nonexistent.toml"], {}, "config file /nonexistent.toml"),
     (["loadgen", "run"], {}, "required: --base-url (see jouletrace loadgen run --help)"),
-    (["loadgen", "run", "--base-url", "http://h", "--bogus"], {}, "unrecognized arguments: --bogus (see jouletrace --help)"),
+    (["loadgen", "run", "--base-url", "http://h", "--bogus"], {}, "jouletrace loadgen run: unrecognized arguments: --bogus (see jouletrace loadgen run --help)"),
     (["simulate"], {}, "the following arguments are required"),
 ])
 def test_bad_input_is_one_line_exit_2(argv, env, says):

@@ -67,6 +67,17 @@ def optional_seconds(text: str) -> float | None:
     return positive(float)(text)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def log_level(text: str) -> str:
+    """One of LOG_LEVELS (any case), lower-cased."""
+    value = text.strip().lower()
+    if value not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"expected {', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}, got {text!r}")
+    return value
+
+
 def pod_name(text: str) -> str:
     """`namespace/name` of a pod, or empty."""
     text = text.strip()
@@ -194,7 +205,7 @@ OPTIONS = (
            "[basis:]ms the power-cap advice answers"),
     Option("powercap_budget", non_negative, "0", "power budget of this exporter's GPUs, W: also advise the limit "
            "that serves the most within it (0: off)"),
-    Option("log_level", str, "info", "debug, info, warning or error"),
+    Option("log_level", log_level, "info", "debug, info, warning or error"),
 )
 
 

@@ -56,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=os.environ.get("JOULETRACE_GRAFANA_URL"),
                    help="Grafana's root URL, e.g. https://grafana.example.com (env JOULETRACE_GRAFANA_URL)")
     token = p.add_mutually_exclusive_group()
-    token.add_argument("--token", help="service account token, Editor role (env JOULETRACE_GRAFANA_TOKEN)")
-    token.add_argument("--token-file", help="read the token from this file")
+    token.add_argument("--token-file", help="file holding the service account token (Editor role), e.g. a mounted "
+                                            "secret; or set env JOULETRACE_GRAFANA_TOKEN")
+    token.add_argument("--token", help="the token itself: visible to other users (ps) and kept in shell history, "
+                                       "so prefer --token-file or JOULETRACE_GRAFANA_TOKEN")
     p.add_argument("--folder", default=FOLDER, help="folder title (default: %(default)s)")
     p.set_defaults(func=push_main)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import importlib.metadata
 import logging
 import re
@@ -15,6 +16,7 @@ from . import __version__
 def _exporter(args: argparse.Namespace) -> int:
     from jouletrace.exporter.config import ExporterConfig
     from jouletrace.exporter.daemon import serve
+    from jouletrace.exporter.gpu.device import BackendUnavailable
 
     try:
         cfg = ExporterConfig.from_namespace(args)
@@ -24,16 +26,55 @@ def _exporter(args: argparse.Namespace) -> int:
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(serve(cfg, reread=lambda: ExporterConfig.from_namespace(args)))
+    except BackendUnavailable as exc:
+        print(f"jouletrace exporter: no GPU driver for --gpu {cfg.gpu} ({exc}): run it where the NVIDIA driver "
+              "is installed (in Kubernetes, with the NVIDIA runtime class), or use --gpu sim for simulated GPUs",
+              file=sys.stderr)
+        return 2
     except (RuntimeError, ValueError, OSError) as exc:
-        logging.getLogger("jouletrace").error("cannot run: %s", exc)
+        hint = ("; another process listens there: stop it, or move this exporter (--metrics-addr, --otlp-grpc-addr, "
+                "--otlp-http-addr)") if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE else ""
+        logging.getLogger("jouletrace").error("cannot run: %s%s", exc, hint)
         return 1
     return 0
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its help, unless it has none (None, False) or the help tells it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Help shows the defaults; bad usage is one line that names the help to read, exit code 2
+    (subcommands' parsers too)."""
+
+    def __init__(self, *args, formatter_class=_HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        namespace.__dict__.setdefault("_subcommand", self.prog)  # the innermost parser returns first
+        return namespace, extras
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        prog = namespace.__dict__.pop("_subcommand")
+        if extras:  # named by the subcommand that was given them, whose help lists what it takes
+            self.exit(2, f"{prog}: unrecognized arguments: {' '.join(extras)} (see {prog} --help)\n")
+        return namespace
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from jouletrace.exporter.config import add_arguments
 
-    parser = argparse.ArgumentParser(prog="jouletrace", description="Where an inference fleet's joules go.")
+    parser = _Parser(prog="jouletrace", description="Where an inference fleet's joules go.")
     parser.add_argument("--version", action="version", version=f"jouletrace {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     from jouletrace.run import add_arguments as add_run_arguments

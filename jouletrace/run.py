@@ -24,6 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from jouletrace.exporter.config import address
 from jouletrace.loadgen.plan import Sampling
 from jouletrace.loadgen.plots import write_plots
 from jouletrace.loadgen.runner import RunConfig, run, until_signalled
@@ -45,10 +46,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=1024, help="output cap per request, tokens")
     p.add_argument("--model", default="llama-3.1-8b", help="simulated model shape (see `jouletrace simulate serve`)")
     p.add_argument("--metrics-addr", default="127.0.0.1:9464", help="the exporter's /metrics address")
+    p.add_argument("--otlp-grpc-addr", default="127.0.0.1:4317", help="the exporter's OTLP/gRPC span listener, "
+                   "host:port (off: none); the simulated engine sends its spans here")
+    p.add_argument("--otlp-http-addr", default="127.0.0.1:4318", help="the exporter's OTLP/HTTP span listener, "
+                   "host:port (off: none); the simulated engine's spans go here when --otlp-grpc-addr is off")
     p.add_argument("--engine-port", type=int, default=8000, help="port of the simulated engine")
     p.add_argument("--out", default="jouletrace-run", help="directory of the runs' results, plots and logs "
                    "(each run in a subdirectory named by its start time)")
     p.set_defaults(func=main)
+
+
+def span_endpoint(grpc_addr: str, http_addr: str) -> str | None:
+    """Where an engine on this machine sends its spans: the exporter's OTLP/gRPC listener, else its
+    OTLP/HTTP one (`.../v1/traces`); None when both are off. ValueError for a malformed address."""
+    for flag, text, path in (("--otlp-grpc-addr", grpc_addr, ""), ("--otlp-http-addr", http_addr, "/v1/traces")):
+        try:
+            addr = address(text)
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(f"{flag}: {e}") from None
+        if addr is not None:
+            host = "127.0.0.1" if addr[0] in ("0.0.0.0", "::") else addr[0]
+            return f"http://{f'[{host}]' if ':' in host else host}:{addr[1]}{path}"
+    return None
 
 
 def _say(msg: str) -> None:
@@ -77,8 +96,8 @@ class Exporter:
             except OSError:
                 time.sleep(0.2)
         self.stop()
-        tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-15:])
-        raise RuntimeError(f"the exporter did not start (log {self.log_path}):\n{tail}")
+        last = (self.log_path.read_text(errors="replace").strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"the exporter did not start: {last} (log {self.log_path})")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -99,7 +118,7 @@ def _base(args: argparse.Namespace, out: Path, exporter_url: str) -> RunConfig:
 async def _simulated(args, batches: list[int], out: Path, exporter_url: str, stop: asyncio.Event) -> tuple[list[dict], bool]:
     template = (f"{sys.executable} -m jouletrace simulate serve --model {args.model} --port {{port}} "
                 f"--max-num-seqs {{max_num_seqs}} --device-file {out / DEVICE_FILE} "
-                f"--otlp-traces-endpoint http://127.0.0.1:4317")
+                f"--otlp-traces-endpoint {span_endpoint(args.otlp_grpc_addr, args.otlp_http_addr)}")
     results = []
     for b in batches:  # one sweep per point: each has its own request count
         n = max(b + 2, math.ceil(args.requests_per_batch * b))
@@ -137,12 +156,15 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"--gpu {args.gpu} measures real GPUs: give the engine serving on them (--engine-url)")
         if args.requests_per_batch < 1 or args.max_tokens < 1:
             raise ValueError("--requests-per-batch and --max-tokens must be >= 1")
+        if span_endpoint(args.otlp_grpc_addr, args.otlp_http_addr) is None:
+            raise ValueError("the exporter needs spans: --otlp-grpc-addr and --otlp-http-addr cannot both be off")
     except ValueError as e:
         _say(str(e))
         return 2
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    exporter_args = ["--counter-interval", "1", "--window", "10", "--shutdown-scrape-wait", "0"]
+    exporter_args = ["--counter-interval", "1", "--window", "10", "--shutdown-scrape-wait", "0",
+                     "--otlp-grpc-addr", args.otlp_grpc_addr, "--otlp-http-addr", args.otlp_http_addr]
     if args.engine_url:
         exporter_args += ["--gpu", args.gpu, "--engine-metrics", args.engine_url.rstrip("/") + "/metrics"]
     else:
@@ -157,7 +179,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     what = args.engine_url or f"a simulated {args.model} engine on a simulated H100"
     _say(f"exporter: {exporter.url}/metrics (Prometheus can scrape it); measuring {what} at batch sizes "
-         f"{', '.join(map(str, batches))}; spans go to OTLP 127.0.0.1:4317")
+         f"{', '.join(map(str, batches))}; spans go to OTLP/gRPC {args.otlp_grpc_addr}, OTLP/HTTP {args.otlp_http_addr}")
     t0 = time.monotonic()
     try:
         work = _real if args.engine_url else _simulated

@@ -96,17 +96,21 @@ def write_plots(results: list[dict], out_dir: str | Path,
     ax.scatter([pts[i][0] for i in front], [pts[i][1] for i in front], color="tab:blue", zorder=3)
     choices = deadline_choices(pts, list(deadlines_ms))
     colors = ["tab:green", "tab:orange", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
+    chosen: dict[int, list[float]] = {}  # point -> the deadlines choosing it: one label each, rings nested
     for k, (d, i) in enumerate(sorted(choices.items())):
         c = colors[k % len(colors)]
         ax.axvline(d, color=c, linestyle="--", linewidth=1, zorder=0)
-        if i is None:
-            ax.annotate(f"{d:g} ms: none", (d, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
+        if i is None:  # stacked, so that close deadlines' labels do not overlap
+            ax.annotate(f"{d:g} ms: none", (d, 1), xycoords=("data", "axes fraction"), xytext=(3, -12 - 9 * k),
                         textcoords="offset points", fontsize=7, color=c)
             continue
         x, y = pts[i]
-        ax.scatter([x], [y], s=160, facecolors="none", edgecolors=c, linewidths=2, zorder=4,
-                   label=f"ITL <= {d:g} ms: {_label(rs[i], by_batch)}, {y:.3g} J/token")
-        ax.annotate(f"<= {d:g} ms", (x, y), textcoords="offset points", xytext=(6, -14), fontsize=7, color=c)
+        ax.scatter([x], [y], s=160 * (1 + len(chosen.get(i, ()))), facecolors="none", edgecolors=c, linewidths=2,
+                   zorder=4, label=f"ITL <= {d:g} ms: {_label(rs[i], by_batch)}, {y:.3g} J/token")
+        chosen.setdefault(i, []).append(d)
+    for i, ds in chosen.items():
+        ax.annotate(f"<= {', '.join(f'{d:g}' for d in ds)} ms", pts[i], textcoords="offset points", xytext=(6, -14),
+                    fontsize=7)
     ax.margins(y=0.12)
     ax.set_xlabel("median ITL (ms)")
     ax.set_ylabel("energy per output token (J)")

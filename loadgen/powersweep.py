@@ -184,9 +184,9 @@ def add_advise_parser(sub) -> None:
                        description="Reads the run results in RESULTS_DIR (a `sweep --power-limits`) and prints, per "
                                    "model, the power limit with the least energy per token within each deadline, "
                                    "and with --budget-w the limit that serves the most within the budget.")
-    p.add_argument("results_dir", metavar="RESULTS_DIR")
+    p.add_argument("results_dir", metavar="RESULTS_DIR", help="directory of a `sweep --power-limits`'s result JSON")
     p.add_argument("--deadlines", default="median_itl:50,median_itl:100,median_itl:250",
-                   help="deadlines [basis:]ms, basis median_itl (default), p99_tpot or generation_latency")
+                   help="deadlines [basis:]ms, basis median_itl (if omitted), p99_tpot or generation_latency")
     p.add_argument("--budget-w", type=non_negative, default=0.0, help="power budget, W (GPUs count at their limit)")
     p.add_argument("--gpus", type=int, help="GPUs available under the budget (default: as many as it holds)")
     p.set_defaults(func=advise_main)

@@ -1,5 +1,8 @@
-"""A live progress line on stderr: requests done, request rate, errors, and the J/token and
-tokens/s per W (= tokens per J) so far when an exporter is given."""
+"""A live progress line on stderr: requests done, request rate, errors, and, when an exporter is
+given, the J/token and tokens/s per W (= tokens per J) so far: the exporter's energy from the first
+output token to EXPORTER_LAG_S ago over the output tokens in that time. It is shown once that time
+holds MIN_TOKENS_PER_REQUEST tokens per request sent: before, prefill and the first tokens alone
+would give a figure many times the run's."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from .energy import EnergyUnavailable, exporter_energy
 from .window import Window, tokens_in_window
 
 EXPORTER_LAG_S = 3.0  # ask the exporter only about energy this old (newer is usually not measured yet)
+MIN_TOKENS_PER_REQUEST = 20
 
 
 class Progress:
@@ -34,17 +38,20 @@ class Progress:
         return text
 
     async def _energy(self, session: aiohttp.ClientSession) -> None:
+        sent = list(self.sent)
+        firsts = [t for r in sent if (t := r.first_token if r.first_token is not None else r.end) is not None]
         end = now() - EXPORTER_LAG_S
-        if end <= self.start + 1.0:
+        if not firsts or end <= min(firsts) + 1.0:
+            return
+        w = Window(min(firsts), end, "progress")
+        tokens = sum(_tokens_so_far(r, w) for r in sent)
+        if tokens < MIN_TOKENS_PER_REQUEST * len(sent):
             return
         try:
-            energy = await exporter_energy(session, self.exporter_url, self.start, end, wait_s=0)
+            energy = await exporter_energy(session, self.exporter_url, w.start, w.end, wait_s=0)
         except EnergyUnavailable:
             return
-        w = Window(self.start, end, "progress")
-        tokens = sum(_tokens_so_far(r, w) for r in list(self.sent))
-        if tokens > 0:
-            self.j_per_token = energy["joules"] / tokens
+        self.j_per_token = energy["joules"] / tokens
 
     async def run(self, session: aiohttp.ClientSession) -> None:
         """Until cancelled; a final line is written by `finish`."""

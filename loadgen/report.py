@@ -46,6 +46,11 @@ def stability(window: Window | None, mean_batch: float | None, max_num_seqs: int
     return reasons
 
 
+def stability_note(result: dict) -> str:
+    """`stable`, or `unstable (why)` from a result's stability reasons: for console lines."""
+    return "stable" if result["stable"] else f"unstable ({'; '.join(result['unstable_reasons'])})"
+
+
 def energy_figures(window: Window | None, energy: dict | None, results: list[RequestResult]) -> dict:
     """Window tokens and throughput; with energy also J/token, J/response, W and tokens/J."""
     out: dict = {"window_output_tokens": None, "window_output_throughput": None, "energy_joules": None,

@@ -38,6 +38,7 @@ from .energy import EnergyUnavailable
 from .options import add_run_options, run_config
 from .plots import DEFAULT_DEADLINES_MS, load_results, write_plots
 from .powersweep import PowerCapError, PowerLimits, add_advise_parser, print_advice
+from .report import stability_note
 from .runner import RunConfig, ServerUnreachable, run, until_signalled
 
 BATCH_LADDER = (8, 16, 32, 64, 96, 128, 192, 256, 384, 512)
@@ -247,7 +248,7 @@ async def _run_point(cfg: SweepConfig, point: SweepPoint, what: str, out: Path, 
         r = point.result
         jpt = f"{r['energy_per_token_j']:.4f} J/token" if r.get("energy_per_token_j") else "no energy"
         _say(cfg, f"{what}: {r['completed']}/{r['num_prompts']} completed, {jpt}, "
-                  f"median ITL {r['median_itl_ms']:.1f} ms; {point.path}")
+                  f"median ITL {r['median_itl_ms']:.1f} ms, {stability_note(r)}; {point.path}")
     return True
 
 
@@ -282,8 +283,9 @@ def add_sweep_parsers(sub) -> None:
     q = sub.add_parser("plot", help="redraw a sweep's plots from the result JSON in a directory",
                        description="Draws energy_per_token_vs_batch.png and time_energy_frontier.png from the "
                                    "run results saved in RESULTS_DIR.")
-    q.add_argument("results_dir", metavar="RESULTS_DIR")
-    q.add_argument("--itl-deadlines-ms", default=",".join(f"{d:g}" for d in DEFAULT_DEADLINES_MS))
+    q.add_argument("results_dir", metavar="RESULTS_DIR", help="directory of a run's or a sweep's result JSON")
+    q.add_argument("--itl-deadlines-ms", default=",".join(f"{d:g}" for d in DEFAULT_DEADLINES_MS),
+                   help="median-ITL deadlines marked on the frontier plot")
     q.add_argument("--out", help="directory of the PNGs (default: RESULTS_DIR)")
     q.set_defaults(func=plot_main)
     add_advise_parser(sub)

@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from jouletrace.loadgen.report import MIN_BATCH_FRACTION, MIN_WINDOW_S
 from jouletrace.loadgen.sweep import BATCH_LADDER, parse_list
 from jouletrace.loadgen.tasks import task
 
@@ -38,13 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        description="A simulated vLLM: continuous batching on a roofline of the model on the GPU "
                                    "profile, vLLM's /metrics and llm_request spans, GPU readings in a device file.")
     _add_model_options(s)
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on")
     s.add_argument("--served-model-name", help="the model name clients use (default: the shape's name)")
-    s.add_argument("--max-num-seqs", type=int, default=256)
-    s.add_argument("--max-num-batched-tokens", type=int, default=8192)
-    s.add_argument("--max-model-len", type=int, default=8192)
-    s.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    s.add_argument("--max-num-seqs", type=int, default=256, help="most requests in a batch (vLLM's)")
+    s.add_argument("--max-num-batched-tokens", type=int, default=8192,
+                   help="most tokens one step computes, prefill chunks included (vLLM's)")
+    s.add_argument("--max-model-len", type=int, default=8192, help="longest prompt + output, tokens (vLLM's)")
+    s.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="fraction of GPU memory for weights, activations and KV cache (vLLM's)")
     s.add_argument("--power-limit", type=float, help="W per GPU at start (default: the profile's maximum)")
     s.add_argument("--host-overhead-ms", type=float, default=0.0,
                    help="extra host time per step outside the GPU's kernels, ms, on top of the calibrated "
@@ -61,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                    f"{PLAN_PNG} and prints the choices.")
     _add_model_options(p)
     p.add_argument("--task", default="chat", help="load generator task whose synthetic workload is run")
-    p.add_argument("--batch-sizes", default=",".join(map(str, BATCH_LADDER)))
+    p.add_argument("--batch-sizes", default=",".join(map(str, BATCH_LADDER)), help="max_num_seqs values to simulate")
     p.add_argument("--power-limits", help="W per GPU (default: the profile's range in 100 W steps)")
     p.add_argument("--itl-deadline-ms", type=float, default=100.0, help="median ITL deadline, ms")
     p.add_argument("--budget-kw", type=float, help="power budget to provision GPUs in, kW (e.g. a rack)")
@@ -102,8 +105,17 @@ def serve_main(args: argparse.Namespace) -> int:
                        args.otlp_traces_endpoint)
     logging.getLogger(__name__).info("KV cache: %d tokens; power limit %g W", engine.kv_capacity_tokens,
                                      engine.power_limit_w)
-    serve(server, args.host, args.port)
+    try:
+        serve(server, args.host, args.port)
+    except OSError as e:
+        print(f"jouletrace simulate serve: {e.strerror}; choose another --port (or --host)", file=sys.stderr)
+        return 2
     return 0
+
+
+def _choice(p) -> str:
+    return (f"batch {p.max_num_seqs} at {p.power_limit_w:g} W: {p.energy_per_token_j:.4f} J/token, "
+            f"{p.median_itl_ms:.1f} ms, {p.tokens_per_joule:.2f} tokens/s/W")
 
 
 def plan_main(args: argparse.Namespace) -> int:
@@ -149,9 +161,12 @@ def plan_main(args: argparse.Namespace) -> int:
     if best is None:
         print(f"no configuration meets a median ITL of {args.itl_deadline_ms:g} ms")
         return 1
-    print(f"least energy within {args.itl_deadline_ms:g} ms median ITL: batch {best.max_num_seqs} at "
-          f"{best.power_limit_w:g} W: {best.energy_per_token_j:.4f} J/token, {best.median_itl_ms:.1f} ms, "
-          f"{best.tokens_per_joule:.2f} tokens/s/W")
+    print(f"least energy within {args.itl_deadline_ms:g} ms median ITL: {_choice(best)}")
+    if not best.stable:
+        steady = min_energy([p for p in points if p.stable], args.itl_deadline_ms)
+        print(f"warning: that point is unstable (its running batch stayed below {MIN_BATCH_FRACTION} x max_num_seqs, "
+              f"or its steady window was shorter than {MIN_WINDOW_S:g} s), so its figures are not a steady "
+              "server's: rerun with more requests (-n)" + (f"; the least energy among stable points: {_choice(steady)}" if steady else ""))
     if args.budget_kw:
         plan = provision(points, args.tp, args.budget_kw * 1000, args.itl_deadline_ms)
         if plan.replicas == 0:

@@ -60,6 +60,7 @@ def write_plot(points: list[Point], deadline_ms: float, path, title: str) -> Non
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7.2, 4.8))
     for limit in sorted({p.power_limit_w for p in points}):
@@ -74,8 +75,16 @@ def write_plot(points: list[Point], deadline_ms: float, path, title: str) -> Non
         ax.annotate(f"ITL <= {deadline_ms:g} ms: batch {best.max_num_seqs} at {best.power_limit_w:g} W",
                     (best.median_itl_ms, best.energy_per_token_j), textcoords="offset points", xytext=(8, 8),
                     fontsize=8, color="tab:red")
+    top = max(p.power_limit_w for p in points)
+    for p in points:  # the batch sizes, along the highest limit's line
+        if p.power_limit_w == top:
+            ax.annotate(f"{p.max_num_seqs}", (p.median_itl_ms, p.energy_per_token_j), textcoords="offset points",
+                        xytext=(-4, 5), ha="right", fontsize=7, color="tab:gray")
     ax.set_xscale("log")
-    ax.set_xlabel("median ITL (ms)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 1.5, 2, 3, 5, 7)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("median ITL (ms); points labelled with their batch size (max_num_seqs)")
     ax.set_ylabel("energy per output token (J)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)

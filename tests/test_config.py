@@ -52,7 +52,8 @@ def test_malformed_values_exit_with_a_message(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(["exporter", *argv])
     assert exc.value.code == 2
-    assert "error" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"jouletrace exporter: argument {argv[0]}: ") and err.count("\n") == 1
 
 
 def test_command_reports_bad_environment_and_exits_2():

@@ -8,6 +8,7 @@ import asyncio
 import collections
 import datetime
 import json
+import logging
 import re
 import threading
 import time
@@ -735,3 +736,23 @@ def test_a_full_buffer_drops_the_oldest_and_counts_every_span():
 
 def otlp_json_bytes(msg) -> bytes:
     return json.dumps(to_otlp_json(msg)).encode()
+
+
+def test_an_http_url_to_a_grpc_receiver_says_to_use_grpc(caplog):
+    """`http://host:4317` is OpenTelemetry's convention for OTLP/gRPC: the refusal says so."""
+    receiver = GrpcReceiver()
+
+    async def body():
+        fw = forwarder(f"http://127.0.0.1:{receiver.port}")
+        await fw.start()
+        fw.offer(FIXTURE_BYTES, np.zeros(0, np.uint64), 5, "protobuf")
+        await until(lambda: fw.dropped_spans["rejected"] == 5, what="a refusal")
+        await fw.stop()
+        return fw
+
+    with caplog.at_level(logging.WARNING):
+        fw = run(body())
+    receiver.stop()
+    assert fw.retries == 0 and fw.sent_spans == 0 and not receiver.requests
+    assert f"as an OTLP/gRPC receiver does (port 4317 by convention): forward to grpc://127.0.0.1:{receiver.port} " \
+           "instead" in caplog.text

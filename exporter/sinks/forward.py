@@ -30,7 +30,8 @@ Delivery
     RESOURCE_EXHAUSTED with RetryInfo; HTTP 429, 502, 503, 504; connection errors; timeouts) keep
     the messages at the head and back off from BACKOFF_MIN_S doubling to `retry_max_s`, or as
     the upstream asks (RetryInfo, Retry-After). Other failures drop the messages (reason
-    ``rejected``); spans refused in a partial success are dropped with reason ``partial``.
+    ``rejected``), among them an HTTP/2 answer to an ``http://`` URL (a gRPC receiver: the log
+    says to use ``grpc://``); spans refused in a partial success are dropped with reason ``partial``.
 
 Bounds
     Held messages take `buffer_bytes` at most. `offer()` is O(1) and never waits: past the bound it
@@ -130,6 +131,12 @@ def parse_endpoint(url: str) -> tuple[str, str, bool]:
             url = urllib.parse.urlunsplit(parts._replace(path="/v1/traces"))
         return "http", url, parts.scheme == "https"
     raise ValueError(f"expected grpc://host:port or an http(s):// URL, got {url!r}")
+
+
+def _answers_http2(exc: aiohttp.ClientResponseError) -> bool:
+    """An HTTP/1.1 request answered by an HTTP/2 frame (its header's length starts with zero bytes,
+    where `HTTP/1.1` was due): the server speaks only HTTP/2, as a gRPC server does."""
+    return exc.message.startswith("Bad status line") and "b'\\x00\\x00" in exc.message
 
 
 def _items(obj, camel: str, snake: str) -> list:
@@ -551,6 +558,11 @@ class Forwarder:
                                           timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                 body = await resp.read()
                 status, retry_after = resp.status, resp.headers.get("Retry-After")
+        except aiohttp.ClientResponseError as exc:
+            if _answers_http2(exc):  # a misconfiguration that no retry mends
+                return _Outcome(False, why=f"the upstream answers in HTTP/2, as an OTLP/gRPC receiver does (port "
+                                           f"4317 by convention): forward to grpc://{self._host_port()} instead")
+            return _Outcome(False, retry=True, why=f"{type(exc).__name__}: {exc}".rstrip(": "))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             return _Outcome(False, retry=True, why=f"{type(exc).__name__}: {exc}".rstrip(": "))
         if 200 <= status < 300:
@@ -562,6 +574,9 @@ class Forwarder:
         if status in _RETRYABLE_HTTP:
             return _Outcome(False, retry=True, retry_after_s=_retry_after_seconds(retry_after), why=why)
         return _Outcome(False, why=why)
+
+    def _host_port(self) -> str:
+        return urllib.parse.urlsplit(self.target).netloc
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:

@@ -150,3 +150,10 @@ def test_bad_options(capsys, monkeypatch, args, says):
     monkeypatch.delenv("JOULETRACE_GRAFANA_TOKEN", raising=False)
     code, _, err = push(capsys, *args)
     assert code == 2 and says in err, err
+
+
+def test_help_steers_the_token_off_the_command_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["grafana", "push", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--token-file" in text and "JOULETRACE_GRAFANA_TOKEN" in text and "prefer --token-file" in text

@@ -137,6 +137,8 @@ def test_batch_sweep_launches_measures_and_stops_each_server(standin_script, ene
         assert r["window"]["rule"] == "steady_state"
         assert r["energy_per_token_j"] > 0 and r["median_itl_ms"] > 0
         assert r["mean_running_batch"] is not None
+        assert f"max_num_seqs {r['max_num_seqs']}" in done.stderr
+        assert ("stable" if r["stable"] else f"unstable ({'; '.join(r['unstable_reasons'])})") in done.stderr
     # the larger batch gives more tokens per second at the stand-in's constant power
     assert runs[1]["energy_per_token_j"] < runs[0]["energy_per_token_j"]
     with open(out / "summary.csv") as f:

@@ -21,6 +21,7 @@ from jouletrace.loadgen.client import RequestResult, build_body
 from jouletrace.loadgen.energy import CounterTimeline, EnergyUnavailable, exporter_energy
 from jouletrace.loadgen.engine import BatchScraper, parse_running
 from jouletrace.loadgen.media import synthetic_frames, synthetic_image
+from jouletrace.loadgen import progress
 from jouletrace.loadgen.plan import Sampling, plan
 from jouletrace.loadgen.report import energy_figures, stability
 from jouletrace.loadgen.stats import good_requests, parse_slos, percentile_key, summarize
@@ -231,3 +232,25 @@ def test_cli_unreachable_server_is_one_line_exit_2(tmp_path):
 def test_cli_without_nvml_or_exporter_says_so(tmp_path):
     done = cli("--base-url", "http://127.0.0.1:1", "-n", "2", "--out", str(tmp_path))
     assert done.returncode == 2 and "--exporter" in done.stderr
+
+
+def test_live_j_per_token_waits_for_enough_tokens_and_starts_at_the_first_token(monkeypatch):
+    """Four streams from t=2 s at 10 tokens/s each, 100 W from t=0: J/token is shown only once the
+    window (first token .. now - lag) holds 20 tokens per request, and then excludes the idle start."""
+    asked = []
+
+    async def energy(session, url, start, end, wait_s):
+        asked.append((start, end))
+        return {"joules": 100.0 * (end - start)}
+
+    monkeypatch.setattr(progress, "exporter_energy", energy)
+    sent = [RequestResult(i, f"r{i}", "chat", "chat", start=0.0, first_token=2.0,
+                          token_times=[2.0 + k / 10 for k in range(200)]) for i in range(4)]
+    live = progress.Progress(4, sent, 0.0, "http://exporter", period_s=0)
+    monkeypatch.setattr(progress, "now", lambda: 2.0 + progress.EXPORTER_LAG_S + 1.5)  # 15 tokens a stream
+    asyncio.run(live._energy(None))
+    assert live.j_per_token is None and asked == [] and "J/token" not in live.line()
+    monkeypatch.setattr(progress, "now", lambda: 2.0 + progress.EXPORTER_LAG_S + 5.0)  # 50 tokens a stream
+    asyncio.run(live._energy(None))
+    assert asked == [(2.0, 7.0)] and live.j_per_token == pytest.approx(100.0 * 5 / 200)
+    assert "2.5000 J/token" in live.line()

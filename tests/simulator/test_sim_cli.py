@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
 import subprocess
 import sys
 
@@ -57,9 +58,10 @@ def test_plan_rejects_bad_options_in_one_line(tmp_path):
 
 
 def test_run_measures_the_simulated_engine_at_each_batch_size(tmp_path):
-    metrics_port, engine_port = free_port(), free_port()
+    metrics_port, engine_port, grpc_port = free_port(), free_port(), free_port()
     done = jouletrace("run", "--batch-sizes", "8,16", "--max-tokens", "256", "--out", str(tmp_path),
-                      "--metrics-addr", f"127.0.0.1:{metrics_port}", "--engine-port", str(engine_port))
+                      "--metrics-addr", f"127.0.0.1:{metrics_port}", "--engine-port", str(engine_port),
+                      "--otlp-grpc-addr", f"127.0.0.1:{grpc_port}", "--otlp-http-addr", "off")
     assert done.returncode == 0, done.stderr
     (run_dir,) = tmp_path.iterdir()
     results = sorted((json.loads(p.read_text()) for p in run_dir.glob("*.json")), key=lambda r: r["max_num_seqs"])
@@ -72,13 +74,26 @@ def test_run_measures_the_simulated_engine_at_each_batch_size(tmp_path):
     for name in ("summary.csv", "energy_per_token_vs_batch.png", "time_energy_frontier.png", "exporter.log"):
         assert str(run_dir.resolve() / name) in done.stdout
     assert f"127.0.0.1:{metrics_port}/metrics" in done.stderr
+    assert f"spans go to OTLP/gRPC 127.0.0.1:{grpc_port}, OTLP/HTTP off" in done.stderr
 
 
 @pytest.mark.parametrize("args, words", [(("--gpu", "nvml"), "give the engine"),
-                                         (("--engine-url", "http://127.0.0.1:1", "--gpu", "sim"), "real GPUs")])
+                                         (("--engine-url", "http://127.0.0.1:1", "--gpu", "sim"), "real GPUs"),
+                                         (("--otlp-grpc-addr", "off", "--otlp-http-addr", "off"), "both be off"),
+                                         (("--otlp-grpc-addr", "4317"), "--otlp-grpc-addr: expected host:port")])
 def test_run_refuses_a_real_gpu_without_a_real_engine_and_back(tmp_path, args, words):
     done = jouletrace("run", *args, "--out", str(tmp_path))
     assert done.returncode == 2 and words in done.stderr
+
+
+def test_run_says_in_one_line_why_its_exporter_did_not_start(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        done = jouletrace("run", "--metrics-addr", f"127.0.0.1:{busy.getsockname()[1]}", "--otlp-grpc-addr",
+                          f"127.0.0.1:{free_port()}", "--otlp-http-addr", "off", "--out", str(tmp_path))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "the exporter did not start" in done.stderr and "address already in use" in done.stderr
 
 
 def test_run_measures_a_running_engine_with_client_concurrency(tmp_path):
@@ -96,3 +111,20 @@ def test_run_measures_a_running_engine_with_client_concurrency(tmp_path):
     assert [(r["max_concurrency"], r["max_num_seqs"]) for r in results] == [(4, 4), (8, 8)]
     assert all(r["energy_per_token_j"] > 0 and r["mean_running_batch"] <= r["max_concurrency"] for r in results)
     assert "server-b" not in done.stdout  # no server was launched
+
+
+def test_plan_warns_when_its_choice_is_unstable(tmp_path):
+    done = jouletrace("simulate", "plan", "--batch-sizes", "8,256", "--power-limits", "700", "-n", "40",
+                      "--itl-deadline-ms", "200", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "least energy within 200 ms median ITL: batch 256" in done.stdout
+    assert "warning: that point is unstable" in done.stdout and "rerun with more requests (-n)" in done.stdout
+
+
+def test_serve_on_a_taken_port_is_one_line(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        done = jouletrace("simulate", "serve", "--port", str(busy.getsockname()[1]), timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith("address already in use; choose another --port (or --host)")

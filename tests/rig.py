@@ -116,4 +116,4 @@ def every_collector(rig: Rig) -> list:
     return collectors(rig.samplers, rig.ledger, IntakeStats().snapshot, engine_states=lambda: [engine],
                       powercap=PowerCap(PowerCapConfig(), rig.samplers, rig.ledger, clock=rig.clock),
                       forward_snapshot=forwarder.snapshot, placement=PodPlacement(rig.ledger, list, "", 1.0),
-                      clock=rig.clock)
+                      node_name="node-1", clock=rig.clock)

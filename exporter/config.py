@@ -143,6 +143,8 @@ OPTIONS = (
     Option("node_mode", switch, "off", "on: serve every pod of the node; each GPU's energy goes to the requests of "
            "the pods holding it (PodResources), spans naming their pod by k8s.namespace.name and k8s.pod.name"),
     Option("pod_refresh", positive(float), "15", "node mode: seconds between reads of the pods holding each GPU"),
+    Option("node_name", str, "", "this node's name (Kubernetes downward API spec.nodeName), the Hostname and "
+           "node_name of jouletrace_gpu_info that join with dcgm-exporter and Kepler (empty: the host name)"),
     Option("max_pods", positive(int), "256", "distinct pod labels of the per-pod energy at most; later ones fold "
                                              "into `other`"),
     Option("sim_gpus", positive(int), "1", "number of simulated GPUs (sim backend)"),
@@ -262,6 +264,7 @@ class ExporterConfig:
     pod_resources_socket: str
     node_mode: bool
     pod_refresh: float
+    node_name: str
     max_pods: int
     sim_gpus: int
     sim_load: str | float

@@ -9,6 +9,7 @@ import inspect
 import logging
 import os
 import signal
+import socket
 import time
 from typing import Awaitable, Callable
 
@@ -136,7 +137,8 @@ class Exporter:
         self.registry = build_registry(collectors(
             self.samplers, self.ledger, self.intake_stats.snapshot, engine_states=lambda: self.engines.states,
             powercap=self.powercap, forward_snapshot=self.forwarder.snapshot if self.forwarder else None,
-            placement=self.placement, selection=self.selection, config_reloads=self.config_reloads))
+            placement=self.placement, selection=self.selection, config_reloads=self.config_reloads,
+            node_name=cfg.node_name or socket.gethostname()))
         self.ports: dict[str, int] = {}
         self._metrics_runner: web.AppRunner | None = None
         self._final = asyncio.Event()     # set when the final attribution is done

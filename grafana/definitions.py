@@ -159,9 +159,10 @@ def overview():
             (f"max by (namespace, pod, gpu) (jouletrace_gpu_power_limit_watts{{{ns}}})", "{{pod}} GPU {{gpu}} limit"))))
         .with_panel(_panel(
             timeseries.Panel(), "Power headroom per GPU", units.Watt,
-            "Enforced power limit minus average power, per GPU. Near zero: the GPU is power-capped. Large all "
-            "the time: the GPU never needs its limit, so a lower limit would cost no speed, or the GPU is idle.",
-            (f"max by (namespace, pod, gpu) (jouletrace_gpu_power_limit_watts{{{ns}}}) - {gpu_power}",
+            "Enforced power limit minus the 99th percentile of power over the exporter's window, per GPU "
+            "(docs/powercap.md#headroom). Near zero: the GPU is power-capped. Large all the time: the GPU never "
+            "needs its limit, so a lower limit would cost no speed, or the GPU is idle.",
+            (f"max by (namespace, pod, gpu) (jouletrace_power_headroom_watts{{{ns}}})",
              "{{pod}} GPU {{gpu}}")).min(0))
         .with_panel(_panel(
             timeseries.Panel(), "Idle energy share", units.PercentUnit,

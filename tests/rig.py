@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+from jouletrace.exporter.engine import UP, EngineState
 from jouletrace.exporter.intake.core import IntakeStats
 from jouletrace.exporter.kubernetes.placement import PodPlacement
 from jouletrace.exporter.ledger.ledger import Ledger
@@ -106,10 +107,13 @@ class Rig:
 
 def every_collector(rig: Rig) -> list:
     """The collectors of every component over the rig's samplers and ledger, as the exporter with
-    span forwarding, power capping and node mode registers them."""
+    an engine scrape, span forwarding, power capping and node mode registers them."""
+    engine = EngineState("http://127.0.0.1:8000/metrics", state=UP, scrapes=1, last_success=rig.clock(),
+                         values={"m": {"requests_running": 1.0, "requests_waiting": 0.0, "kv_cache_usage_ratio": 0.5,
+                                       "prompt_tokens": 100.0, "generation_tokens": 200.0}})
     forwarder = Forwarder("grpc://127.0.0.1:9", gpu_uuids=list, hold_s=30.0, buffer_bytes=1 << 20,
                           timeout_s=2.0, retry_max_s=30.0)
-    return collectors(rig.samplers, rig.ledger, IntakeStats().snapshot,
+    return collectors(rig.samplers, rig.ledger, IntakeStats().snapshot, engine_states=lambda: [engine],
                       powercap=PowerCap(PowerCapConfig(), rig.samplers, rig.ledger, clock=rig.clock),
                       forward_snapshot=forwarder.snapshot, placement=PodPlacement(rig.ledger, list, "", 1.0),
-                      clock=rig.clock)
+                      node_name="node-1", clock=rig.clock)

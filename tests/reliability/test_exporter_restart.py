@@ -161,11 +161,11 @@ def test_a_gpu_that_disappears_and_comes_back_with_a_restarted_counter(tmp_path)
         gpu = ConstantPowerGPU(path, counter_j=0.0)  # a new engine: its counter starts from zero
         back = time.time()
         wait_for(lambda: metric(exporter, "jouletrace_gpu_up") == 1, 10, "the GPU picked up again")
-        wait_for(lambda: metric(exporter, "jouletrace_gpu_counter_resets_total") == 1, 10, "the counter reset")
+        wait_for(lambda: metric(exporter, "jouletrace_gpu_energy_resets_total") == 1, 10, "the counter reset")
         url = exporter.url(f"/api/v1/energy?start={back + 1.0}&end={back + 2.0}")
         wait_for(lambda: http_get(url)[0] == 200, 10, "the window settled")
         assert json.loads(http_get(url)[1])["joules"] == pytest.approx(POWER_W, abs=0.01)
-        assert metric(exporter, "jouletrace_gpu_counter_rejected_total") == 0
+        assert metric(exporter, "jouletrace_gpu_energy_jumps_rejected_total") == 0
     finally:
         assert exporter.stop() == 0, exporter.output()
         gpu.stop()

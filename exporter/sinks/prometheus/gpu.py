@@ -1,5 +1,10 @@
 """jouletrace_gpu_*: each GPU's readings (its sampler) and the energy attributed on it (the ledger).
-Energy in J, power in W, clocks in Hz, memory in bytes, times in Unix seconds."""
+Energy in J, power in W, clocks in Hz, memory in bytes, times in Unix seconds.
+
+The energy counter's resets, rejected jumps and reads were named `jouletrace_gpu_counter_resets_total`,
+`jouletrace_gpu_counter_rejected_total` and `jouletrace_gpu_energy_counter_reads_total` in 0.1.0:
+names holding a metric type, which Prometheus's naming rules refuse. Those names stay for one release
+as duplicate counters whose HELP starts with "DEPRECATED: use <new name>"."""
 
 from __future__ import annotations
 
@@ -20,6 +25,11 @@ def _gauge(name: str, doc: str, extra: Sequence[str] = ()) -> GaugeMetricFamily:
 
 def _counter(name: str, doc: str, extra: Sequence[str] = ()) -> CounterMetricFamily:
     return CounterMetricFamily(f"jouletrace_gpu_{name}", doc, labels=[*GPU_LABELS, *extra])
+
+
+def _deprecated(old: str, new: str) -> CounterMetricFamily:
+    return _counter(old, f"DEPRECATED: use jouletrace_gpu_{new}_total (the same value); this name goes in the "
+                    "next release.")
 
 
 class GPUCollector(FamilyCollector):
@@ -49,16 +59,19 @@ class GPUCollector(FamilyCollector):
             _gauge("sm_occupancy_ratio", "GPM SM occupancy (0-1), where supported."),
             _gauge("tensor_activity_ratio", "GPM tensor pipe activity (0-1), where supported."),
             _gauge("dram_bandwidth_utilization_ratio", "GPM DRAM bandwidth utilization (0-1), where supported."),
-            _counter("counter_resets", "Energy counter resets seen (driver reload); those intervals were "
+            _counter("energy_resets", "Energy counter resets seen (driver reload); those intervals were "
                      "integrated from power."),
-            _counter("counter_rejected", "Implausible energy counter jumps rejected."),
-            _counter("energy_counter_reads", "Energy counter reads (each costs ~4 ms CPU on H100)."),
+            _counter("energy_jumps_rejected", "Implausible energy counter jumps rejected."),
+            _counter("energy_reads", "Energy counter reads (each costs ~4 ms CPU on H100)."),
             _counter("read_errors", "GPU read errors (NVML errors on real GPUs) by call and code.", ["call", "code"]),
             _counter("sampler_cpu_seconds", "CPU seconds spent by this GPU's sampler thread."),
+            _deprecated("counter_resets", "energy_resets"),
+            _deprecated("counter_rejected", "energy_jumps_rejected"),
+            _deprecated("energy_counter_reads", "energy_reads"),
         )
 
     def fill(self, energy, attributed, idle, finalized, up, age, power, limit, clock, util, mem, mem_total, temp,
-             reasons, occupancy, tensor, dram, resets, rejected, reads, errors, cpu):
+             reasons, occupancy, tensor, dram, resets, rejected, reads, errors, cpu, old_resets, old_rejected, old_reads):
         now = self._clock()
         for sampler, totals in zip(self.samplers, self.ledger.gpus):
             labels = gpu_label_values(sampler.device)
@@ -82,9 +95,11 @@ class GPUCollector(FamilyCollector):
                     family.add_metric(labels, float(value))
             for reason, active in st.clocks_event_reasons.items():
                 reasons.add_metric(labels + [reason], 1.0 if active else 0.0)
-            resets.add_metric(labels, sampler.counter_resets)
-            rejected.add_metric(labels, sampler.counter_rejected)
-            reads.add_metric(labels, sampler.counter_reads)
+            for families, value in (((resets, old_resets), sampler.counter_resets),
+                                    ((rejected, old_rejected), sampler.counter_rejected),
+                                    ((reads, old_reads), sampler.counter_reads)):
+                for family in families:
+                    family.add_metric(labels, value)
             for (call, code), n in sorted(sampler.errors.items()):
                 errors.add_metric(labels + [call, code], n)
             cpu.add_metric(labels, sampler.cpu_seconds)

@@ -32,7 +32,7 @@ class PowerCapCollector(FamilyCollector):
                               "no window observed yet, or fewer than 2 distinct power limits.",
                               labels=["model", "reason", "backend"]),
             GaugeMetricFamily("jouletrace_power_headroom_watts", "Enforced power limit minus the 99th percentile of "
-                              "power over the window.", labels=GPU_LABELS),
+                              "power over the window, at least 0.", labels=GPU_LABELS),
             CounterMetricFamily("jouletrace_powercap_changes", "Power-limit changes made by the exporter, by action: "
                                 "set (admin API), rollback (latency guard), restore.", labels=["action"]),
         )
@@ -57,7 +57,9 @@ class PowerCapCollector(FamilyCollector):
             with s.lock:
                 limit = s.status.power_limit_w
             if p99 is not None and limit is not None:
-                headroom.add_metric(gpu_label_values(s.device), limit - p99)
+                # a GPU at its cap reads a little above it at times (each reading averages
+                # its own period, the cap holds over a longer one): that leaves no headroom, not less
+                headroom.add_metric(gpu_label_values(s.device), max(0.0, limit - p99))
         counts = pc.actuator.changes if pc.actuator is not None else {}
         for action in actuation.ACTIONS:
             changes.add_metric([action], counts.get(action, 0))

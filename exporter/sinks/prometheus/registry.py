@@ -30,12 +30,13 @@ def collectors(samplers: list[GPUSampler], ledger: Ledger, intake_snapshot: Call
                engine_states: Callable[[], Sequence[EngineState]] = tuple, powercap: PowerCap | None = None,
                forward_snapshot: Callable[[], dict] | None = None, placement: PodPlacement | None = None,
                selection: Selection = Selection(), config_reloads: Mapping[str, int] | None = None,
-               clock: Callable[[], float] = time.time) -> list[Collector]:
+               node_name: str = "", clock: Callable[[], float] = time.time) -> list[Collector]:
     """The components' collectors; span forwarding, power capping and node mode only where given."""
     out = [GPUCollector(samplers, ledger, clock), AttributionCollector(samplers, ledger),
            SettlementCollector(samplers, ledger),
            EngineCollector(engine_states, ledger.completion_tokens), IntakeCollector(intake_snapshot),
-           InfoCollector(samplers, selection, config_reloads if config_reloads is not None else {})]
+           InfoCollector(samplers, selection, config_reloads if config_reloads is not None else {},
+                         node_name)]
     if forward_snapshot is not None:
         out.append(ForwardCollector(forward_snapshot))
     if powercap is not None:

@@ -118,7 +118,9 @@ def test_an_engine_restart_or_outage_falls_back_to_the_adaptive_delay(clock):
     fig = rig.ledger.settlement_figures()
     assert fig.fallbacks["engine_restart"] == 1 and fig.holds_expired == 0
     assert max(fig.holds.values()) < 10.0 and fig.reason == ENGINE  # the moments before the restart let go
-    served.run(5, up=False)
+    served.run(5, up=False)  # a few failed scrapes: what is held stays held
+    assert rig.ledger.settlement_figures().reason == ENGINE
+    served.run(30, up=False)
     fig = rig.ledger.settlement_figures()
     assert fig.fallbacks["engine_down"] == 1 and fig.reason == ADAPTIVE
     served.run(5)

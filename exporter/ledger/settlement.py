@@ -28,7 +28,7 @@ Bounds. No moment is held more than `max_hold_s`; an uncovered scrape moment old
 given up (its request's span never came: lost, or the engine restarted unseen) and the run of
 them counted once in `holds_expired`. While the ledger is nearly full (`pressure`), holds end at
 the export delay instead, so that pending requests can be dropped and senders are not refused
-forever. An engine that stops answering (or answers nothing for STALE_S) or whose request counter
+forever. An engine that answers nothing for STALE_S (a single failed scrape changes nothing) or whose request counter
 goes back (a restart: requests it ran then never end) drops its scrape moments, falls back to
 the adaptive delay and is counted in `fallbacks` by reason.
 
@@ -140,11 +140,11 @@ class Settlement:
             e = self._engines.get(url)
             if e is None:
                 return
-            if values is None:
-                if e.up:
+            if values is None:  # one failed scrape (a busy host) holds what is held; STALE_S of them let go
+                if e.up and e.last_answer < answered - STALE_S:
                     self.fallbacks["engine_down"] += 1
-                e.up = False
-                e.reset()
+                    e.up = False
+                    e.reset()
                 return
             restarted = any(values.get(m, {}).get("requests_succeeded", n) < n for m, n in e.succeeded.items())
             if restarted:

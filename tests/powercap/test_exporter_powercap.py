@@ -92,7 +92,8 @@ def test_a_power_sweep_through_the_exporter_and_its_own_advice(stack):
     # the simulated H100 decodes ~1.45x slower at 200 W; the host's own time per token, the same at
     # both limits and larger on a busy machine, narrows the measured ratio
     assert at[200.0]["latency_ms"]["median_itl"] > 1.1 * at[700.0]["latency_ms"]["median_itl"]
-    assert at[200.0]["avg_power_w"] <= 220.0 < at[700.0]["avg_power_w"]
+    # the window's average includes the moments the cap takes to act: within 15 % of it
+    assert at[200.0]["avg_power_w"] <= 230.0 < at[700.0]["avg_power_w"]
     (rec,) = advice["recommendations"]
     assert rec["power_limit_w"] == 200.0 and rec["energy_saving"] > 0.2
     text = http_get(stack.exporter.url("/metrics"))[1]

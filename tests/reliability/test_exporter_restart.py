@@ -159,9 +159,9 @@ def test_a_gpu_that_disappears_and_comes_back_with_a_restarted_counter(tmp_path)
         wait_for(lambda: metric(exporter, "jouletrace_gpu_up") == 0, 10, "the GPU marked down")
         assert metric(exporter, "jouletrace_gpu_read_errors_total", code="gpu_lost") >= 1
         gpu = ConstantPowerGPU(path, counter_j=0.0)  # a new engine: its counter starts from zero
-        back = time.time()
         wait_for(lambda: metric(exporter, "jouletrace_gpu_up") == 1, 10, "the GPU picked up again")
         wait_for(lambda: metric(exporter, "jouletrace_gpu_energy_resets_total") == 1, 10, "the counter reset")
+        back = time.time()  # picked up by now, however busy the machine: the window below is all after it
         url = exporter.url(f"/api/v1/energy?start={back + 1.0}&end={back + 2.0}")
         wait_for(lambda: http_get(url)[0] == 200, 10, "the window settled")
         assert json.loads(http_get(url)[1])["joules"] == pytest.approx(POWER_W, abs=0.01)

@@ -28,12 +28,12 @@ REFERENCE = Path(__file__).with_name("mlenergy_reference.csv")
 KEYS = ("energy_per_token_j", "median_itl_ms", "avg_power_w", "tokens_per_s")
 BOUNDS = {
     "memory_efficiency": (0.5, 0.9),
-    "gemm_half_rows": (0.0, 512.0),
+    "compute_efficiency": (0.15, 0.8),
     "layer_overhead_s": (0.2e-3 / 32, 5e-3 / 32),
     "sequence_overhead_s": (0.0, 60e-6),
     "clock_power_w": (50.0, 300.0),
     "memory_power_w": (50.0, 300.0),
-    "compute_power_w": (100.0, 1000.0),
+    "compute_power_w": (100.0, 700.0),
     "overlap_loss": (0.0, 1.0),
 }
 

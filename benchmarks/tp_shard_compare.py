@@ -3,7 +3,7 @@
     python benchmarks/tp_shard_compare.py benchmarks/results/tp-shard-h100-2026-12-06/tp_shard.jsonl
 
 For each measured step (one tensor-parallel GPU's slice of Llama-3.1-70B, decode or prefill), the
-simulator's performance model (simulator/perf.py: the constants fitted on Llama-3.1-8B / H100,
+simulator's performance model (simulator/perf.py, the constants fitted on Llama-3.1-8B / H100,
 unchanged) predicts the same step on the same GPU profile at the measured power limit: the GPU's
 share of the work alone, without the all-reduces (`communication=False`) and without the
 per-sequence sampling and host time (the measurement samples nothing and replays CUDA graphs on

@@ -6,21 +6,11 @@ sequence's KV cache and does 4 FLOPs per head dimension per (query, context) pai
 takes the longer of its compute time and its memory time (a roofline per kernel family) plus the
 share `overlap_loss` of the shorter that the kernels fail to hide behind the longer:
 
-    t = host + layers x latency + sequences x per_sequence + R(T_lin, B_w / M) + R(F_attn / (P e), B_kv / M) + t_comm
+    t = host + layers x latency + sequences x per_sequence + R(F_lin / C, B_w / M) + R(F_attn / C, B_kv / M) + t_comm
     R(a, b) = max(a, b) + overlap_loss x min(a, b)
-    T_lin = sum over the layer's matrix products and the LM head of 2 m K N / (P x eta(m, K))
-    eta(m, K) = e x m / (m + m_half) x K / (K + K_half)
-    P = peak FLOP/s x f          M = HBM bytes/s x memory_efficiency x min(1, f / knee)
+    C = peak FLOP/s x compute_efficiency x f          M = HBM bytes/s x memory_efficiency x min(1, f / knee)
 
-f is the SM clock as a fraction of its maximum. A matrix product multiplies m rows (the step's
-tokens; the sampled ones for the LM head) by a K x N weight (ModelShape.layer_gemms). It reaches
-the share e (`gemm_efficiency`) of the tensor peak when it is large, and less when it is small:
-with few rows the tensor-core tiles are partly empty and each SM holds few of them
-(m_half, `gemm_half_rows`), with a short inner dimension each output tile's fixed work (filling
-the pipeline, writing the result) weighs more against its K-loop (K_half, `gemm_half_depth`).
-Tensor-parallel sharding shortens K of the output and down projections, so a TP shard's products
-run a little less efficiently than the whole model's; many tokens per step (prefill, large
-batches) run near e. Attention's FLOPs run at e. All figures are per GPU. `latency` is a fixed
+f is the SM clock as a fraction of its maximum. All figures are per GPU. `latency` is a fixed
 time per layer outside the kernels' compute and memory time (launch and tail latencies of the
 layer's kernels); `per_sequence` the time each sequence in the
 step adds whatever the model's size (sampling over the vocabulary, the host's work per request);
@@ -78,21 +68,17 @@ ALLREDUCE_LARGE_EFFICIENCY = 0.8  # full-speed bus bandwidth / NVLink bandwidth 
 @dataclasses.dataclass(frozen=True)
 class Calibration:
     """The time and power models' constants (per GPU), fitted to the study's Llama-3.1-8B / H100
-    table by benchmarks/calibrate.py within the plausible ranges it names. Set, not fitted: the knee, and
-    the large-GEMM efficiency and half depth (the share of the BF16 peak cuBLAS reaches on large
-    H100 GEMMs, and a tile's fixed work, about eight 64-deep K steps, as inner dimension)."""
+    table by benchmarks/calibrate.py within the plausible ranges it names; memory_clock_knee is set."""
 
-    memory_efficiency: float = 0.807   # bandwidth reached while streaming weights and KV / HBM peak
-    gemm_efficiency: float = 0.8       # FLOP/s of a matrix product with many rows and a deep K / tensor peak; set
-    gemm_half_rows: float = 0.90       # rows (tokens) M at which a matrix product reaches half of that
-    gemm_half_depth: float = 512.0     # inner dimension K at which a matrix product reaches half of that; set
-    layer_overhead_s: float = 35.0e-6  # per layer per step outside the kernels' work: launch and tail latencies, s
-    sequence_overhead_s: float = 35.4e-6  # per sequence in the step: sampling and the host's per-request work, s
+    memory_efficiency: float = 0.860   # bandwidth reached while streaming weights and KV / HBM peak
+    compute_efficiency: float = 0.458  # FLOP/s of the forward pass's kernels (matmuls, attention, norms) / tensor peak
+    layer_overhead_s: float = 47.5e-6  # per layer per step outside the kernels' work: launch and tail latencies, s
+    sequence_overhead_s: float = 17.4e-6  # per sequence in the step: sampling and the host's per-request work, s
     host_overhead_s: float = 0.0       # extra host time per step (a slow host), s; not fitted
-    clock_power_w: float = 292.0       # a busy GPU's power above idle at the maximum clock before any work, W
-    memory_power_w: float = 141.0      # added while HBM streams for the whole step, W
-    compute_power_w: float = 967.0     # added while the tensor cores work for the whole step at the maximum clock, W
-    overlap_loss: float = 0.84         # share of the shorter of a part's compute and memory times not hidden
+    clock_power_w: float = 279.0       # a busy GPU's power above idle at the maximum clock before any work, W
+    memory_power_w: float = 149.0      # added while HBM streams for the whole step, W
+    compute_power_w: float = 669.0     # added while the tensor cores work for the whole step at the maximum clock, W
+    overlap_loss: float = 0.88         # share of the shorter of a part's compute and memory times not hidden
     memory_clock_knee: float = 0.5     # clock ratio below which HBM bandwidth falls with the clock
 
 
@@ -149,22 +135,18 @@ class PerfModel:
         m = self.model
         return (2 * m.layers + 1) * self.allreduce_s(w.tokens * m.hidden * m.dtype_bytes)
 
-    def gemm_efficiency(self, rows: float, depth: int) -> float:
-        """FLOP/s of one matrix product of `rows` x `depth` by `depth` x N / tensor peak."""
-        cal = self.cal
-        return cal.gemm_efficiency * rows / (rows + cal.gemm_half_rows) * depth / (depth + cal.gemm_half_depth)
-
-    def _gemm_s(self, rows: float, k: int, n: int, peak: float) -> float:
-        return 2.0 * rows * k * n / (peak * self.gemm_efficiency(rows, k)) if rows > 0 else 0.0
+    def _parts(self, w: StepWork) -> tuple[float, float, float, float]:
+        """Per-GPU (linear FLOPs, weight bytes, attention FLOPs, KV bytes)."""
+        m, tp = self.model, self.tp
+        return (m.linear_flops(w.tokens, w.sampled) / tp, m.weight_bytes_per_step / tp,
+                m.attention_flops(w.attended) / tp, m.kv_bytes_per_token_per_gpu(tp) * w.kv_read)
 
     def _times(self, w: StepWork, f: float) -> tuple[float, float, float]:
         """Per-GPU (kernel seconds, compute seconds, memory seconds) at clock ratio `f`."""
-        m, tp, peak = self.model, self.tp, self.gpu.peak_flops * f
-        tc_lin = (m.layers * sum(self._gemm_s(w.tokens, k, n, peak) for k, n in m.layer_gemms(tp))
-                  + self._gemm_s(w.sampled, *m.lm_head_gemm(tp), peak))
-        tc_attn = m.attention_flops(w.attended) / tp / (peak * self.cal.gemm_efficiency)
+        f_lin, b_w, f_attn, b_kv = self._parts(w)
+        c = self.gpu.peak_flops * self.cal.compute_efficiency * f
         mem = self.gpu.memory_bandwidth * self.cal.memory_efficiency * min(1.0, f / self.cal.memory_clock_knee)
-        tm_lin, tm_attn = m.weight_bytes_per_step / tp / mem, m.kv_bytes_per_token_per_gpu(tp) * w.kv_read / mem
+        tc_lin, tm_lin, tc_attn, tm_attn = f_lin / c, b_w / mem, f_attn / c, b_kv / mem
         overlap = self.cal.overlap_loss
         t = (max(tc_lin, tm_lin) + overlap * min(tc_lin, tm_lin)
              + max(tc_attn, tm_attn) + overlap * min(tc_attn, tm_attn))

@@ -76,7 +76,8 @@ def test_with_nothing_in_flight_energy_is_final_seconds_after_the_request_ends(c
     assert sum(fig.lag_counts) == 8
     # export delay (1 s) + the scrape and pass that follow (1 s each)
     assert fig.lag_sum / 8 <= 1.0 + 2.0 + 0.5
-    assert max(fig.holds.values()) <= 2.0 and fig.reason == ENGINE
+    # idle, the hold is the export delay and the scrape period (1 s each)
+    assert max(fig.holds.values()) <= 2.0 + 0.05 and fig.reason == ENGINE
 
 
 def test_a_request_whose_span_never_comes_holds_only_up_to_max_hold(clock):
@@ -155,3 +156,16 @@ def test_a_fixed_delay_is_kept(clock):
     rig.run(12.0)
     fig = rig.ledger.settlement_figures()
     assert fig.reason == FIXED and fig.holds[0] == pytest.approx(7.0, abs=1.0)
+
+
+def test_requests_that_start_and_end_between_two_scrapes_are_waited_for(clock):
+    """A 0.6 s request between two scrapes of 1 s is in no gauge: its time waits until the scrape
+    after it answered an export delay ago, so none is late however its span's delay falls."""
+    rig = Rig(clock, settle_delay_s=None, max_hold_s=300.0, load=lambda t: 0.5)
+    served = Served(rig, [rig.request(3.2 + 1.0 * i, 0.6, span_id=i + 1) for i in range(20)], export_s=3.0)
+    served.run(40)
+    assert rig.ledger.spans_late == 0 and rig.ledger.settlement.reason == ENGINE
+    fig = rig.ledger.settlement_figures()
+    assert sum(fig.lag_counts) == 20
+    # export delay (3.2 s as sent here) + the scrape after the request's end + the pass
+    assert fig.lag_sum / 20 <= 3.2 + 1.0 + 1.0 + 0.5

@@ -13,11 +13,13 @@ moment that may be split, under one of three policies (`reason`):
   way is missing at every later moment too, until it ends and its span arrives within the export
   delay. So a moment is also covered once some later moment, older than the export delay +
   SETTLED_MARGIN_S, has no deficit for the same model and none between them is smaller. The horizon
-  is the last covered scrape moment before the first uncovered one, and never later than now -
-  the span export delay (the greatest arrival - end of recent spans, any sender; `clockskew.py`),
-  which covers requests that start and end between two scrapes. A long request thus holds its
-  own time and every later moment until its span arrives; when nothing is in flight the lag from
-  a request's end to its energy is the export delay plus a pass. A model that no span names, once
+  is the last covered scrape moment before the first uncovered one, among those answered at least
+  the span export delay ago (the greatest arrival - end of recent spans, any sender;
+  `clockskew.py`): a request that ended before a scrape read the engine's gauges (one that started
+  and ended between two scrapes included) is in no gauge, and its span is in once the scrape's
+  answer is that old. A long request thus holds its own time and every later moment until its
+  span arrives; when nothing is in flight the lag from a request's end to its energy is the export
+  delay plus the next scrape and a pass. A model that no span names, once
   the engine finished UNTRACED_AFTER of its requests, holds nothing (its requests are not traced).
 - `adaptive` (no engine scrape, or one that is down, stale or restarted): now - ADAPTIVE_MARGIN x
   the greatest (arrival - start) of recent spans (any sender), within [ADAPTIVE_FLOOR_S, max hold].
@@ -181,11 +183,13 @@ class Settlement:
             self.reason = ENGINE
             h = now - delay
             for e in engines:
-                h = min(h, self._engine_horizon(e, covering, limit, adaptive, settled))
+                h = min(h, self._engine_horizon(e, covering, limit, adaptive, settled, now - delay))
             return h
 
-    def _engine_horizon(self, e: _Engine, covering: Covering, limit: float, adaptive: float, settled: float) -> float:
-        """Where engine `e`'s scrape moments let the horizon go; drops the moments passed."""
+    def _engine_horizon(self, e: _Engine, covering: Covering, limit: float, adaptive: float, settled: float,
+                        arrived: float) -> float:
+        """Where engine `e`'s scrape moments let the horizon go; drops the moments passed. The spans of
+        requests that ended before `arrived` are in."""
         samples = e.samples
         while samples and samples[0][1] < limit:  # held too long: given up
             samples.popleft()
@@ -213,6 +217,8 @@ class Settlement:
             deficit[:old] = np.minimum.accumulate(deficit[:old][::-1])[::-1]
             covered &= deficit <= 0
         u = int(np.argmin(covered)) if not covered.all() else len(samples)
+        # a request that ended before a scrape read its gauges is in no gauge: wait for its span
+        u = min(u, int(np.searchsorted(answered, arrived, "right")))
         if u:
             e.anchor = sent[u - 1]
             e.expiring = False

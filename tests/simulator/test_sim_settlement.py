@@ -2,8 +2,8 @@
 ones, its spans go to a real exporter that scrapes the engine's /metrics. The long requests hold
 settlement (no span late) and get the energy an unbounded delay gives them (within 3 % in real
 time): a second exporter on the same GPU, fed the spans by the first's forwarding, splits nothing before its final attribution.
-Once nothing is in flight a request's energy is final within the span export delay and a few
-seconds."""
+Once nothing is in flight a request's energy is final within the span export delay, the next
+engine scrape and a few seconds."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from jouletrace.simulator.gpus import install_gpus
 
 MODEL = "llama-3.1-8b"
 EXPORT_DELAY_S = 5.0  # the engine's batch span processor sends every 5 s
+SCRAPE_S = 1.0  # the exporter scrapes the engine every second (--engine-interval)
 
 
 def chat(engine: SimEngine, max_tokens: int) -> float:
@@ -69,7 +70,7 @@ def test_reasoning_requests_hold_settlement_and_short_ones_settle_in_seconds(tmp
 
 def check_settlement(exporter: ExporterProcess, engine: SimEngine, unbounded: ExporterProcess) -> None:
     """The long requests hold settlement, none is late, they get the unbounded delay's energy, and
-    with nothing in flight a request's energy is final within the export delay + 3 s."""
+    with nothing in flight a request's energy is final within the export delay, a scrape and 3 s."""
     metrics = lambda: http_get(exporter.url("/metrics"))[1]  # noqa: E731
     holds = []
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -85,10 +86,11 @@ def check_settlement(exporter: ExporterProcess, engine: SimEngine, unbounded: Ex
     wait_for(lambda: sum_samples(metrics(), "jouletrace_model_requests_total", model=MODEL) == n, 30,
              f"{n} requests settled")
     assert max(holds) > 12.0  # the long requests held settlement while they ran
-    # nothing in flight: the next request's energy is final within the export delay + 3 s
+    # nothing in flight: the next request's energy is final within the export delay, the next
+    # scrape and 3 s
     ended = chat(engine, 100)
     wait_for(lambda: sum_samples(metrics(), "jouletrace_model_requests_total", model=MODEL) == n + 1,
-             EXPORT_DELAY_S + 3.0 - (time.time() - ended), "the last request settled")
+             EXPORT_DELAY_S + SCRAPE_S + 3.0 - (time.time() - ended), "the last request settled")
     text = metrics()
     assert sum_samples(text, "jouletrace_spans_late_total") == 0
     assert sum_samples(text, "jouletrace_settle_lag_seconds_count") == n + 1

@@ -169,3 +169,21 @@ def test_requests_that_start_and_end_between_two_scrapes_are_waited_for(clock):
     assert sum(fig.lag_counts) == 20
     # export delay (3.2 s as sent here) + the scrape after the request's end + the pass
     assert fig.lag_sum / 20 <= 3.2 + 1.0 + 1.0 + 0.5
+
+
+def test_an_engine_that_has_not_answered_yet_holds_what_runs_before_its_first_scrape(clock):
+    """Requests start before the engine's first answer (a busy machine, an engine that came up
+    late): their time waits for it, STALE_S at most, then the adaptive delay takes over."""
+    rig = Rig(clock, settle_delay_s=None, max_hold_s=300.0, load=lambda t: 0.5)
+    served = Served(rig, [rig.request(1.0, 25.0, rid=f"long{i}", span_id=i + 1, completion=2000) for i in range(3)])
+    served.run(10, up=False)
+    assert rig.ledger.settlement_figures().reason == ENGINE and max(rig.ledger.settlement_figures().holds.values()) >= 9
+    served.run(40)
+    assert rig.ledger.spans_late == 0 and rig.ledger.settlement_figures().fallbacks["engine_down"] == 0
+    assert sum(rig.ledger.settlement_figures().lag_counts) == 3
+
+    silent = Rig(clock, settle_delay_s=None, max_hold_s=300.0, load=lambda t: 0.5)
+    Served(silent, []).run(40, up=False)
+    fig = silent.ledger.settlement_figures()
+    assert fig.fallbacks["engine_down"] == 1 and fig.reason == ADAPTIVE
+    assert max(fig.holds.values()) <= ADAPTIVE_FLOOR_S + 1.0

@@ -21,6 +21,8 @@ moment that may be split, under one of three policies (`reason`):
   span arrives; when nothing is in flight the lag from a request's end to its energy is the export
   delay plus the next scrape and a pass. A model that no span names, once
   the engine finished UNTRACED_AFTER of its requests, holds nothing (its requests are not traced).
+  An engine that has not answered yet (the exporter just started, or the engine did) holds all
+  time not yet split for up to STALE_S: requests may already run on it.
 - `adaptive` (no engine scrape, or one that is down, stale or restarted): now - ADAPTIVE_MARGIN x
   the greatest (arrival - start) of recent spans (any sender), within [ADAPTIVE_FLOOR_S, max hold].
   When an engine's first scrape (at start, after a restart or an outage) finds requests running,
@@ -93,6 +95,7 @@ class _Engine:
     succeeded: dict[str, float] = field(default_factory=dict)  # model -> request counter, last
     first_succeeded: dict[str, float] = field(default_factory=dict)  # model -> request counter, first seen
     expiring: bool = False  # the last scrape moment handled was given up
+    watched_since: float | None = None  # the first pass that followed it, while it never answered
 
     def reset(self) -> None:
         self.samples.clear()
@@ -128,7 +131,8 @@ class Settlement:
 
     # -- engine scrape --------------------------------------------------------------------
     def watch(self, urls: list[str]) -> None:
-        """The engines scraped from now on: others are forgotten; new ones hold nothing until they answer."""
+        """The engines scraped from now on: others are forgotten; a new one holds all time not yet split
+        until it answers, for STALE_S at most."""
         with self._lock:
             self._engines = {url: self._engines.get(url) or _Engine() for url in urls}
 
@@ -177,6 +181,9 @@ class Settlement:
                     e.up = False
                     e.reset()
             engines = list(self._engines.values())
+            if any(self._first_answer_due(e, now) for e in engines):
+                self.reason = ENGINE
+                return limit
             if not engines or not all(e.up for e in engines):
                 self.reason = ADAPTIVE
                 return max(adaptive, limit) if pressure else adaptive
@@ -185,6 +192,19 @@ class Settlement:
             for e in engines:
                 h = min(h, self._engine_horizon(e, covering, limit, adaptive, settled, now - delay))
             return h
+
+    def _first_answer_due(self, e: _Engine, now: float) -> bool:
+        """Whether `e` never answered and may still: watched for less than STALE_S (then counted down)."""
+        if e.last_answer > float("-inf"):
+            return False
+        if e.watched_since is None:
+            e.watched_since = now
+        if now - e.watched_since < STALE_S:
+            return True
+        if e.watched_since > float("-inf"):
+            self.fallbacks["engine_down"] += 1
+            e.watched_since = float("-inf")  # given up: counted once
+        return False
 
     def _engine_horizon(self, e: _Engine, covering: Covering, limit: float, adaptive: float, settled: float,
                         arrived: float) -> float:

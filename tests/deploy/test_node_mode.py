@@ -82,13 +82,16 @@ def test_a_shared_gpu_is_split_among_its_pods_requests_and_an_unheld_gpu_goes_to
              "a pod placement")
     tokens = {"a": 300, "b": 100, "c": 50}
     providers = {pod: pod_provider(node.grpc_port, pod) for pod in tokens}
-    for _ in range(4):  # the three pods' requests run at the same time
-        spans = [p.get_tracer("test").start_span("llm_request", attributes={
+    for _ in range(4):  # the three pods' requests run at the same time, stamped alike: each span's
+        # synchronous export on end() would otherwise delay the next one's end on a busy machine
+        began = time.time_ns()
+        spans = [p.get_tracer("test").start_span("llm_request", start_time=began, attributes={
             "gen_ai.usage.prompt_tokens": 0, "gen_ai.usage.completion_tokens": tokens[pod]})
             for pod, p in providers.items()]
         time.sleep(1.0)
+        ended = time.time_ns()
         for span in spans:
-            span.end()
+            span.end(end_time=ended)
     for p in providers.values():
         p.shutdown()
     text = wait_for(lambda: (t := metrics()) and sum_samples(t, "jouletrace_model_requests_total") == 12 and t, 30,

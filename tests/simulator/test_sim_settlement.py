@@ -92,7 +92,7 @@ def check_settlement(exporter: ExporterProcess, engine: SimEngine, unbounded: Ex
     wait_for(lambda: sum_samples(metrics(), "jouletrace_model_requests_total", model=MODEL) == n + 1,
              EXPORT_DELAY_S + SCRAPE_S + 3.0 - (time.time() - ended), "the last request settled")
     text = metrics()
-    assert sum_samples(text, "jouletrace_spans_late_total") == 0
+    assert sum_samples(text, "jouletrace_spans_late_total") == 0, exporter.output()[-4000:]
     assert sum_samples(text, "jouletrace_settle_lag_seconds_count") == n + 1
     assert sum_samples(text, "jouletrace_settle_holds_expired_total") == 0
     attributed = sum_samples(text, "jouletrace_gpu_attributed_energy_joules_total")
@@ -125,5 +125,5 @@ def test_the_reasoning_task_through_the_load_generator_loses_no_joule(tmp_path):
         assert r["completed"] == 6 and r["energy_per_token_j"] > 0
         text = http_get(exporter.url("/metrics"))[1]
         assert sum_samples(text, "jouletrace_model_requests_total", model=MODEL) == 6
-        assert sum_samples(text, "jouletrace_spans_late_total") == 0
+        assert sum_samples(text, "jouletrace_spans_late_total") == 0, exporter.output()[-4000:]
         assert sum_samples(text, "jouletrace_model_completion_tokens_total", model=MODEL) == r["total_output_tokens"]

@@ -110,6 +110,12 @@ def overview():
                                  'label_values(jouletrace_build_info{namespace=~"$namespace"}, job)',
                                  "Prometheus scrape jobs that collect jouletrace exporters, for their `up` series.")
                        .hide(VariableHide.HIDE_VARIABLE))
+        .with_variable(_variable("pod_namespace", "Inference namespace",
+                                 'label_values(jouletrace_pod_energy_joules_total{namespace=~"$namespace"}, '
+                                 'k8s_namespace)',
+                                 "Kubernetes namespaces of the inference pods whose requests node-mode exporters "
+                                 "attribute energy to (the pod series' `k8s_namespace` label), not the exporters' "
+                                 "own namespace."))
         .with_row(dash.Row("Energy efficiency by model, beside the load that explains it"))
         .with_panel(_panel(
             timeseries.Panel(), "Energy per output token", units.Joule,
@@ -173,10 +179,11 @@ def overview():
             timeseries.Panel(), "Power per inference pod (node mode)", units.Watt,
             "GPU power attributed to the requests of each inference pod, from node-mode exporters (--node-mode on), "
             "which give each GPU's energy to the pods holding it: on a GPU shared by time-slicing each pod sees "
-            "its share, not the whole GPU. Empty without node mode; a pod missing here has spans that do not "
-            "name it (k8s/README.md).",
-            (f"sum by (k8s_namespace, k8s_pod) (rate(jouletrace_pod_energy_joules_total{{{ns}}}{RATE}))",
-             "{{k8s_namespace}}/{{k8s_pod}}"), span=24))
+            "its share, not the whole GPU. The inference namespace picks the pods' own namespaces, which differ "
+            "from the exporters'. Empty without node mode; a pod missing here has spans that do not name it "
+            "(k8s/README.md).",
+            ("sum by (k8s_namespace, k8s_pod) (rate(jouletrace_pod_energy_joules_total"
+             f'{{{ns}, k8s_namespace=~"$pod_namespace"}}{RATE}))', "{{k8s_namespace}}/{{k8s_pod}}"), span=24))
         .with_row(dash.Row("Requests"))
         .with_panel(_energy_heatmap(
             ns, "Distribution of the energy attributed to each finished request (requests per second in each "

@@ -1,6 +1,7 @@
 """Every PromQL query of the dashboards runs against a real Prometheus scraping a simulated fleet
 (tests/integration/fleet.py) and returns data: template variables first, through Prometheus' label-values
-API as Grafana resolves them, then every panel target with the variables substituted."""
+API as Grafana resolves them, then every panel target with the variables substituted. The inference-pod
+panel follows the inference namespace, not the exporters'."""
 
 import json
 import pathlib
@@ -13,7 +14,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from fleet import Fleet  # noqa: E402
+from fleet import INFERENCE_POD, TARGET_LABELS, Fleet  # noqa: E402
 from servers import http_get  # noqa: E402
 
 BOARDS = {p.stem: json.loads(p.read_text()) for p in sorted((ROOT / "grafana" / "dashboards").glob("*.json"))}
@@ -22,6 +23,7 @@ LABEL_VALUES = re.compile(r"label_values\((?:(.*),\s*)?(\w+)\)")
 VARIABLES = [(b, v["name"]) for b, board in BOARDS.items() for v in board["templating"]["list"] if v["type"] == "query"]
 TARGETS = [(b, p["title"], t["refId"], t["expr"]) for b, board in BOARDS.items() for p in board["panels"]
            for t in p.get("targets", [])]
+EXPRS = {(b, title, ref): expr for b, title, ref, expr in TARGETS}
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +73,13 @@ def test_variable_resolves(resolved, board, variable):
 def test_query_returns_data(fleet, resolved, board, title, ref, expr):
     promql = substitute(expr, resolved[board][1])
     assert fleet.query(promql), f"{board} / {title} / {ref} returned no data: {promql}"
+
+
+def test_the_inference_namespace_shows_its_pods_where_the_exporters_namespace_shows_none(fleet, resolved):
+    """Node-mode exporters run in a namespace of their own; the pod series carry the inference pods'."""
+    found, values = resolved["jouletrace-overview"]
+    assert found["namespace"] == [TARGET_LABELS["namespace"]] and found["pod_namespace"] == [INFERENCE_POD[0]]
+    expr = EXPRS["jouletrace-overview", "Power per inference pod (node mode)", "A"]
+    shown = fleet.query(substitute(expr, {**values, "pod_namespace": INFERENCE_POD[0]}))
+    assert [(s["metric"]["k8s_namespace"], s["metric"]["k8s_pod"]) for s in shown] == [INFERENCE_POD]
+    assert fleet.query(substitute(expr, {**values, "pod_namespace": TARGET_LABELS["namespace"]})) == []

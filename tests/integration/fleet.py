@@ -3,8 +3,9 @@ serving a steady open-loop chat load from the load generator, a jouletrace expor
 simulated GPU and spans and scraping its metrics, and a real Prometheus (Debian package) scraping
 the exporter every second with `namespace`, `pod`, `container` and `node` target labels as
 Kubernetes service discovery and the monitors' relabeling (k8s/overlays/monitoring) set them, evaluating the given rule files.
-The exporter runs in node mode: a STAND-IN kubelet (tests/kubelet.py) says pod `inference/llama-0` holds the
-GPU, and the engine's spans name that pod through OTEL_RESOURCE_ATTRIBUTES, as k8s/README.md says."""
+The exporter runs in node mode, as the `node` overlay's DaemonSet in its own namespace `jouletrace`: a
+STAND-IN kubelet (tests/kubelet.py) says pod `inference/llama-0` holds the GPU, and the engine's spans
+name that pod through OTEL_RESOURCE_ATTRIBUTES, as k8s/README.md says."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from jouletrace.exporter.gpu.devicefile import FileGPU
 from jouletrace.simulator.gpus import install_gpus
 
 MODEL = "llama-3.1-8b"
-TARGET_LABELS = {"namespace": "inference", "pod": "llama-0", "container": "jouletrace", "node": "gpu-node-0"}
+TARGET_LABELS = {"namespace": "jouletrace", "pod": "jouletrace-x7k2p", "container": "jouletrace", "node": "gpu-node-0"}
+INFERENCE_POD = ("inference", "llama-0")  # the pod that holds the GPU: its namespace and name
 
 
 class Fleet:
@@ -31,7 +33,7 @@ class Fleet:
         install_gpus(device)
         gpu = FileGPU(str(device), 0)
         gpu.reopen()
-        namespace, pod = TARGET_LABELS["namespace"], TARGET_LABELS["pod"]
+        namespace, pod = INFERENCE_POD
         self.kubelet = StandInKubelet({(namespace, pod): {"vllm": {"nvidia.com/gpu": [gpu.uuid]}}})
         engine_port = free_port()
         self.exporter = ExporterProcess("--gpu", "sim", "--sim-device-file", str(device), "--settle-delay", "3",

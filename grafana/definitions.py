@@ -7,10 +7,11 @@ from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.builders import heatmap, prometheus, stat, statetimeline, timeseries
 from grafana_foundation_sdk.builders.common import GraphThresholdsStyleConfig, StackingConfig
 from grafana_foundation_sdk.models import units
-from grafana_foundation_sdk.models.common import GraphThresholdsStyleMode, StackingMode
+from grafana_foundation_sdk.models.common import GraphThresholdsStyleMode, LineInterpolation, StackingMode
 from grafana_foundation_sdk.models.dashboard import (DashboardLinkType, DataSourceRef, DynamicConfigValue,
-                                                     FieldColorModeId, Threshold, ThresholdsMode, VariableHide,
-                                                     VariableRefresh, VariableSort)
+                                                     FieldColorModeId, Threshold, ThresholdsMode, ValueMap,
+                                                     ValueMappingResult, VariableHide, VariableRefresh,
+                                                     VariableSort)
 from grafana_foundation_sdk.models.heatmap import HeatmapColorMode, HeatmapColorScale
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
@@ -58,10 +59,68 @@ def _span_ratio(panel):
         GraphThresholdsStyleConfig().mode(GraphThresholdsStyleMode.LINE))
 
 
-def _zero_where_none(expr: str, by: str, selector: str) -> str:
-    """`expr`, and 0 for each GPU group (`by`) that has no series in it: counters of errors exist only once
-    an error happened, and a flat zero says more than no data."""
-    return f"{expr} or on ({by}) 0 * max by ({by}) (jouletrace_gpu_up{{{selector}}})"
+def _zero_where_none(expr: str, by: str, selector: str, present: str = "jouletrace_gpu_up") -> str:
+    """`expr`, and 0 for each group (`by`) of the `present` series (by default, of GPUs) that has no series in
+    it: counters of errors exist only once an error happened, and a flat zero says more than no data."""
+    return f"{expr} or on ({by}) 0 * max by ({by}) ({present}{{{selector}}})"
+
+
+def _powercap_panels(by: str, pods: str, models: str, gpus: str, changes: tuple[str, str]) -> list:
+    """The power-capping row's panels for the exporters grouped `by` (labels ending in `pod`): the advice for
+    the models `models` selects beside the enforced limit and power of the GPUs `gpus` selects, headroom,
+    whether there is data to advise, and the limit changes of the exporters `pods` selects, summed by
+    `changes[0]` (labels ending in `action`) with legend `changes[1]`. All of it reads docs/powercap.md."""
+    advice = f"{by}, model, basis, deadline_ms"
+    advised = _limit_dashed(_panel(
+        timeseries.Panel(), "Advised and enforced power limit", units.Watt,
+        "The power limit per GPU each exporter advises for each model and latency deadline "
+        "(--powercap-deadlines): of the limits it observed, the one with the least energy per output token whose "
+        "latency (basis: median ITL, p99 TPOT or generation latency) meets the deadline; with --powercap-budget, "
+        "also the limit that serves the most within the budget. Beside it the highest enforced limit among the "
+        "pod's GPUs (dashed: the cap in force, whoever set it) and its busiest GPU's average power. No advice "
+        "line until windows at two limits were observed (advice status below). An enforced limit above the "
+        "advice spends energy the deadline does not need: lower it, by the admin API or a power sweep. Advice "
+        "from the exporter's own history compares limits only as well as the load was alike.",
+        (f"max by ({advice}) (jouletrace_powercap_recommended_watts{{{models}}})",
+         "{{pod}} {{model}} {{basis}} within {{deadline_ms}} ms"),
+        (f"max by ({advice}) (jouletrace_powercap_budget_recommended_watts{{{models}}})",
+         "{{pod}} {{model}} {{basis}} within {{deadline_ms}} ms and the budget"),
+        (f"max by ({by}) (jouletrace_gpu_power_limit_watts{{{gpus}}})", "{{pod}} enforced limit"),
+        (f"max by ({by}) (rate(jouletrace_gpu_energy_joules_total{{{gpus}}}{RATE}))", "{{pod}} power, busiest GPU"),
+        span=12))
+    headroom = _panel(
+        timeseries.Panel(), "Power headroom per GPU", units.Watt,
+        "Enforced power limit minus the 99th percentile of power over the exporter's window, per GPU "
+        "(docs/powercap.md#headroom). Near zero: the GPU is power-capped. Large all the time: the GPU never "
+        "needs its limit, so a lower limit would cost no speed, or the GPU is idle.",
+        (f"max by ({by}, gpu) (jouletrace_power_headroom_watts{{{gpus}}})", "{{pod}} GPU {{gpu}}"), span=12).min(0)
+    status = _panel(
+        statetimeline.Panel().mappings([ValueMap({"0": ValueMappingResult(text="advising", color="green"),
+                                                  "1": ValueMappingResult(text="not enough data", color="orange")})]),
+        "Power-cap advice status", units.Short,
+        "Whether each exporter has data enough to advise a limit for each model: not until it has observed "
+        "windows (--window) at two distinct power limits, each held through the window on all its GPUs; a "
+        "row with no model is an exporter that has observed no window yet. An exporter whose limit never "
+        "changes never advises: run a power sweep (jouletrace loadgen sweep --power-limits) or hold a second "
+        "limit for a while.",
+        (_zero_where_none(f"max by ({by}, model) (jouletrace_powercap_insufficient_data{{{models}}})",
+                          f"{by}, model", models, "jouletrace_powercap_limits_observed"), "{{pod}} {{model}}"))
+    observed = _thresholds(_panel(
+        stat.Panel(), "Power limits observed", units.Short,
+        "Distinct power limits among the windows each exporter keeps for advice (its last 1,440 windows), per "
+        "model. Below 2 there is no advice. A window counts only when one limit held through it on all the "
+        "exporter's GPUs.",
+        (f"max by ({by}, model) (jouletrace_powercap_limits_observed{{{models}}})", "{{pod}} {{model}}")),
+        2, "orange", "green")
+    changed = _panel(
+        timeseries.Panel().line_interpolation(LineInterpolation.STEP_AFTER), "Power-limit changes", units.Short,
+        "Power-limit changes the exporters made since they started, by action: set (the admin API, "
+        "--powercap-actuation on), rollback (the latency guard put back the limits before a set whose windows "
+        "missed --powercap-guard-deadline), restore (DELETE /api/v1/powercap, or the exporter's stop putting "
+        "the original limits back). Flat at 0 while actuation is off or unused. A rollback means a limit was "
+        "too low for the deadline: the audit log (--powercap-audit-log) says which, when and who set it.",
+        (f"sum by ({changes[0]}) (jouletrace_powercap_changes_total{{{pods}}})", changes[1])).min(0)
+    return [advised, headroom, status, observed, changed]
 
 
 def _variable(name: str, label: str, query: str, description: str, multi: bool = True):
@@ -99,6 +158,9 @@ def overview():
     def histogram(series: str) -> str:
         return f"rate(jouletrace_request_energy_joules_{series}{{{ns}}}{RATE})"
 
+    advised, headroom, advice_status, limits_observed, changes = _powercap_panels(
+        "namespace, pod", ns, ns, ns, ("action", "{{action}}"))
+
     return _numbered(
         _dashboard("jouletrace-overview", "jouletrace / Fleet overview",
                    "Where an inference fleet's joules go: energy per token and per request by model, GPU power "
@@ -110,6 +172,12 @@ def overview():
                                  'label_values(jouletrace_build_info{namespace=~"$namespace"}, job)',
                                  "Prometheus scrape jobs that collect jouletrace exporters, for their `up` series.")
                        .hide(VariableHide.HIDE_VARIABLE))
+        .with_variable(_variable("pod_namespace", "Inference namespace",
+                                 'label_values(jouletrace_pod_energy_joules_total{namespace=~"$namespace"}, '
+                                 'k8s_namespace)',
+                                 "Kubernetes namespaces of the inference pods whose requests node-mode exporters "
+                                 "attribute energy to (the pod series' `k8s_namespace` label), not the exporters' "
+                                 "own namespace."))
         .with_row(dash.Row("Energy efficiency by model, beside the load that explains it"))
         .with_panel(_panel(
             timeseries.Panel(), "Energy per output token", units.Joule,
@@ -156,14 +224,8 @@ def overview():
             "Power at the limit means the cap throttles clocks (see clocks-event reasons in the drill-down): "
             "raising the limit buys speed at more joules per token, lowering it saves energy when latency allows.",
             (gpu_power, "{{pod}} GPU {{gpu}}"),
-            (f"max by (namespace, pod, gpu) (jouletrace_gpu_power_limit_watts{{{ns}}})", "{{pod}} GPU {{gpu}} limit"))))
-        .with_panel(_panel(
-            timeseries.Panel(), "Power headroom per GPU", units.Watt,
-            "Enforced power limit minus the 99th percentile of power over the exporter's window, per GPU "
-            "(docs/powercap.md#headroom). Near zero: the GPU is power-capped. Large all the time: the GPU never "
-            "needs its limit, so a lower limit would cost no speed, or the GPU is idle.",
-            (f"max by (namespace, pod, gpu) (jouletrace_power_headroom_watts{{{ns}}})",
-             "{{pod}} GPU {{gpu}}")).min(0))
+            (f"max by (namespace, pod, gpu) (jouletrace_gpu_power_limit_watts{{{ns}}})", "{{pod}} GPU {{gpu}} limit"),
+            span=16)))
         .with_panel(_panel(
             timeseries.Panel(), "Idle energy share", units.PercentUnit,
             "Share of the finalized GPU energy spent while no request ran, per namespace. Idle energy is paid "
@@ -173,10 +235,14 @@ def overview():
             timeseries.Panel(), "Power per inference pod (node mode)", units.Watt,
             "GPU power attributed to the requests of each inference pod, from node-mode exporters (--node-mode on), "
             "which give each GPU's energy to the pods holding it: on a GPU shared by time-slicing each pod sees "
-            "its share, not the whole GPU. Empty without node mode; a pod missing here has spans that do not "
-            "name it (k8s/README.md).",
-            (f"sum by (k8s_namespace, k8s_pod) (rate(jouletrace_pod_energy_joules_total{{{ns}}}{RATE}))",
-             "{{k8s_namespace}}/{{k8s_pod}}"), span=24))
+            "its share, not the whole GPU. The inference namespace picks the pods' own namespaces, which differ "
+            "from the exporters'. Empty without node mode; a pod missing here has spans that do not name it "
+            "(k8s/README.md).",
+            ("sum by (k8s_namespace, k8s_pod) (rate(jouletrace_pod_energy_joules_total"
+             f'{{{ns}, k8s_namespace=~"$pod_namespace"}}{RATE}))', "{{k8s_namespace}}/{{k8s_pod}}"), span=24))
+        .with_row(dash.Row("Power capping"))
+        .with_panel(advised).with_panel(headroom).with_panel(advice_status).with_panel(limits_observed)
+        .with_panel(changes)
         .with_row(dash.Row("Requests"))
         .with_panel(_energy_heatmap(
             ns, "Distribution of the energy attributed to each finished request (requests per second in each "
@@ -260,6 +326,8 @@ def deployment():
     pods = 'namespace="$namespace", pod=~"$pod"'
     models = f'{pods}, model=~"$model"'
     gpus = f'{pods}, gpu=~"$gpu"'
+    advised, headroom, advice_status, limits_observed, changes = _powercap_panels(
+        "pod", pods, models, gpus, ("pod, action", "{{pod}} {{action}}"))
     return _numbered(
         _dashboard("jouletrace-deployment", "jouletrace / Deployment",
                    "One deployment's pods: energy per token and per request, engine load, and a row per GPU with "
@@ -331,6 +399,9 @@ def deployment():
             "down; gpu_lost on simulated GPUs means the engine's device file is missing.",
             (_zero_where_none(f"sum by (pod, gpu, call, code) (rate(jouletrace_gpu_read_errors_total{{{gpus}}}{RATE}))",
                               "pod, gpu", gpus), "{{pod}} GPU {{gpu}} {{code}}")))
+        .with_row(dash.Row("Power capping"))
+        .with_panel(advised).with_panel(headroom).with_panel(advice_status).with_panel(limits_observed)
+        .with_panel(changes)
         .with_row(dash.Row("GPU $gpu").repeat("gpu"))
         .with_panel(_limit_dashed(_panel(
             timeseries.Panel(), "Power and limit", units.Watt,

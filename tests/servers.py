@@ -164,8 +164,10 @@ class PrometheusProcess:
             stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(lambda: http_get(f"http://127.0.0.1:{self.port}/-/ready")[0] == 200, 60, "prometheus readiness")
 
-    def query(self, promql: str) -> list[dict]:
-        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    def query(self, promql: str, at: float | None = None) -> list[dict]:
+        """The instant query's result at Unix time `at` (now by default)."""
+        params = {"query": promql} if at is None else {"query": promql, "time": f"{at:.3f}"}
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode(params)
         status, body = http_get(url)
         if status != 200:
             raise RuntimeError(f"query {promql!r} answered {status}: {body}")

@@ -738,6 +738,25 @@ def otlp_json_bytes(msg) -> bytes:
     return json.dumps(to_otlp_json(msg)).encode()
 
 
+@pytest.mark.parametrize("url,warned", [
+    ("http://127.0.0.1:4317", "grpc://127.0.0.1:4317"), ("https://collector:4317/v1/traces", "grpc://collector:4317"),
+    ("http://127.0.0.1:4318", None), ("http://collector4317", None), ("grpc://127.0.0.1:4317", None)])
+def test_an_http_url_on_the_grpc_port_is_warned_of_once_at_start(caplog, url, warned):
+    """The warning comes at start, before any send, in one line; OTLP/HTTP's port and grpc:// get none."""
+    async def body():
+        fw = forwarder(url)
+        await fw.start()
+        await fw.stop()
+
+    with caplog.at_level(logging.WARNING, logger="jouletrace.exporter.sinks.forward"):
+        run(body())
+    lines = [r.getMessage() for r in caplog.records if "OTLP/gRPC port" in r.getMessage()]
+    if warned is None:
+        assert lines == []
+    else:
+        assert lines == [f"--forward-otlp {url}: 4317 is the OTLP/gRPC port; use {warned} if the target speaks gRPC"]
+
+
 def test_an_http_url_to_a_grpc_receiver_says_to_use_grpc(caplog):
     """`http://host:4317` is OpenTelemetry's convention for OTLP/gRPC: the refusal says so."""
     receiver = GrpcReceiver()

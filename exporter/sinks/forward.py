@@ -32,6 +32,7 @@ Delivery
     the upstream asks (RetryInfo, Retry-After). Other failures drop the messages (reason
     ``rejected``), among them an HTTP/2 answer to an ``http://`` URL (a gRPC receiver: the log
     says to use ``grpc://``); spans refused in a partial success are dropped with reason ``partial``.
+    An ``http(s)://`` URL on OTLP/gRPC's port (OTLP_GRPC_PORT) gets one warning line at `start()`.
 
 Bounds
     Held messages take `buffer_bytes` at most. `offer()` is O(1) and never waits: past the bound it
@@ -98,6 +99,7 @@ BATCH_BYTES = 1 << 20  # ready messages sent in one call, bytes at most (one lar
 BACKOFF_MIN_S = 0.5
 RESULT_TTL_S = 10.0
 HOLD_MARGIN_S = 30.0
+OTLP_GRPC_PORT = "4317"  # OpenTelemetry's port for OTLP/gRPC (4318: OTLP/HTTP)
 
 _RETRYABLE_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
                    grpc.StatusCode.ABORTED, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.DATA_LOSS}
@@ -561,7 +563,8 @@ class Forwarder:
         except aiohttp.ClientResponseError as exc:
             if _answers_http2(exc):  # a misconfiguration that no retry mends
                 return _Outcome(False, why=f"the upstream answers in HTTP/2, as an OTLP/gRPC receiver does (port "
-                                           f"4317 by convention): forward to grpc://{self._host_port()} instead")
+                                           f"{OTLP_GRPC_PORT} by convention): forward to grpc://{self._host_port()} "
+                                           "instead")
             return _Outcome(False, retry=True, why=f"{type(exc).__name__}: {exc}".rstrip(": "))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             return _Outcome(False, retry=True, why=f"{type(exc).__name__}: {exc}".rstrip(": "))
@@ -595,6 +598,9 @@ class Forwarder:
                 response_deserializer=trace_service_pb2.ExportTraceServiceResponse.FromString)
         else:
             self._session = aiohttp.ClientSession()
+            if self._host_port().rpartition(":")[2] == OTLP_GRPC_PORT:
+                log.warning("--forward-otlp %s: %s is the OTLP/gRPC port; use grpc://%s if the target speaks gRPC",
+                            self.url, OTLP_GRPC_PORT, self._host_port())
         self._task = asyncio.create_task(self._run(), name="forward-otlp")
         log.info("forwarding spans to %s (OTLP/%s), holding up to %d bytes", self.url,
                  "gRPC" if self.protocol == "grpc" else "HTTP", self.buffer_bytes)

@@ -89,7 +89,7 @@ def _numbered(builder):
 
 def overview():
     ns = 'namespace=~"$namespace"'
-    tokens = f"sum by (model) (rate(jouletrace_model_completion_tokens_total{{{ns}}}{RATE}))"
+    tokens = f"sum by (model) (rate(jouletrace_model_output_tokens_total{{{ns}}}{RATE}))"
     gpu_power = f"sum by (namespace, pod, gpu) (rate(jouletrace_gpu_energy_joules_total{{{ns}}}{RATE}))"
     pod_power = f"sum by (job, instance) (rate(jouletrace_gpu_energy_joules_total{{{ns}}}{RATE}))"
     pod_models = f"group by (job, instance, model) (jouletrace_model_requests_total{{{ns}}})"
@@ -299,11 +299,11 @@ def deployment():
                        "requests: find it in the traces (--forward-otlp adds each request's energy to its span)."))
         .with_row(dash.Row("Engine"))
         .with_panel(_panel(
-            timeseries.Panel(), "Output and prompt tokens", TOKENS_PER_S,
-            "Tokens per second of finished requests per pod, from their spans. Prompt-heavy traffic costs more "
-            "prefill energy per output token.",
-            (f"sum by (pod) (rate(jouletrace_model_completion_tokens_total{{{models}}}{RATE}))", "{{pod}} output"),
-            (f"sum by (pod) (rate(jouletrace_model_prompt_tokens_total{{{models}}}{RATE}))", "{{pod}} prompt")))
+            timeseries.Panel(), "Output and input tokens", TOKENS_PER_S,
+            "Tokens per second of finished requests per pod, from their spans. Input-heavy (long prompt) traffic "
+            "costs more prefill energy per output token.",
+            (f"sum by (pod) (rate(jouletrace_model_output_tokens_total{{{models}}}{RATE}))", "{{pod}} output"),
+            (f"sum by (pod) (rate(jouletrace_model_input_tokens_total{{{models}}}{RATE}))", "{{pod}} input")))
         .with_panel(_panel(
             timeseries.Panel(), "Running and waiting requests", units.Short,
             "The engine's running batch and its queue per pod. The running batch is the main lever on energy per "

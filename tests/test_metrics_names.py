@@ -1,6 +1,7 @@
 """The exposition with every feature on (engine scrape, span forwarding, power capping, node mode)
 passes `promtool check metrics`, Prometheus's naming and HELP rules, but for the families kept one
-release under their old names (HELP "DEPRECATED: use <new name>"), which break those rules by design."""
+release under their old names (HELP "DEPRECATED: use <new name>"), some of which break those rules
+by design; each of those repeats its new name's samples."""
 
 import re
 import shutil
@@ -13,7 +14,9 @@ from jouletrace.exporter.sinks.prometheus.registry import build_registry
 
 DEPRECATED = {"jouletrace_gpu_counter_resets_total": "jouletrace_gpu_energy_resets_total",
               "jouletrace_gpu_counter_rejected_total": "jouletrace_gpu_energy_jumps_rejected_total",
-              "jouletrace_gpu_energy_counter_reads_total": "jouletrace_gpu_energy_reads_total"}
+              "jouletrace_gpu_energy_counter_reads_total": "jouletrace_gpu_energy_reads_total",
+              "jouletrace_model_prompt_tokens_total": "jouletrace_model_input_tokens_total",
+              "jouletrace_model_completion_tokens_total": "jouletrace_model_output_tokens_total"}
 
 
 def exposition(clock) -> str:

@@ -64,6 +64,14 @@ def _zero_where_none(expr: str, by: str, selector: str) -> str:
     return f"{expr} or on ({by}) 0 * max by ({by}) (jouletrace_gpu_up{{{selector}}})"
 
 
+def _per_output(family: str, unit: str, by: str, selector: str) -> str:
+    """The window gauges `<family>_per_million_output_tokens<unit>`, `_per_image<unit>` and `_per_video<unit>`
+    as one set of series, averaged `by` and labelled `per`."""
+    parts = [f'label_replace({family}_per_{name}{unit}{{{selector}}}, "per", "{per}", "", "")'
+             for name, per in (("million_output_tokens", "1M output tokens"), ("image", "image"), ("video", "video"))]
+    return f"avg by ({by}, per) ({' or '.join(parts)})"
+
+
 def _variable(name: str, label: str, query: str, description: str, multi: bool = True):
     var = (dash.QueryVariable(name).label(label).description(description).query(query).datasource(DATASOURCE)
            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).sort(VariableSort.NATURAL_ASC))
@@ -190,6 +198,35 @@ def overview():
             (f"sum by (model) ({histogram('sum')}) / sum by (model) ({histogram('count')})", "{{model}} mean"),
             (f"histogram_quantile(0.95, sum by (model, le) ({histogram('bucket')}))",
              "{{model}} p95"), span=12))
+        .with_row(dash.Row("Cost and carbon"))
+        .with_panel(_panel(
+            timeseries.Panel(), "Energy cost per output", units.Short,
+            "Cost of the energy attributed to each model per million output tokens, per image and per video, over "
+            "the exporters' window, at the electricity price they are given (--electricity-price or --grid-file, "
+            "docs/cost.md), averaged over the exporters. Idle energy is not in it. It moves with energy per token "
+            "and with the price: if it rises at a steady price, look at the efficiency row.",
+            (_per_output("jouletrace_model_cost", "", "model, currency", ns), "{{model}} {{currency}} per {{per}}"),
+            span=12))
+        .with_panel(_panel(
+            timeseries.Panel(), "Emissions per output", units.Gram,
+            "Grams CO2e of the energy attributed to each model per million output tokens, per image and per video, "
+            "at the grid carbon intensity the exporters are given (--grid-carbon-intensity or --grid-file), "
+            "averaged over the exporters. Shifting deferrable load to hours of low intensity lowers it at the "
+            "same energy.",
+            (_per_output("jouletrace_model_co2e", "_grams", "model", ns), "{{model}} per {{per}}"), span=12))
+        .with_panel(_panel(
+            timeseries.Panel(), "Energy spend per hour", units.Short,
+            "What the energy attributed to each model costs per hour, by currency, each joule at the price in "
+            "effect when it was attributed. Empty where no exporter has a price. Idle energy comes on top (see the "
+            "idle energy share): a high share is money paid for no token.",
+            (f"sum by (model, currency) (rate(jouletrace_model_cost_total{{{ns}}}{RATE})) * 3600",
+             "{{model}} {{currency}}/h"), span=12))
+        .with_panel(_panel(
+            timeseries.Panel(), "Emissions per hour", units.Gram,
+            "Grams CO2e per hour of the energy attributed to each model, each joule at the grid carbon intensity in "
+            "effect when it was attributed. Empty where no exporter has an intensity. Idle energy emits on top.",
+            (f"sum by (model) (rate(jouletrace_model_co2e_grams_total{{{ns}}}{RATE})) * 3600", "{{model}} per hour"),
+            span=12))
         .with_row(dash.Row("Data quality"))
         .with_panel(_span_ratio(_panel(
             timeseries.Panel(), "Spans per engine token", units.PercentUnit,

@@ -3,6 +3,7 @@ serving a steady open-loop chat load from the load generator, a jouletrace expor
 simulated GPU and spans and scraping its metrics, and a real Prometheus (Debian package) scraping
 the exporter every second with `namespace`, `pod`, `container` and `node` target labels as
 Kubernetes service discovery and the monitors' relabeling (k8s/overlays/monitoring) set them, evaluating the given rule files.
+The exporter is given an electricity price and a grid carbon intensity, for the cost and carbon series.
 The exporter runs in node mode: a STAND-IN kubelet (tests/kubelet.py) says pod `inference/llama-0` holds the
 GPU, and the engine's spans name that pod through OTEL_RESOURCE_ATTRIBUTES, as k8s/README.md says."""
 
@@ -38,7 +39,8 @@ class Fleet:
                                         "--counter-interval", "1", "--window", "15",
                                         "--engine-metrics", f"http://127.0.0.1:{engine_port}/metrics",
                                         "--node-mode", "on", "--pod-resources-socket", self.kubelet.socket,
-                                        "--pod-refresh", "1")
+                                        "--pod-refresh", "1", "--electricity-price", "0.12", "--currency", "USD",
+                                        "--grid-carbon-intensity", "400")
         self.engine = SimEngine("--max-num-seqs", "16", "--device-file", str(device), "--otlp-traces-endpoint",
                                 f"http://127.0.0.1:{self.exporter.grpc_port}", port=engine_port,
                                 env={"OTEL_RESOURCE_ATTRIBUTES": f"k8s.namespace.name={namespace},k8s.pod.name={pod}"})

@@ -26,7 +26,7 @@ import math
 import re
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 from typing import Callable, Iterable
 
 log = logging.getLogger(__name__)
@@ -109,20 +109,16 @@ def read_grid_file(path: str, under: GridValues) -> GridValues:
         raise GridFileError("invalid", f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise GridFileError("invalid", "not a JSON object")
-    unknown = sorted(set(data) - set(GridValues.__slots__))
+    unknown = sorted(set(data) - {f.name for f in fields(GridValues)})
     if unknown:
         raise GridFileError("invalid", f"unknown keys {', '.join(unknown)}")
     currency = data.get("currency", under.currency)
     if not isinstance(currency, str):
         raise GridFileError("invalid", f"currency must be a string, not {currency!r}")
+    price = _rate(data, "electricity_price") if "electricity_price" in data else under.electricity_price
+    intensity = _rate(data, "grid_carbon_intensity") if "grid_carbon_intensity" in data else under.grid_carbon_intensity
     try:
-        values = GridValues(_rate(data, "electricity_price"), currency_code(currency),
-                            _rate(data, "grid_carbon_intensity"))
-        merged = replace(values, **{k: getattr(under, k) for k in ("electricity_price", "grid_carbon_intensity")
-                                    if k not in data})
-        return merged.check()
-    except GridFileError:
-        raise
+        return GridValues(price, currency_code(currency), intensity).check()
     except ValueError as exc:
         raise GridFileError("invalid", str(exc)) from None
 
@@ -160,8 +156,8 @@ class Grid:
                 self.errors[exc.reason] += 1
             log.error("grid file %s: %s; keeping %s", self.path, exc, self.describe())
             return
-        self.accrue()
-        with self._lock:
+        with self._lock:  # the energy so far at the old values, the rest at the new
+            self._accrue()
             self.values, self.read_at = values, self._clock()
         log.info("grid file %s read: %s", self.path, self.describe())
 
@@ -174,18 +170,21 @@ class Grid:
     def accrue(self) -> None:
         """Prices the energy each model was attributed since the last call at the values in effect."""
         with self._lock:
-            v = self.values
-            for model, joules in self._energy():
-                delta = joules - self._accrued.get(model, 0.0)
-                self._accrued[model] = joules
-                if v.electricity_price is not None:
-                    key = (model, v.currency)
-                    self.cost[key] = self.cost.get(key, 0.0) + per_kwh(delta, v.electricity_price)
-                if v.grid_carbon_intensity is not None:
-                    self.grams[model] = self.grams.get(model, 0.0) + per_kwh(delta, v.grid_carbon_intensity)
+            self._accrue()
+
+    def _accrue(self) -> None:
+        v = self.values
+        for model, joules in self._energy():
+            delta = joules - self._accrued.get(model, 0.0)
+            self._accrued[model] = joules
+            if v.electricity_price is not None:
+                key = (model, v.currency)
+                self.cost[key] = self.cost.get(key, 0.0) + per_kwh(delta, v.electricity_price)
+            if v.grid_carbon_intensity is not None:
+                self.grams[model] = self.grams.get(model, 0.0) + per_kwh(delta, v.grid_carbon_intensity)
 
     def snapshot(self) -> tuple[GridValues, dict, dict, dict, float | None]:
         """(values in effect, cost totals, grams totals, errors by reason, read time), after accruing."""
-        self.accrue()
         with self._lock:
+            self._accrue()
             return self.values, dict(self.cost), dict(self.grams), dict(self.errors), self.read_at

@@ -9,6 +9,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from jouletrace.exporter.grid import GridValues, currency_code, optional_rate
 from jouletrace.planning import Deadline, deadlines, optional_deadline
 
 
@@ -172,6 +173,14 @@ OPTIONS = (
                                                 "running, seconds; below --retention"),
     Option("retention", positive(float), "2400", "seconds of energy timeline kept per GPU"),
     Option("window", positive(float), "60", "sliding window of the energy-per-token and throughput-per-watt gauges, seconds"),
+    Option("electricity_price", optional_rate, "", "electricity price per kWh in --currency: the cost gauges and "
+           "totals per model (empty: none, unless --grid-file gives one)"),
+    Option("currency", currency_code, "", "ISO 4217 code of --electricity-price's currency (USD, EUR), the "
+                                         "`currency` label of the cost series"),
+    Option("grid_carbon_intensity", optional_rate, "", "grid carbon intensity, grams CO2e per kWh: the emissions "
+           "gauges and totals per model (empty: none, unless --grid-file gives one)"),
+    Option("grid_file", str, "", "JSON file of electricity_price, currency and grid_carbon_intensity that an "
+           "operator's job rewrites, read again when it changes; its values win over the flags"),
     Option("power_interval", positive(float), "0.1", "power sampling period, seconds (the timeline's resolution)"),
     Option("counter_interval", positive(float), "5", "energy counter read period, seconds (each read costs ~4 ms CPU on H100)"),
     Option("status_interval", positive(float), "1", "clocks/utilization/memory/temperature/GPM period, seconds"),
@@ -284,6 +293,10 @@ class ExporterConfig:
     max_hold: float
     retention: float
     window: float
+    electricity_price: float | None
+    currency: str
+    grid_carbon_intensity: float | None
+    grid_file: str
     power_interval: float
     counter_interval: float
     status_interval: float
@@ -307,6 +320,16 @@ class ExporterConfig:
     powercap_audit_log: str
     powercap_deadlines: tuple[Deadline, ...]
     powercap_budget: float
+
+    @property
+    def grid(self) -> GridValues:
+        """The grid values the flags give (checked by from_namespace)."""
+        return GridValues(self.electricity_price, self.currency, self.grid_carbon_intensity)
+
+    @property
+    def grid_configured(self) -> bool:
+        """Whether cost or emissions are asked for: a price, an intensity or a grid file."""
+        return bool(self.grid_file) or self.grid != GridValues()
 
     @property
     def longest_hold(self) -> float:
@@ -343,6 +366,7 @@ class ExporterConfig:
         if cfg.longest_hold >= cfg.retention:
             flag = "--max-hold" if cfg.settle_delay is None else "--settle-delay"
             raise ValueError(f"{flag} ({cfg.longest_hold}s) must be shorter than --retention ({cfg.retention}s)")
+        cfg.grid.check()
         if cfg.counter_interval < cfg.power_interval:
             raise ValueError("--counter-interval must not be shorter than --power-interval")
         return cfg

@@ -22,6 +22,7 @@ from jouletrace.exporter.engine import EngineScraper
 from jouletrace.exporter.gpu import backends, simulated
 from jouletrace.exporter.gpu.device import UNRESOLVED, GPUDevice, Selection
 from jouletrace.exporter.gpu.sampler import GPUSampler
+from jouletrace.exporter.grid import Grid, attributed_energy
 from jouletrace.exporter.intake.core import IntakeStats, Receiver
 from jouletrace.exporter.intake.otlp_grpc import GrpcIntake
 from jouletrace.exporter.intake.otlp_http import HttpIntake
@@ -39,6 +40,7 @@ FORWARD_GRACE_S = 3.0  # at stop, time given to forward what is held
 FINAL_READING_WAIT_S = 2.0  # at stop, time given to the samplers for a last counter reading
 CONFIG_POLL_S = 2.0  # how often the config file is checked for changes
 GPUS_FILE_POLL_S = 1.0  # how often the GPUs file (--gpus-file) is checked for changes
+GRID_FILE_POLL_S = 1.0  # how often the grid file (--grid-file) is checked for changes
 # glibc's malloc arenas the exporter uses (glibc's own cap: 8 per core); MALLOC_ARENA_MAX overrides
 MALLOC_ARENAS = 2
 M_ARENA_MAX = -8  # mallopt's parameter, from glibc's malloc.h
@@ -134,11 +136,14 @@ class Exporter:
         self.placement = None
         if cfg.node_mode:
             self.placement = PodPlacement(self.ledger, self.gpu_uuids, cfg.pod_resources_socket, cfg.pod_refresh)
+        self.grid = None
+        if cfg.grid_configured:
+            self.grid = Grid(cfg.grid, cfg.grid_file, lambda: attributed_energy(self.ledger))
         self.registry = build_registry(collectors(
             self.samplers, self.ledger, self.intake_stats.snapshot, engine_states=lambda: self.engines.states,
             powercap=self.powercap, forward_snapshot=self.forwarder.snapshot if self.forwarder else None,
             placement=self.placement, selection=self.selection, config_reloads=self.config_reloads,
-            node_name=cfg.node_name or socket.gethostname()))
+            node_name=cfg.node_name or socket.gethostname(), grid=self.grid))
         self.ports: dict[str, int] = {}
         self._metrics_runner: web.AppRunner | None = None
         self._final = asyncio.Event()     # set when the final attribution is done
@@ -154,6 +159,8 @@ class Exporter:
         cfg, c = self.cfg, Components()
         for s in self.samplers:
             c.add(Worker(f"sampler-gpu{s.device.index}", s.run))
+        if self.grid is not None and cfg.grid_file:
+            c.add(self._grid_file_watch(self.grid))
         if cfg.metrics_addr:
             c.add(Step("metrics", lambda: self._serve_metrics(*cfg.metrics_addr), self._stop_metrics))
         if not self.samplers:  # the selection failed closed: only the metrics port, saying why
@@ -175,6 +182,22 @@ class Exporter:
         if cfg.otlp_grpc_addr:
             c.add(GrpcIntake(*cfg.otlp_grpc_addr, receiver, credentials=self.tls.otlp_grpc if self.tls else None))
         return c
+
+    @staticmethod
+    def _grid_file_watch(grid: Grid) -> Step:
+        """Reads the grid file at start, then again whenever it changes, appears or goes."""
+        watch: list[asyncio.Task] = []
+
+        async def start() -> None:
+            grid.reload()
+            watch.append(asyncio.get_running_loop().create_task(
+                _watch(grid.path, grid.reload, GRID_FILE_POLL_S, appear=True)))
+
+        async def stop() -> None:
+            for task in watch:
+                task.cancel()
+
+        return Step("grid file", start, stop)
 
     async def start(self) -> None:
         for d in self.devices:

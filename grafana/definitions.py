@@ -123,6 +123,14 @@ def _powercap_panels(by: str, pods: str, models: str, gpus: str, changes: tuple[
     return [advised, headroom, status, observed, changed]
 
 
+def _per_output(family: str, unit: str, by: str, selector: str) -> str:
+    """The window gauges `<family>_per_million_output_tokens<unit>`, `_per_image<unit>` and `_per_video<unit>`
+    as one set of series, averaged `by` and labelled `per`."""
+    parts = [f'label_replace({family}_per_{name}{unit}{{{selector}}}, "per", "{per}", "", "")'
+             for name, per in (("million_output_tokens", "1M output tokens"), ("image", "image"), ("video", "video"))]
+    return f"avg by ({by}, per) ({' or '.join(parts)})"
+
+
 def _variable(name: str, label: str, query: str, description: str, multi: bool = True):
     var = (dash.QueryVariable(name).label(label).description(description).query(query).datasource(DATASOURCE)
            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).sort(VariableSort.NATURAL_ASC))
@@ -148,7 +156,7 @@ def _numbered(builder):
 
 def overview():
     ns = 'namespace=~"$namespace"'
-    tokens = f"sum by (model) (rate(jouletrace_model_completion_tokens_total{{{ns}}}{RATE}))"
+    tokens = f"sum by (model) (rate(jouletrace_model_output_tokens_total{{{ns}}}{RATE}))"
     gpu_power = f"sum by (namespace, pod, gpu) (rate(jouletrace_gpu_energy_joules_total{{{ns}}}{RATE}))"
     pod_power = f"sum by (job, instance) (rate(jouletrace_gpu_energy_joules_total{{{ns}}}{RATE}))"
     pod_models = f"group by (job, instance, model) (jouletrace_model_requests_total{{{ns}}})"
@@ -256,6 +264,35 @@ def overview():
             (f"sum by (model) ({histogram('sum')}) / sum by (model) ({histogram('count')})", "{{model}} mean"),
             (f"histogram_quantile(0.95, sum by (model, le) ({histogram('bucket')}))",
              "{{model}} p95"), span=12))
+        .with_row(dash.Row("Cost and carbon"))
+        .with_panel(_panel(
+            timeseries.Panel(), "Energy cost per output", units.Short,
+            "Cost of the energy attributed to each model per million output tokens, per image and per video, over "
+            "the exporters' window, at the electricity price they are given (--electricity-price or --grid-file, "
+            "docs/cost.md), averaged over the exporters. Idle energy is not in it. It moves with energy per token "
+            "and with the price: if it rises at a steady price, look at the efficiency row.",
+            (_per_output("jouletrace_model_cost", "", "model, currency", ns), "{{model}} {{currency}} per {{per}}"),
+            span=12))
+        .with_panel(_panel(
+            timeseries.Panel(), "Emissions per output", units.Gram,
+            "Grams CO2e of the energy attributed to each model per million output tokens, per image and per video, "
+            "at the grid carbon intensity the exporters are given (--grid-carbon-intensity or --grid-file), "
+            "averaged over the exporters. Shifting deferrable load to hours of low intensity lowers it at the "
+            "same energy.",
+            (_per_output("jouletrace_model_co2e", "_grams", "model", ns), "{{model}} per {{per}}"), span=12))
+        .with_panel(_panel(
+            timeseries.Panel(), "Energy spend per hour", units.Short,
+            "What the energy attributed to each model costs per hour, by currency, each joule at the price in "
+            "effect when it was attributed. Empty where no exporter has a price. Idle energy comes on top (see the "
+            "idle energy share): a high share is money paid for no token.",
+            (f"sum by (model, currency) (rate(jouletrace_model_cost_total{{{ns}}}{RATE})) * 3600",
+             "{{model}} {{currency}}/h"), span=12))
+        .with_panel(_panel(
+            timeseries.Panel(), "Emissions per hour", units.Gram,
+            "Grams CO2e per hour of the energy attributed to each model, each joule at the grid carbon intensity in "
+            "effect when it was attributed. Empty where no exporter has an intensity. Idle energy emits on top.",
+            (f"sum by (model) (rate(jouletrace_model_co2e_grams_total{{{ns}}}{RATE})) * 3600", "{{model}} per hour"),
+            span=12))
         .with_row(dash.Row("Data quality"))
         .with_panel(_span_ratio(_panel(
             timeseries.Panel(), "Spans per engine token", units.PercentUnit,
@@ -367,11 +404,11 @@ def deployment():
                        "requests: find it in the traces (--forward-otlp adds each request's energy to its span)."))
         .with_row(dash.Row("Engine"))
         .with_panel(_panel(
-            timeseries.Panel(), "Output and prompt tokens", TOKENS_PER_S,
-            "Tokens per second of finished requests per pod, from their spans. Prompt-heavy traffic costs more "
-            "prefill energy per output token.",
-            (f"sum by (pod) (rate(jouletrace_model_completion_tokens_total{{{models}}}{RATE}))", "{{pod}} output"),
-            (f"sum by (pod) (rate(jouletrace_model_prompt_tokens_total{{{models}}}{RATE}))", "{{pod}} prompt")))
+            timeseries.Panel(), "Output and input tokens", TOKENS_PER_S,
+            "Tokens per second of finished requests per pod, from their spans. Input-heavy (long prompt) traffic "
+            "costs more prefill energy per output token.",
+            (f"sum by (pod) (rate(jouletrace_model_output_tokens_total{{{models}}}{RATE}))", "{{pod}} output"),
+            (f"sum by (pod) (rate(jouletrace_model_input_tokens_total{{{models}}}{RATE}))", "{{pod}} input")))
         .with_panel(_panel(
             timeseries.Panel(), "Running and waiting requests", units.Short,
             "The engine's running batch and its queue per pod. The running batch is the main lever on energy per "

@@ -14,7 +14,7 @@ import sys
 from .datasets import DatasetError
 from .energy import EnergyUnavailable
 from .options import add_run_options, run_config
-from .report import stability_note
+from .report import grid_note, stability_note
 from .runner import RunConfig, ServerUnreachable, run, until_signalled
 from .sweep import add_sweep_parsers
 
@@ -48,8 +48,8 @@ def main(args: argparse.Namespace) -> int:
     else:
         energy = f"{e['energy_per_token_j']:.4f} J/token" if e.get("energy_per_token_j") else "no energy"
         latency = f"median ITL {e['median_itl_ms']:.1f} ms"
-    print(f"jouletrace loadgen: {e['completed']}/{e['num_prompts']} completed, {e['failed']} failed, {energy}, "
-          f"{latency}, {stability_note(e)}; {path}", file=sys.stderr)
+    print(f"jouletrace loadgen: {e['completed']}/{e['num_prompts']} completed, {e['failed']} failed, {energy}"
+          f"{grid_note(e)}, {latency}, {stability_note(e)}; {path}", file=sys.stderr)
     if e.get("energy_error"):
         print(f"jouletrace loadgen: energy: {e['energy_error']}", file=sys.stderr)
     print(path)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from jouletrace.exporter.grid import GridValues, currency_code, optional_rate
+
 from .arrivals import KINDS
 from .datasets import FORMATS
 from .plan import DEFAULT_FIM_TEMPLATE, Sampling
@@ -55,6 +57,12 @@ def add_run_options(p: argparse.ArgumentParser, base_url_required: bool = True) 
     p.add_argument("--steps", type=int, help="num_inference_steps (default: the server's)")
     p.add_argument("--poll-interval", type=float, default=1.0, help="video job status poll interval, s")
     p.add_argument("--fetch-content", action="store_true", help="download each finished video once")
+    p.add_argument("--electricity-price", type=optional_rate, help="electricity price per kWh in --currency: "
+                   "adds cost per million output tokens, per image or per video to the result")
+    p.add_argument("--currency", type=currency_code, default="", help="ISO 4217 code of --electricity-price's "
+                   "currency (USD, EUR)")
+    p.add_argument("--grid-carbon-intensity", type=optional_rate, help="grid carbon intensity, grams CO2e per kWh: "
+                   "adds grams CO2e per million output tokens, per image or per video to the result")
     p.add_argument("--out", default="loadgen-results", help="directory for the result JSON and summary.csv")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -65,6 +73,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         v = getattr(args, name)
         if v is not None and v < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    grid = GridValues(args.electricity_price, args.currency, args.grid_carbon_intensity).check()
     try:
         percentiles = tuple(float(p) for p in args.percentiles.split(","))
     except ValueError:
@@ -82,4 +91,5 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         diffusion=DiffusionParams(api=args.diffusion_api, size=args.size, seconds=args.seconds, steps=args.steps,
                                   seed=args.seed if args.diffusion_api == "xdit" else None,
                                   poll_interval_s=args.poll_interval,
-                                  fetch_content=args.fetch_content))
+                                  fetch_content=args.fetch_content),
+        grid=grid)

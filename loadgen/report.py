@@ -9,7 +9,11 @@ power. Stability (the study's): window >= 20 s and mean running batch >= 0.85 x 
 Diffusion tasks (images, videos): the generation latency percentiles, the images or videos
 completed, and energy per image / video = window energy / items finished in the window. The study
 takes the mean over batches of batch energy / batch size; at a fixed concurrency B that is window
-energy / items produced in the window."""
+energy / items produced in the window.
+
+Cost and emissions, where a price or a carbon intensity is given: the window's J/token, J/image
+or J/video in kWh times the price (in `currency`) or the grams CO2e per kWh, per million output
+tokens and per image or video. The window energy is every joule the GPUs drew, idle included."""
 
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ import csv
 import datetime
 import math
 from pathlib import Path
+
+from jouletrace.exporter.grid import PER_MILLION, GridValues, per_kwh
 
 from .client import RequestResult
 from .load import LoadOutcome
@@ -103,9 +109,37 @@ def diffusion_figures(kind: str, window: Window | None, energy: dict | None, res
     return out
 
 
+def grid_figures(grid: GridValues, res: dict) -> dict:
+    """Cost (`cost_per_*`, in the currency of the run's `currency` key) and grams CO2e (`co2e_per_*_g`) per million output tokens
+    and, for diffusion tasks, per image or video, from `res`'s energy figures: only the keys of what
+    `grid` gives, None where the energy figure is."""
+    kind = res.get("item_kind")
+    per = {"million_output_tokens": (res.get("energy_per_token_j"), PER_MILLION)}
+    if kind:
+        per = {kind: (res.get(f"energy_per_{kind}_j"), 1)}
+    out: dict = {}
+    for what, (joules, scale) in per.items():
+        for key, rate in ((f"cost_per_{what}", grid.electricity_price),
+                          (f"co2e_per_{what}_g", grid.grid_carbon_intensity)):
+            if rate is not None:
+                out[key] = None if joules is None else per_kwh(joules * scale, rate)
+    return out
+
+
+def grid_note(result: dict) -> str:
+    """`, <cost> <currency> and <grams> gCO2e per million output tokens` (or per image or video) from
+    a result's grid figures, for console lines; empty without them."""
+    what = result.get("item_kind") or "million_output_tokens"
+    cost, grams = result.get(f"cost_per_{what}"), result.get(f"co2e_per_{what}_g")
+    parts = ([] if cost is None else [f"{cost:.4g} {result['currency']}"]) + \
+        ([] if grams is None else [f"{grams:.4g} gCO2e"])
+    return f", {' and '.join(parts)} per {what.replace('_', ' ')}" if parts else ""
+
+
 def build_result(outcome: LoadOutcome, meta: dict, window: Window | None, window_reason: str,
                  energy: dict | None, energy_error: str, mean_batch: float | None,
-                 max_num_seqs: int | None, slos: dict[str, float], percentiles) -> dict:
+                 max_num_seqs: int | None, slos: dict[str, float], percentiles,
+                 grid: GridValues = GridValues()) -> dict:
     """The run's result as a JSON-ready dict. `meta` carries the configuration keys."""
     results = outcome.results
     ok = [r for r in results if r.ok]
@@ -146,6 +180,7 @@ def build_result(outcome: LoadOutcome, meta: dict, window: Window | None, window
         res["item_throughput"] = res["total_items"] / duration
         res["items"] = [r.items for r in results]
         res["polls"] = [r.polls for r in results]
+    res.update(grid_figures(grid, res))
     res["mean_running_batch"] = mean_batch
     reasons = stability(window, mean_batch, max_num_seqs)
     res["stable"] = not reasons

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import aiohttp
 
+from jouletrace.exporter.grid import GridValues
+
 from .clock import now
 from .datasets import load_dataset
 from .energy import EnergyUnavailable, NvmlEnergy, exporter_energy
@@ -62,6 +64,7 @@ class RunConfig:
     energy_wait_s: float = 180.0
     diffusion: DiffusionParams = DiffusionParams()  # image and video tasks
     power_limit_w: float | None = None  # the GPUs' power limit during the run, recorded (power sweeps set it)
+    grid: GridValues = GridValues()    # electricity price and carbon intensity per kWh: cost and CO2e figures
 
 
 async def server_model(session: aiohttp.ClientSession, base_url: str) -> str:
@@ -165,12 +168,13 @@ async def run(cfg: RunConfig, stop: asyncio.Event | None = None) -> tuple[dict, 
         "sampling": dataclasses.asdict(cfg.sampling), "exporter": cfg.exporter,
         "energy_source": None if cfg.no_energy else ("exporter" if cfg.exporter else "nvml"),
         "engine_metrics_samples": len(scraper.samples), "power_limit_w": cfg.power_limit_w,
+        **{k: v for k, v in dataclasses.asdict(cfg.grid).items() if v not in (None, "")},
     }
     if diffusion:
         meta.update({"item_kind": spec.api, "diffusion_api": cfg.diffusion.api,
                      "diffusion": dataclasses.asdict(cfg.diffusion)})
     result = build_result(outcome, meta, window, reason, energy, energy_error, mean_batch, cfg.max_num_seqs,
-                          cfg.slos, cfg.percentiles)
+                          cfg.slos, cfg.percentiles, cfg.grid)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = f"{result['date']}-{spec.name}-{_slug(model)}-n{cfg.num_requests}"

@@ -10,6 +10,7 @@ from jouletrace.exporter.ledger.ledger import Ledger
 from jouletrace.exporter.ledger.records import RequestBatch, RequestRecord
 from jouletrace.exporter.gpu.sampler import GPUSampler
 from jouletrace.exporter.gpu.simulated import SimulatedGPU, wave_load
+from jouletrace.exporter.grid import Grid, GridValues, attributed_energy
 from jouletrace.exporter.powercap.advisor import PowerCap, PowerCapConfig
 from jouletrace.exporter.sinks.forward import Forwarder
 from jouletrace.exporter.sinks.prometheus.registry import collectors
@@ -105,15 +106,18 @@ class Rig:
                              trace_id=b"\x01" * 16, span_id=sid, **kw)
 
 
-def every_collector(rig: Rig) -> list:
+def every_collector(rig: Rig, grid_file: str = "/run/jouletrace/grid.json") -> list:
     """The collectors of every component over the rig's samplers and ledger, as the exporter with
-    an engine scrape, span forwarding, power capping and node mode registers them."""
+    an engine scrape, span forwarding, power capping, node mode, and a price and a carbon intensity
+    beside `grid_file` (read once; by default a file that does not exist) registers them."""
     engine = EngineState("http://127.0.0.1:8000/metrics", state=UP, scrapes=1, last_success=rig.clock(),
                          values={"m": {"requests_running": 1.0, "requests_waiting": 0.0, "kv_cache_usage_ratio": 0.5,
                                        "prompt_tokens": 100.0, "generation_tokens": 200.0}})
+    grid = Grid(GridValues(0.12, "USD", 350.0), grid_file, lambda: attributed_energy(rig.ledger), clock=rig.clock)
+    grid.reload()
     forwarder = Forwarder("grpc://127.0.0.1:9", gpu_uuids=list, hold_s=30.0, buffer_bytes=1 << 20,
                           timeout_s=2.0, retry_max_s=30.0)
     return collectors(rig.samplers, rig.ledger, IntakeStats().snapshot, engine_states=lambda: [engine],
                       powercap=PowerCap(PowerCapConfig(), rig.samplers, rig.ledger, clock=rig.clock),
                       forward_snapshot=forwarder.snapshot, placement=PodPlacement(rig.ledger, list, "", 1.0),
-                      node_name="node-1", clock=rig.clock)
+                      node_name="node-1", grid=grid, clock=rig.clock)

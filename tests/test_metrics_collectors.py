@@ -48,7 +48,7 @@ def test_the_registry_collects_every_family_described_once(clock):
                                   "jouletrace_spans_received_total",  # a counter's sample
                                   "jouletrace_build_info",  # an info's
                                   "jouletrace_forward_delay_seconds_bucket",  # a histogram's
-                                  "jouletrace_pod_placement_refreshes"])  # the last collector's
+                                  "jouletrace_grid_file_read_timestamp_seconds"])  # the last collector's
 def test_a_metric_name_declared_twice_is_refused_at_start(clock, name):
     with pytest.raises(ValueError, match=name):
         build_registry([*every_collector(Rig(clock)), Declares(name)])

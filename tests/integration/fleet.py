@@ -8,7 +8,8 @@ STAND-IN kubelet (tests/kubelet.py) says pod `inference/llama-0` holds the GPU, 
 name that pod through OTEL_RESOURCE_ATTRIBUTES, as k8s/README.md says.
 Power-cap actuation is on: once Prometheus has scraped a window observed at the GPU's first limit
 (POWER_LIMITS_W; that scrape's Unix time is `uncapped_at`), the fleet lowers the limit through the
-admin API and waits until the advice, within the power budget too, is in Prometheus."""
+admin API and waits until the advice, within the power budget too, is in Prometheus.
+The exporter is given an electricity price and a grid carbon intensity, for the cost and carbon series."""
 
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ class Fleet:
                                         "--pod-refresh", "1", "--powercap-actuation", "on",
                                         "--powercap-token-file", str(token_file), "--powercap-cooldown", "0",
                                         "--powercap-max-step", f"{POWER_LIMITS_W[0] - POWER_LIMITS_W[1]:g}",
-                                        "--powercap-guard-deadline", "off", "--powercap-budget", f"{POWER_BUDGET_W:g}")
+                                        "--powercap-guard-deadline", "off", "--powercap-budget", f"{POWER_BUDGET_W:g}",
+                                        "--electricity-price", "0.12", "--currency", "USD", "--grid-carbon-intensity", "400")
         self.engine = SimEngine("--max-num-seqs", "16", "--device-file", str(device), "--otlp-traces-endpoint",
                                 f"http://127.0.0.1:{self.exporter.grpc_port}", port=engine_port,
                                 env={"OTEL_RESOURCE_ATTRIBUTES": f"k8s.namespace.name={namespace},k8s.pod.name={pod}"})

@@ -51,14 +51,14 @@ def test_spans_from_both_protocols_reach_prometheus(stack):
                       "llama-http", n=4, prompt=300, completion=90, seconds=0.5)
 
     def tokens():
-        return prom.scalar('sum(jouletrace_model_completion_tokens_total{model=~"llama-.*"})') == 6 * 40 + 4 * 90
+        return prom.scalar('sum(jouletrace_model_output_tokens_total{model=~"llama-.*"})') == 6 * 40 + 4 * 90
     wait_for(tokens, 60, "token counters in Prometheus")
 
     q = prom.scalar
     assert q('jouletrace_model_requests_total{model="llama-grpc",backend="sim"}') == 6
     assert q('jouletrace_model_requests_total{model="llama-http",backend="sim"}') == 4
-    assert q('jouletrace_model_prompt_tokens_total{model="llama-grpc"}') == 6 * 120
-    assert q('jouletrace_model_prompt_tokens_total{model="llama-http"}') == 4 * 300
+    assert q('jouletrace_model_input_tokens_total{model="llama-grpc"}') == 6 * 120
+    assert q('jouletrace_model_input_tokens_total{model="llama-http"}') == 4 * 300
     assert q('sum(jouletrace_spans_received_total{protocol="grpc"})') == 6
     assert q('sum(jouletrace_spans_received_total{protocol="http"})') == 4
     assert q("sum(jouletrace_spans_rejected_total)") == 0

@@ -204,7 +204,8 @@ def test_text_to_image_openai_cli(server, tmp_path):
     energy = EnergyStandIn(watts=250.0)
     try:
         done = cli("--base-url", server.url, "--task", "text-to-image", "-n", "9", "--concurrency", "3",
-                   "--size", "512x512", "--steps", "4", "--exporter", energy.url, "--quiet", "--out", str(tmp_path))
+                   "--size", "512x512", "--steps", "4", "--exporter", energy.url, "--quiet", "--out", str(tmp_path),
+                   "--electricity-price", "0.3", "--currency", "EUR", "--grid-carbon-intensity", "200")
     finally:
         energy.stop()
     assert done.returncode == 0, done.stderr
@@ -230,6 +231,12 @@ def test_text_to_image_openai_cli(server, tmp_path):
     assert r["energy_per_token_j"] is None  # no tokens in an image run
     row = (tmp_path / "summary.csv").read_text().splitlines()
     assert "energy_per_item_j" in row[0] and len(row) == 2
+    # cost and emissions per image: its energy in kWh times 0.3 EUR and 200 g a kWh
+    kwh = r["energy_per_image_j"] / 3.6e6
+    assert (r["electricity_price"], r["currency"], r["grid_carbon_intensity"]) == (0.3, "EUR", 200.0)
+    assert r["cost_per_image"] == pytest.approx(kwh * 0.3, rel=1e-12)
+    assert r["co2e_per_image_g"] == pytest.approx(kwh * 200, rel=1e-12)
+    assert f"{r['cost_per_image']:.4g} EUR and {r['co2e_per_image_g']:.4g} gCO2e per image" in done.stderr
 
 
 def test_text_to_image_n_images_per_request(server, tmp_path):

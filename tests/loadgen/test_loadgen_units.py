@@ -23,7 +23,10 @@ from jouletrace.loadgen.engine import BatchScraper, parse_running
 from jouletrace.loadgen.media import synthetic_frames, synthetic_image
 from jouletrace.loadgen import progress
 from jouletrace.loadgen.plan import Sampling, plan
-from jouletrace.loadgen.report import energy_figures, stability
+from jouletrace.exporter.grid import GridValues
+from jouletrace.loadgen.cli import add_arguments
+from jouletrace.loadgen.options import run_config
+from jouletrace.loadgen.report import energy_figures, grid_figures, grid_note, stability
 from jouletrace.loadgen.stats import good_requests, parse_slos, percentile_key, summarize
 from jouletrace.loadgen.tasks import TASKS, task
 from jouletrace.loadgen.window import Window, steady_state_window, tokens_in_window
@@ -114,6 +117,37 @@ def test_energy_figures_and_stability():
     assert stability(Window(0, 30, "steady_state"), 7.0, 8) == []
     assert len(stability(Window(0, 19, "steady_state"), 6.0, 8)) == 2  # short window and 6 < 0.85 x 8
     assert stability(None, None, None) == ["no measurement window"]
+
+
+def test_cost_and_co2e_figures_by_hand():
+    # 5 J a token: a million tokens take 5 MJ = 25/18 kWh; at 0.12 a kWh 1/6, at 360 g a kWh 500 g
+    tokens = {"energy_per_token_j": 5.0}
+    figures = grid_figures(GridValues(0.12, "USD", 360.0), tokens)
+    assert figures == pytest.approx({"cost_per_million_output_tokens": 1 / 6, "co2e_per_million_output_tokens_g": 500.0},
+                                    rel=1e-15)
+    assert grid_note({**tokens, **figures, "currency": "USD"}) == \
+        ", 0.1667 USD and 500 gCO2e per million output tokens"
+    # 36 kJ an image is 10 Wh: 0.002 at 0.20 a kWh, 4 g at 400 g a kWh
+    image = {"item_kind": "image", "energy_per_image_j": 36_000.0, "energy_per_token_j": None}
+    figures = grid_figures(GridValues(0.2, "EUR", 400.0), image)
+    assert figures == pytest.approx({"cost_per_image": 0.002, "co2e_per_image_g": 4.0}, rel=1e-15)
+    assert grid_note({**image, **figures, "currency": "EUR"}) == ", 0.002 EUR and 4 gCO2e per image"
+    assert grid_figures(GridValues(None, "", 50.0), {"energy_per_token_j": None}) == \
+        {"co2e_per_million_output_tokens_g": None}  # no energy: the key says so
+    assert grid_figures(GridValues(), tokens) == {} and grid_note(tokens) == ""
+
+
+def test_price_and_intensity_options():
+    import argparse
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["run", "--base-url", "http://127.0.0.1:1"]
+    cfg = run_config(parser.parse_args([*base, "--electricity-price", "0.12", "--currency", "USD",
+                                        "--grid-carbon-intensity", "350"]))
+    assert cfg.grid == GridValues(0.12, "USD", 350.0)
+    assert run_config(parser.parse_args(base)).grid == GridValues()
+    with pytest.raises(ValueError, match="needs its currency"):
+        run_config(parser.parse_args([*base, "--electricity-price", "0.12"]))
 
 
 def test_running_batch_parse_and_time_weighted_mean():

@@ -88,8 +88,8 @@ def test_the_exporter_measures_the_engine_as_it_would_vllm(tmp_path):
         wait_for(lambda: sum_samples(metrics(), "jouletrace_model_requests_total", model=MODEL) == 24, 30,
                  "24 spans attributed")
         text = metrics()
-        assert sum_samples(text, "jouletrace_model_completion_tokens_total", model=MODEL) == r["total_output_tokens"]
-        assert sum_samples(text, "jouletrace_model_prompt_tokens_total", model=MODEL) == r["total_input_tokens"]
+        assert sum_samples(text, "jouletrace_model_output_tokens_total", model=MODEL) == r["total_output_tokens"]
+        assert sum_samples(text, "jouletrace_model_input_tokens_total", model=MODEL) == r["total_input_tokens"]
         wait_for(lambda: sum_samples(metrics(), "jouletrace_engine_span_token_ratio", model=MODEL) == 1.0, 10,
                  "span tokens to match the engine's count")
         engine_series = parse_vllm(http_get(engine.url("/metrics"))[1])[MODEL]

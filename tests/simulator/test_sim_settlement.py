@@ -126,4 +126,4 @@ def test_the_reasoning_task_through_the_load_generator_loses_no_joule(tmp_path):
         text = http_get(exporter.url("/metrics"))[1]
         assert sum_samples(text, "jouletrace_model_requests_total", model=MODEL) == 6
         assert sum_samples(text, "jouletrace_spans_late_total") == 0, exporter.output()[-4000:]
-        assert sum_samples(text, "jouletrace_model_completion_tokens_total", model=MODEL) == r["total_output_tokens"]
+        assert sum_samples(text, "jouletrace_model_output_tokens_total", model=MODEL) == r["total_output_tokens"]

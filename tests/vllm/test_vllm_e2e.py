@@ -142,15 +142,15 @@ def test_every_span_arrived_once(run: Run):
 
 
 def test_token_counters_equal_client_usage(run: Run):
-    assert run.m("jouletrace_model_prompt_tokens_total", model=run.model) == sum(r.prompt_tokens for r in run.sent)
-    assert run.m("jouletrace_model_completion_tokens_total", model=run.model) == \
+    assert run.m("jouletrace_model_input_tokens_total", model=run.model) == sum(r.prompt_tokens for r in run.sent)
+    assert run.m("jouletrace_model_output_tokens_total", model=run.model) == \
         sum(r.completion_tokens for r in run.sent)
 
 
 def test_token_counters_equal_vllm_metrics(run: Run):
     assert run.vllm_generation_tokens == sum(r.completion_tokens for r in run.sent)
-    assert run.m("jouletrace_model_completion_tokens_total", model=run.model) == run.vllm_generation_tokens
-    assert run.m("jouletrace_model_prompt_tokens_total", model=run.model) == run.vllm_prompt_tokens
+    assert run.m("jouletrace_model_output_tokens_total", model=run.model) == run.vllm_generation_tokens
+    assert run.m("jouletrace_model_input_tokens_total", model=run.model) == run.vllm_prompt_tokens
 
 
 def test_engine_metrics_are_scraped_beside_the_energy(run: Run):

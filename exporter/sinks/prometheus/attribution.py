@@ -1,6 +1,11 @@
 """The ledger's attribution: energy (J), requests and tokens per model, the per-request energy
 histogram, the window's efficiency gauges, and the span accounting of late, duplicate and
-clock-corrected spans."""
+clock-corrected spans.
+
+The token counters were named `jouletrace_model_prompt_tokens_total` and
+`jouletrace_model_completion_tokens_total` in 0.1.0; they are now input and output tokens, as
+OpenTelemetry's GenAI conventions say. The old names stay for one release as duplicate counters
+whose HELP starts with "DEPRECATED: use <new name>"."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from jouletrace.exporter.gpu.sampler import GPUSampler
 from jouletrace.exporter.ledger.ledger import ENERGY_BUCKETS_J, Ledger
-from jouletrace.exporter.sinks.prometheus.families import FamilyCollector, cumulative_buckets
+from jouletrace.exporter.sinks.prometheus.families import FamilyCollector, cumulative_buckets, deprecated_counter
 from jouletrace.exporter.sinks.prometheus.labels import MODEL_LABELS, backend
 
 
@@ -23,10 +28,10 @@ class AttributionCollector(FamilyCollector):
             CounterMetricFamily("jouletrace_model_energy_joules", "GPU energy attributed to the model's requests.",
                                 labels=lab),
             CounterMetricFamily("jouletrace_model_requests", "Requests finished.", labels=lab),
-            CounterMetricFamily("jouletrace_model_prompt_tokens", "Prompt (input) tokens of finished requests.",
+            CounterMetricFamily("jouletrace_model_input_tokens", "Input (prompt) tokens of finished requests.",
                                 labels=lab),
-            CounterMetricFamily("jouletrace_model_completion_tokens", "Completion (output) tokens of finished "
-                                "requests.", labels=lab),
+            CounterMetricFamily("jouletrace_model_output_tokens", "Output (completion) tokens of finished requests.",
+                                labels=lab),
             CounterMetricFamily("jouletrace_model_images", "Images generated.", labels=lab),
             CounterMetricFamily("jouletrace_model_videos", "Videos generated.", labels=lab),
             HistogramMetricFamily("jouletrace_request_energy_joules", "Energy attributed to each finished request.",
@@ -60,18 +65,23 @@ class AttributionCollector(FamilyCollector):
             CounterMetricFamily("jouletrace_attribution_errors", "Attribution passes that failed (stage=pass; the "
                                 "next pass runs) and ledger consumers that raised on accepted requests "
                                 "(stage=consumer; the requests stay accepted).", labels=["stage"]),
+            deprecated_counter("jouletrace_model_prompt_tokens", "jouletrace_model_input_tokens", lab),
+            deprecated_counter("jouletrace_model_completion_tokens", "jouletrace_model_output_tokens", lab),
         )
 
-    def fill(self, energy, requests, prompt, completion, images, videos, hist, per_token, per_watt, per_image,
-             per_video, late, duplicate, offset, corrected, pending, folded, passes, seconds, errors):
+    def fill(self, energy, requests, input_tokens, output_tokens, images, videos, hist, per_token, per_watt, per_image,
+             per_video, late, duplicate, offset, corrected, pending, folded, passes, seconds, errors, old_prompt,
+             old_completion):
         led = self.ledger
         be = backend(self.samplers)
         for name, m in led.snapshot_models():
             labels = [name, be]
             energy.add_metric(labels, m.energy_j)
             requests.add_metric(labels, m.requests)
-            prompt.add_metric(labels, m.prompt_tokens)
-            completion.add_metric(labels, m.completion_tokens)
+            for families, value in (((input_tokens, old_prompt), m.prompt_tokens),
+                                    ((output_tokens, old_completion), m.completion_tokens)):
+                for family in families:
+                    family.add_metric(labels, value)
             images.add_metric(labels, m.images)
             videos.add_metric(labels, m.videos)
             hist.add_metric(labels, cumulative_buckets(ENERGY_BUCKETS_J, m.bucket_counts), m.energy_observed_j)

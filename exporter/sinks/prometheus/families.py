@@ -1,13 +1,16 @@
 """How a collector declares its metric families: once, in `families()`, for both `describe()` (the
 families without samples, read by the registry at registration to refuse a duplicated name) and
-`collect()` (the same families, filled by `fill()` from the component's state at scrape time)."""
+`collect()` (the same families, filled by `fill()` from the component's state at scrape time).
+
+A renamed counter keeps its old name for one release: `deprecated_counter` is that family, whose HELP
+names the new one; the collector gives it the same samples as the new name's."""
 
 from __future__ import annotations
 
 import abc
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 
@@ -39,3 +42,9 @@ def cumulative_buckets(bounds: Iterable[float], counts: Iterable[int]) -> list[t
         cumulative += n
         buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
     return buckets
+
+
+def deprecated_counter(old: str, new: str, labels: Sequence[str]) -> CounterMetricFamily:
+    """The counter `old` kept for one release after its rename to `new` (both without `_total`)."""
+    return CounterMetricFamily(old, f"DEPRECATED: use {new}_total (the same value); this name goes in the next "
+                               "release.", labels=labels)

@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from jouletrace.exporter.gpu.sampler import GPUSampler
 from jouletrace.exporter.ledger.ledger import Ledger
-from jouletrace.exporter.sinks.prometheus.families import FamilyCollector
+from jouletrace.exporter.sinks.prometheus.families import FamilyCollector, deprecated_counter
 from jouletrace.exporter.sinks.prometheus.labels import GPU_LABELS, gpu_label_values
 
 
@@ -28,8 +28,7 @@ def _counter(name: str, doc: str, extra: Sequence[str] = ()) -> CounterMetricFam
 
 
 def _deprecated(old: str, new: str) -> CounterMetricFamily:
-    return _counter(old, f"DEPRECATED: use jouletrace_gpu_{new}_total (the same value); this name goes in the "
-                    "next release.")
+    return deprecated_counter(f"jouletrace_gpu_{old}", f"jouletrace_gpu_{new}", GPU_LABELS)
 
 
 class GPUCollector(FamilyCollector):

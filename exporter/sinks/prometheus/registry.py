@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 from jouletrace.exporter.engine import EngineState
 from jouletrace.exporter.gpu.device import Selection
 from jouletrace.exporter.gpu.sampler import GPUSampler
+from jouletrace.exporter.grid import Grid
 from jouletrace.exporter.kubernetes.placement import PodPlacement
 from jouletrace.exporter.ledger.ledger import Ledger
 from jouletrace.exporter.powercap.advisor import PowerCap
@@ -19,6 +20,7 @@ from jouletrace.exporter.sinks.prometheus.attribution import AttributionCollecto
 from jouletrace.exporter.sinks.prometheus.engine import EngineCollector
 from jouletrace.exporter.sinks.prometheus.forward import ForwardCollector
 from jouletrace.exporter.sinks.prometheus.gpu import GPUCollector
+from jouletrace.exporter.sinks.prometheus.grid import GridCollector
 from jouletrace.exporter.sinks.prometheus.info import InfoCollector
 from jouletrace.exporter.sinks.prometheus.intake import IntakeCollector
 from jouletrace.exporter.sinks.prometheus.placement import PlacementCollector
@@ -30,8 +32,10 @@ def collectors(samplers: list[GPUSampler], ledger: Ledger, intake_snapshot: Call
                engine_states: Callable[[], Sequence[EngineState]] = tuple, powercap: PowerCap | None = None,
                forward_snapshot: Callable[[], dict] | None = None, placement: PodPlacement | None = None,
                selection: Selection = Selection(), config_reloads: Mapping[str, int] | None = None,
-               node_name: str = "", clock: Callable[[], float] = time.time) -> list[Collector]:
-    """The components' collectors; span forwarding, power capping and node mode only where given."""
+               node_name: str = "", grid: Grid | None = None,
+               clock: Callable[[], float] = time.time) -> list[Collector]:
+    """The components' collectors; span forwarding, power capping, node mode and cost and emissions
+    (`grid`) only where given."""
     out = [GPUCollector(samplers, ledger, clock), AttributionCollector(samplers, ledger),
            SettlementCollector(samplers, ledger),
            EngineCollector(engine_states, ledger.completion_tokens), IntakeCollector(intake_snapshot),
@@ -43,6 +47,8 @@ def collectors(samplers: list[GPUSampler], ledger: Ledger, intake_snapshot: Call
         out.append(PowerCapCollector(powercap))
     if placement is not None:
         out.append(PlacementCollector(placement))
+    if grid is not None:
+        out.append(GridCollector(grid, samplers, ledger))
     return out
 
 

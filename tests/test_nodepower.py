@@ -128,7 +128,7 @@ def test_the_histogram_sum_is_the_gpus_energy(clock):
     assert node.power.sum_w * 0.1 == pytest.approx(true_j, rel=2e-3)
 
 
-def test_a_gpu_that_stops_answering_counts_nothing_past_its_last_reading(clock):
+def test_a_gpu_that_stops_answering_counts_nothing_past_its_last_reading_and_all_of_them_no_peak(clock):
     node = Node(clock, [0.2, 0.6], window_s=5.0)
     node.run(5.0)
     node.devices[1].fail_reads = 10**6
@@ -137,6 +137,10 @@ def test_a_gpu_that_stops_answering_counts_nothing_past_its_last_reading(clock):
     assert not node.samplers[1].healthy
     assert node.power.end > node.samplers[1].timeline.settled_until + 9.0  # the node kept up with GPU 0
     assert node.power.peak_w() == pytest.approx(200.0, rel=REL)
+    node.devices[0].fail_reads = 10**6
+    node.run(2.0)
+    node.power.update()
+    assert node.power.peak_w() is None  # no GPU answers: no peak to speak of
 
 
 def test_the_sum_of_node_peaks_bounds_the_group_peak(clock):

@@ -13,8 +13,9 @@ settled since the last one (about a scrape interval of numpy interpolation per G
 
 The grid reaches the latest interval that every answering GPU has settled (the energy counter
 period behind now, 5 s by default). A GPU that does not answer counts 0 W past its last settled
-reading, and before its timeline started, so the node keeps up with the GPUs that answer. Intervals
-older than every answering GPU's retention when an update comes are not counted.
+reading, and before its timeline started, so the node keeps up with the GPUs that answer; while none
+answers, the node has no peak. Intervals older than every answering GPU's retention when an update
+comes are not counted.
 
 The peak is the greatest interval of those ending in (end - window_s, end], `end` the grid's end.
 Histogram buckets (W) are fractions BUCKET_FRACTIONS of the node's nameplate, the sum of its GPUs'
@@ -64,6 +65,7 @@ class NodePower:
         self.sum_w = 0.0
         self.peak = WindowedMax(window_s)
         self.end: float | None = None  # the grid's end: intervals before it are counted
+        self.answering = False  # whether a GPU answered at the last update
         self._next_k: int | None = None  # the next interval to count
         self._lock = threading.Lock()
 
@@ -76,6 +78,7 @@ class NodePower:
                     if s.timeline.started:
                         spans.append((s, s.healthy, s.timeline.origin, s.timeline.oldest, s.timeline.settled_until))
             answering = [span for span in spans if span[1]]
+            self.answering = bool(answering)
             if not answering:
                 return
             dt = self.interval_s
@@ -101,9 +104,10 @@ class NodePower:
             self.end = float(edges[-1])
 
     def peak_w(self) -> float | None:
-        """The greatest interval power (W) of the window ending at the grid's end; None before any."""
+        """The greatest interval power (W) of the window ending at the grid's end; None before any, and
+        while no GPU answers."""
         with self._lock:
-            return None if self.end is None else self.peak.max(self.end)
+            return self.peak.max(self.end) if self.end is not None and self.answering else None
 
     def histogram(self) -> tuple[tuple[float, ...], list[int], float]:
         """(bucket bounds W, count per bucket then one above them all, sum of the interval powers W)."""

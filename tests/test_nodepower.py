@@ -195,3 +195,9 @@ def test_the_collector_exports_the_peaks_the_histogram_and_the_topology(clock):
     clock.advance(10.0)  # no sample in the GPUs' window
     gpu_max, *_ = collector.collect()
     assert samples(gpu_max) == []
+
+
+def test_without_gpus_only_the_topology_is_exported(clock):
+    """The GPU selection failed closed: no node power, whose buckets would all be 0 W."""
+    collector = BudgetCollector([], NodePower([]), "gpu-node-7", {"rack": "r12"}, clock)
+    assert [len(family.samples) for family in collector.collect()] == [0, 0, 0, 1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tomllib
 import urllib.parse
 from dataclasses import dataclass
@@ -88,6 +89,20 @@ def pod_name(text: str) -> str:
     return text
 
 
+TOPOLOGY_RESERVED = ("node",)  # label names the topology series carries already
+
+
+def topology_pair(text: str) -> tuple[str, str]:
+    """`key=value`: where the node sits, as a Prometheus label (`rack=r12`)."""
+    key, sep, value = text.strip().partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or not value or not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", key) or key.startswith("__"):
+        raise argparse.ArgumentTypeError(f"expected key=value with key a label name (rack=r12), got {text!r}")
+    if key in TOPOLOGY_RESERVED:
+        raise argparse.ArgumentTypeError(f"{key!r} is the node's own label, not a topology key")
+    return key, value
+
+
 def _no_credentials(text: str) -> str:
     """`text`, a URL, unless it holds credentials (`user:password@`): secrets never go in a flag's
     value, and the error does not repeat them."""
@@ -146,6 +161,9 @@ OPTIONS = (
     Option("pod_refresh", positive(float), "15", "node mode: seconds between reads of the pods holding each GPU"),
     Option("node_name", str, "", "this node's name (Kubernetes downward API spec.nodeName), the Hostname and "
            "node_name of jouletrace_gpu_info that join with dcgm-exporter and Kepler (empty: the host name)"),
+    Option("topology", topology_pair, "", "where this node sits, key=value (rack=r12, row=b, pdu=b12-1): a label of "
+           "jouletrace_node_topology_info per key, by which the rules sum nodes into groups; repeat for several",
+           multiple=True),
     Option("max_pods", positive(int), "256", "distinct pod labels of the per-pod energy at most; later ones fold "
                                              "into `other`"),
     Option("sim_gpus", positive(int), "1", "number of simulated GPUs (sim backend)"),
@@ -182,6 +200,8 @@ OPTIONS = (
     Option("grid_file", str, "", "JSON file of electricity_price, currency and grid_carbon_intensity that an "
            "operator's job rewrites, read again when it changes; its values win over the flags"),
     Option("power_interval", positive(float), "0.1", "power sampling period, seconds (the timeline's resolution)"),
+    Option("power_peak_window", positive(float), "30", "seconds over which the GPUs' and the node's 100 ms power "
+           "peaks are taken; longer than the scrape interval plus --counter-interval"),
     Option("counter_interval", positive(float), "5", "energy counter read period, seconds (each read costs ~4 ms CPU on H100)"),
     Option("status_interval", positive(float), "1", "clocks/utilization/memory/temperature/GPM period, seconds"),
     Option("engine_metrics", url, "", "inference server metrics URL to scrape (vLLM's /metrics); repeat for several",
@@ -274,6 +294,7 @@ class ExporterConfig:
     node_mode: bool
     pod_refresh: float
     node_name: str
+    topology: tuple[tuple[str, str], ...]
     max_pods: int
     sim_gpus: int
     sim_load: str | float
@@ -298,6 +319,7 @@ class ExporterConfig:
     grid_carbon_intensity: float | None
     grid_file: str
     power_interval: float
+    power_peak_window: float
     counter_interval: float
     status_interval: float
     engine_metrics: tuple[str, ...]
@@ -369,4 +391,9 @@ class ExporterConfig:
         cfg.grid.check()
         if cfg.counter_interval < cfg.power_interval:
             raise ValueError("--counter-interval must not be shorter than --power-interval")
+        if cfg.power_peak_window < cfg.power_interval:
+            raise ValueError("--power-peak-window must not be shorter than --power-interval")
+        keys = [key for key, _ in cfg.topology]
+        if len(set(keys)) < len(keys):
+            raise ValueError(f"--topology names a key twice: {', '.join(sorted(k for k in set(keys) if keys.count(k) > 1))}")
         return cfg

@@ -21,6 +21,7 @@ from jouletrace.exporter.config import ExporterConfig
 from jouletrace.exporter.engine import EngineScraper
 from jouletrace.exporter.gpu import backends, simulated
 from jouletrace.exporter.gpu.device import UNRESOLVED, GPUDevice, Selection
+from jouletrace.exporter.gpu.nodepower import NodePower
 from jouletrace.exporter.gpu.sampler import GPUSampler
 from jouletrace.exporter.grid import Grid, attributed_energy
 from jouletrace.exporter.intake.core import IntakeStats, Receiver
@@ -117,8 +118,10 @@ class Exporter:
         if not self.devices and self.selection.source != UNRESOLVED:
             raise RuntimeError("no GPU selected")
         self.samplers = [GPUSampler(d, retention_s=cfg.retention, power_interval_s=cfg.power_interval,
-                                    counter_interval_s=cfg.counter_interval, status_interval_s=cfg.status_interval)
+                                    counter_interval_s=cfg.counter_interval, status_interval_s=cfg.status_interval,
+                                    peak_window_s=cfg.power_peak_window)
                          for d in self.devices]
+        self.node_power = NodePower(self.samplers, interval_s=cfg.power_interval, window_s=cfg.power_peak_window)
         self.forwarder = None
         if cfg.forward_otlp:
             self.forwarder = Forwarder(cfg.forward_otlp, gpu_uuids=self.gpu_uuids,
@@ -143,7 +146,8 @@ class Exporter:
             self.samplers, self.ledger, self.intake_stats.snapshot, engine_states=lambda: self.engines.states,
             powercap=self.powercap, forward_snapshot=self.forwarder.snapshot if self.forwarder else None,
             placement=self.placement, selection=self.selection, config_reloads=self.config_reloads,
-            node_name=cfg.node_name or socket.gethostname(), grid=self.grid))
+            node_name=cfg.node_name or socket.gethostname(), grid=self.grid, node_power=self.node_power,
+            topology=dict(cfg.topology)))
         self.ports: dict[str, int] = {}
         self._metrics_runner: web.AppRunner | None = None
         self._final = asyncio.Event()     # set when the final attribution is done

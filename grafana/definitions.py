@@ -41,10 +41,11 @@ def _energy_heatmap(selector: str, description: str):
                              .legend_format("{{le}}"))
 
 
-def _limit_dashed(panel):
-    """Power-limit series drawn dashed, so the power line is seen against them."""
+def _limit_dashed(panel, series: str = ".*limit.*"):
+    """Limit series (power limits; budgets, with `series` naming them) drawn dashed, so the power line is
+    seen against them."""
     dashed = DynamicConfigValue("custom.lineStyle", {"fill": "dash", "dash": [10, 10]})
-    return panel.override_by_regexp(".*limit.*", [dashed])
+    return panel.override_by_regexp(series, [dashed])
 
 
 def _thresholds(panel, value: float, below: str, above: str):
@@ -168,6 +169,11 @@ def overview():
 
     advised, headroom, advice_status, limits_observed, changes = _powercap_panels(
         "namespace, pod", ns, ns, ns, ("action", "{{action}}"))
+    # the power-budget row: every node with the chosen topology key, labelled with its group
+    group_of = 'group by (node, $group) (jouletrace_node_topology_info{$group!=""})'
+    budget_nodes = f"jouletrace_node_power_max_watts * on (node) group_left ($group) {group_of}"
+    node_buckets = (f"sum by ($group, node, le) (rate(jouletrace_node_power_watts_bucket{RATE}) "
+                    f"* on (node) group_left ($group) {group_of})")
 
     return _numbered(
         _dashboard("jouletrace-overview", "jouletrace / Fleet overview",
@@ -186,6 +192,9 @@ def overview():
                                  "Kubernetes namespaces of the inference pods whose requests node-mode exporters "
                                  "attribute energy to (the pod series' `k8s_namespace` label), not the exporters' "
                                  "own namespace."))
+        .with_variable(dash.CustomVariable("group").label("Group by").values("rack,row,pdu")
+                       .description("The topology key the power-budget row sums nodes by (a label of "
+                                    "jouletrace_node_topology_info, --topology)."))
         .with_row(dash.Row("Energy efficiency by model, beside the load that explains it"))
         .with_panel(_panel(
             timeseries.Panel(), "Energy per output token", units.Joule,
@@ -356,6 +365,35 @@ def overview():
             "KV-cache and span-ratio panels go stale: check --engine-metrics and the engine's health.",
             (f"sum by (namespace, pod, reason) (rate(jouletrace_engine_scrape_failures_total{{{ns}}}{RATE}))",
              "{{pod}} {{reason}}")))
+        .with_row(dash.Row("Power budget"))
+        .with_panel(_limit_dashed(_panel(
+            timeseries.Panel(), "Group power against its budget", units.Watt,
+            "Per rack, row or PDU (Group by): the sum of its nodes' 100 ms power peaks over the exporters' "
+            "window (--power-peak-window), every namespace, against its budget (dashed, "
+            "jouletrace_power_budget_watts). The sum bounds the group's own 100 ms peak from above. Above 90 % "
+            "for 5 minutes raises JouletracePowerBudgetNear: lower the group's GPU power limits (jouletrace plan "
+            "budget) or move load out (docs/power-budget.md).",
+            (f"sum by ($group) ({budget_nodes})", "{{$group}}"),
+            ('max by ($group) (jouletrace_power_budget_watts{$group!=""})', "{{$group}} budget")), ".*budget.*"))
+        .with_panel(_panel(
+            timeseries.Panel(), "Node power distribution", units.Watt,
+            "Median and 99th percentile of each node's power over 100 ms intervals, from its histogram "
+            "(jouletrace_node_power_watts), with its group. A p99 near the node's peak with a low median is a "
+            "bursty node whose peaks a budget must carry; p99 close to the nameplate means its GPUs run at their "
+            "limits.",
+            (f"histogram_quantile(0.5, {node_buckets})", "{{$group}} {{node}} median"),
+            (f"histogram_quantile(0.99, {node_buckets})", "{{$group}} {{node}} p99")))
+        .with_panel(_thresholds(_panel(
+            timeseries.Panel(), "Headroom in servers", units.Short,
+            "How many more servers each group's budget holds: its budget less the sum of its nodes' peaks, "
+            "divided by the largest peak one of its servers (all the exporters of a node together) showed over "
+            "the last hour. Below 1 (red) the group cannot take another such server at its peak; below 0 its "
+            "peaks exceed the budget.",
+            (f'(max by ($group) (jouletrace_power_budget_watts{{$group!=""}}) - on ($group) sum by ($group) '
+             f"({budget_nodes})) / on ($group) max by ($group) (sum by (node) "
+             f"(max_over_time(jouletrace_node_power_max_watts[1h])) * on (node) group_left ($group) {group_of})",
+             "{{$group}}")), 1, "red", "green").thresholds_style(
+                 GraphThresholdsStyleConfig().mode(GraphThresholdsStyleMode.LINE)))
     )
 
 

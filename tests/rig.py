@@ -8,6 +8,7 @@ from jouletrace.exporter.intake.core import IntakeStats
 from jouletrace.exporter.kubernetes.placement import PodPlacement
 from jouletrace.exporter.ledger.ledger import Ledger
 from jouletrace.exporter.ledger.records import RequestBatch, RequestRecord
+from jouletrace.exporter.gpu.nodepower import NodePower
 from jouletrace.exporter.gpu.sampler import GPUSampler
 from jouletrace.exporter.gpu.simulated import SimulatedGPU, wave_load
 from jouletrace.exporter.grid import Grid, GridValues, attributed_energy
@@ -108,8 +109,8 @@ class Rig:
 
 def every_collector(rig: Rig, grid_file: str = "/run/jouletrace/grid.json") -> list:
     """The collectors of every component over the rig's samplers and ledger, as the exporter with
-    an engine scrape, span forwarding, power capping, node mode, and a price and a carbon intensity
-    beside `grid_file` (read once; by default a file that does not exist) registers them."""
+    an engine scrape, span forwarding, power capping, node mode, a topology, and a price and a carbon
+    intensity beside `grid_file` (read once; by default a file that does not exist) registers them."""
     engine = EngineState("http://127.0.0.1:8000/metrics", state=UP, scrapes=1, last_success=rig.clock(),
                          values={"m": {"requests_running": 1.0, "requests_waiting": 0.0, "kv_cache_usage_ratio": 0.5,
                                        "prompt_tokens": 100.0, "generation_tokens": 200.0}})
@@ -120,4 +121,5 @@ def every_collector(rig: Rig, grid_file: str = "/run/jouletrace/grid.json") -> l
     return collectors(rig.samplers, rig.ledger, IntakeStats().snapshot, engine_states=lambda: [engine],
                       powercap=PowerCap(PowerCapConfig(), rig.samplers, rig.ledger, clock=rig.clock),
                       forward_snapshot=forwarder.snapshot, placement=PodPlacement(rig.ledger, list, "", 1.0),
-                      node_name="node-1", grid=grid, clock=rig.clock)
+                      node_name="node-1", grid=grid, node_power=NodePower(rig.samplers),
+                      topology={"rack": "r1", "row": "a", "pdu": "a1"}, clock=rig.clock)

@@ -87,3 +87,28 @@ def test_engine_timeout_is_read_and_changes_live():
     old, new = parse([]), parse(["--engine-timeout", "0.5"])
     assert (old.engine_timeout, new.engine_timeout) == (2.0, 0.5)
     assert old.changes(new) == (["engine_timeout"], [])
+
+
+def test_topology_from_flags_environment_and_the_config_file(monkeypatch, tmp_path):
+    assert parse([]).topology == () and parse([]).power_peak_window == 30.0
+    assert parse(["--topology", "rack=r12", "--topology", "pdu = b12-1"]).topology == (("rack", "r12"), ("pdu", "b12-1"))
+    config = tmp_path / "jouletrace.toml"
+    config.write_text('topology = ["rack=r3"]\npower_peak_window = 90\n')
+    cfg = parse(["--config", str(config)])
+    assert (cfg.topology, cfg.power_peak_window) == ((("rack", "r3"),), 90.0)
+    assert parse([], monkeypatch, {"JOULETRACE_TOPOLOGY": "rack=r12,row=b"}).topology == (("rack", "r12"), ("row", "b"))
+
+
+@pytest.mark.parametrize("value", ["rack", "rack=", "=r12", "rack-id=r12", "__rack=r12", "node=n1", "9rack=r12"])
+def test_a_malformed_topology_exits_with_a_message(value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["exporter", "--topology", value])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.startswith("jouletrace exporter: argument --topology: ")
+
+
+def test_a_topology_key_given_twice_and_a_short_peak_window_are_refused():
+    with pytest.raises(ValueError, match="--topology names a key twice: rack"):
+        parse(["--topology", "rack=r1", "--topology", "rack=r2"])
+    with pytest.raises(ValueError, match="--power-peak-window must not be shorter than --power-interval"):
+        parse(["--power-peak-window", "0.05"])

@@ -1,6 +1,7 @@
 """Samples one GPU on its own thread: cheap power often, the costly energy counter rarely.
 
-Every `power_interval_s` (100 ms) the power is read into the GPU's timeline; every
+Every `power_interval_s` (100 ms) the power is read into the GPU's timeline and its windowed peak
+(`peak`: the greatest sample of the last `peak_window_s`, O(1) amortised per sample); every
 `counter_interval_s` the energy counter is read and its delta settles the timeline, so the
 timeline's totals equal the counter while its resolution is the power samples'. A GPU without the
 counter settles with the power integral instead (method "power_integral"); one without power
@@ -23,6 +24,7 @@ from collections import Counter
 from typing import Callable
 
 from jouletrace.exporter.gpu.device import GPUDevice, GPUError, GPUStatus, NotSupported
+from jouletrace.exporter.gpu.peak import WindowedMax
 from jouletrace.exporter.gpu.timeline import EnergyTimeline
 
 log = logging.getLogger(__name__)
@@ -43,10 +45,12 @@ class GPUSampler:
         counter_interval_s: float = 5.0,
         status_interval_s: float = 1.0,
         max_plausible_w: float = 2000.0,
+        peak_window_s: float = 30.0,
         clock: Callable[[], float] = time.time,
     ):
         self.device = device
         self.timeline = EnergyTimeline(retention_s)
+        self.peak = WindowedMax(peak_window_s)  # power samples (W) by their time
         self.power_interval_s = power_interval_s
         self.counter_interval_s = counter_interval_s
         self.status_interval_s = status_interval_s
@@ -125,6 +129,7 @@ class GPUSampler:
         t_power = _when(t_power, now, self._clock())
         with self.lock:
             self.timeline.add_power(t_power, power)
+            self.peak.add(t_power, power)
             self.power_w = power
             self.last_sample_time = t_power
 

@@ -1,8 +1,9 @@
 """Every PromQL query of the dashboards runs against a real Prometheus scraping a simulated fleet
 (tests/integration/fleet.py) and returns data: template variables first, through Prometheus' label-values
-API as Grafana resolves them, then every panel target with the variables substituted. The inference-pod
-panel follows the inference namespace, not the exporters'; the power-capping panels answer before the
-fleet's second power limit (no advice yet, actuation unused) and after it."""
+API as Grafana resolves them (a custom variable stands for its first value), then every panel target with
+the variables substituted. The inference-pod panel follows the inference namespace, not the exporters';
+the power-capping panels answer before the fleet's second power limit (no advice yet, actuation unused)
+and after it."""
 
 import json
 import pathlib
@@ -62,6 +63,8 @@ def resolved(fleet) -> dict[str, tuple[dict[str, list[str]], dict[str, str]]]:
     for name, board in BOARDS.items():
         found, values = {}, dict(BUILTINS)
         for var in board["templating"]["list"]:
+            if var["type"] == "custom":
+                values[var["name"]] = var["query"].split(",")[0]
             if var["type"] != "query":
                 continue
             selector, label = LABEL_VALUES.fullmatch(var["query"]).groups()

@@ -9,7 +9,9 @@ name that pod through OTEL_RESOURCE_ATTRIBUTES, as k8s/README.md says.
 Power-cap actuation is on: once Prometheus has scraped a window observed at the GPU's first limit
 (POWER_LIMITS_W; that scrape's Unix time is `uncapped_at`), the fleet lowers the limit through the
 admin API and waits until the advice, within the power budget too, is in Prometheus.
-The exporter is given an electricity price and a grid carbon intensity, for the cost and carbon series."""
+Its node sits in TOPOLOGY, whose power budgets Prometheus loads from
+prometheus/power-budgets.example.yml. The exporter is given an electricity price and a grid carbon intensity,
+for the cost and carbon series."""
 
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ TARGET_LABELS = {"namespace": "jouletrace", "pod": "jouletrace-x7k2p", "containe
 INFERENCE_POD = ("inference", "llama-0")  # the pod that holds the GPU: its namespace and name
 POWER_LIMITS_W = (700.0, 400.0)  # the GPU's limit at start (its maximum), then the one set
 POWER_BUDGET_W = 500.0  # --powercap-budget: only the second limit fits
+TOPOLOGY = {"rack": "rack-1", "row": "row-a", "pdu": "pdu-1"}
+BUDGETS = Path(__file__).resolve().parents[2] / "prometheus" / "power-budgets.example.yml"
 
 
 class Fleet:
@@ -53,7 +57,8 @@ class Fleet:
                                         "--powercap-token-file", str(token_file), "--powercap-cooldown", "0",
                                         "--powercap-max-step", f"{POWER_LIMITS_W[0] - POWER_LIMITS_W[1]:g}",
                                         "--powercap-guard-deadline", "off", "--powercap-budget", f"{POWER_BUDGET_W:g}",
-                                        "--electricity-price", "0.12", "--currency", "USD", "--grid-carbon-intensity", "400")
+                                        "--electricity-price", "0.12", "--currency", "USD", "--grid-carbon-intensity", "400",
+                                        *(arg for key, value in TOPOLOGY.items() for arg in ("--topology", f"{key}={value}")))
         self.engine = SimEngine("--max-num-seqs", "16", "--device-file", str(device), "--otlp-traces-endpoint",
                                 f"http://127.0.0.1:{self.exporter.grpc_port}", port=engine_port,
                                 env={"OTEL_RESOURCE_ATTRIBUTES": f"k8s.namespace.name={namespace},k8s.pod.name={pod}"})
@@ -61,8 +66,8 @@ class Fleet:
             [sys.executable, "-m", "jouletrace", "loadgen", "run", "--base-url", self.engine.url(), "--task", "chat",
              "--rate", "6", "--arrival", "poisson", "-n", "100000", "--max-tokens", "256", "--no-energy", "--quiet",
              "--out", str(self.dir / "load")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.prometheus = PrometheusProcess([f"127.0.0.1:{self.exporter.metrics_port}"], rule_files=rule_files,
-                                            labels=TARGET_LABELS)
+        self.prometheus = PrometheusProcess([f"127.0.0.1:{self.exporter.metrics_port}"],
+                                            rule_files=[*(rule_files or []), str(BUDGETS)], labels=TARGET_LABELS)
         wait_for(lambda: self.prometheus.query("jouletrace_model_energy_per_output_token_joules"), warmup_s + 60,
                  "J/token in Prometheus")
         uncapped = wait_for(lambda: self.prometheus.query("timestamp(jouletrace_powercap_limits_observed)"), 60,

@@ -1,5 +1,6 @@
-"""prometheus/: promtool accepts the rules and their unit tests pass, the unit tests cover every rule,
-and the PrometheusRule resource is the plain rules file, valid against the prometheus-operator CRD."""
+"""prometheus/: promtool accepts the rules and the budgets template, their unit tests pass and cover
+every rule, and the PrometheusRule resource is the plain rules file, valid against the
+prometheus-operator CRD."""
 
 import re
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "prometheus" / "jouletrace-rules.yml"
 RESOURCE = ROOT / "prometheus" / "prometheusrule.yaml"
+BUDGETS = ROOT / "prometheus" / "power-budgets.example.yml"
 UNIT_TESTS = sorted((ROOT / "prometheus" / "tests").glob("*.yml"))
 
 
@@ -28,6 +30,16 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
 def test_promtool_accepts_the_rules():
     result = promtool("check", "rules", RULES.name)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_accepts_the_budgets_template_and_it_records_only_budgets():
+    result = promtool("check", "rules", BUDGETS.name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    import yaml
+
+    rules = [r for g in yaml.safe_load(BUDGETS.read_text())["groups"] for r in g["rules"]]
+    assert rules and {r["record"] for r in rules} == {"jouletrace_power_budget_watts"}
+    assert all(len(r["labels"]) == 1 for r in rules)  # one topology key each
 
 
 def test_promtool_unit_tests_pass():

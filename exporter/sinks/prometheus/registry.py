@@ -11,12 +11,14 @@ from prometheus_client.registry import Collector
 
 from jouletrace.exporter.engine import EngineState
 from jouletrace.exporter.gpu.device import Selection
+from jouletrace.exporter.gpu.nodepower import NodePower
 from jouletrace.exporter.gpu.sampler import GPUSampler
 from jouletrace.exporter.grid import Grid
 from jouletrace.exporter.kubernetes.placement import PodPlacement
 from jouletrace.exporter.ledger.ledger import Ledger
 from jouletrace.exporter.powercap.advisor import PowerCap
 from jouletrace.exporter.sinks.prometheus.attribution import AttributionCollector
+from jouletrace.exporter.sinks.prometheus.budget import BudgetCollector
 from jouletrace.exporter.sinks.prometheus.engine import EngineCollector
 from jouletrace.exporter.sinks.prometheus.forward import ForwardCollector
 from jouletrace.exporter.sinks.prometheus.gpu import GPUCollector
@@ -32,10 +34,11 @@ def collectors(samplers: list[GPUSampler], ledger: Ledger, intake_snapshot: Call
                engine_states: Callable[[], Sequence[EngineState]] = tuple, powercap: PowerCap | None = None,
                forward_snapshot: Callable[[], dict] | None = None, placement: PodPlacement | None = None,
                selection: Selection = Selection(), config_reloads: Mapping[str, int] | None = None,
-               node_name: str = "", grid: Grid | None = None,
+               node_name: str = "", grid: Grid | None = None, node_power: NodePower | None = None,
+               topology: Mapping[str, str] | None = None,
                clock: Callable[[], float] = time.time) -> list[Collector]:
-    """The components' collectors; span forwarding, power capping, node mode and cost and emissions
-    (`grid`) only where given."""
+    """The components' collectors; span forwarding, power capping, node mode, cost and emissions
+    (`grid`) and the power-budget series (`node_power`, with the node's `topology`) only where given."""
     out = [GPUCollector(samplers, ledger, clock), AttributionCollector(samplers, ledger),
            SettlementCollector(samplers, ledger),
            EngineCollector(engine_states, ledger.completion_tokens), IntakeCollector(intake_snapshot),
@@ -49,6 +52,8 @@ def collectors(samplers: list[GPUSampler], ledger: Ledger, intake_snapshot: Call
         out.append(PlacementCollector(placement))
     if grid is not None:
         out.append(GridCollector(grid, samplers, ledger))
+    if node_power is not None:
+        out.append(BudgetCollector(samplers, node_power, node_name, topology or {}, clock))
     return out
 
 

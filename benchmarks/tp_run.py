@@ -7,8 +7,9 @@ each GPU's power computing and waiting, energy per token, and jouletrace's attri
     # the same code on the CPU with tiny shapes (no NVML: the rows' power is null)
     python benchmarks/tp_run.py --nproc 2 --backend gloo --device cpu --tiny --out DIR [--otlp ... --exporter ...]
 
-Processes. The script starts `--nproc` processes (torch.multiprocessing), rank r on GPU r, joined by
-torch.distributed (NCCL on CUDA, gloo on the CPU). NVLink multicast stays off: SAFE_ENV
+Processes. The script starts `--nproc` processes (torch.multiprocessing), rank r on GPU r (in PCI bus
+order, as nvidia-smi and the exporter number them; NVML readings by the CUDA device's UUID), joined
+by torch.distributed (NCCL on CUDA, gloo on the CPU). NVLink multicast stays off: SAFE_ENV
 (NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1, NVSHMEM_DISABLE_NVLS=1) is set before any
 process starts, over any other value in the caller's environment (said on stderr). Nothing here
 changes a GPU setting: NVML is only read.
@@ -30,9 +31,9 @@ back for at least `--seconds`, the replay count agreed among the ranks:
 
 Step time: CUDA events around the replays / replays (rank 0's; the collectives keep the ranks in
 lockstep). All-reduce share: CUDA events recorded inside the graph around each all-reduce and
-around the step, read after each of SHARE_RUNS runs of SHARE_REPLAYS back-to-back replays (the
-first replay of a run absorbs the ranks' launch skew, the last is read): the all-reduces' sum / the
-step, averaged. Power per GPU and phase: NVML's POWER_INSTANT polled every 20 ms from a thread,
+around the step, read after each of up to SHARE_RUNS runs (as many as fit in `--seconds`) of
+SHARE_REPLAYS back-to-back replays (the first replay of a run absorbs the ranks' launch skew, the
+last is read): the all-reduces' sum / the step, averaged. Power per GPU and phase: NVML's POWER_INSTANT polled every 20 ms from a thread,
 the samples split by the phases' Unix timestamps, and the energy counter's delta / the phase's
 duration (the counter moves every ~100 ms: a phase's counter energy is good to ~0.1 s x its power).
 "Computing" is the compute phase; "waiting" the allreduce phase (the GPU in the collective, its
@@ -40,13 +41,14 @@ tensor cores idle: the simulator's idle + clock power). Energy per token: the st
 energy over all GPUs / (replays x tokens).
 
 Spans. With `--otlp` (an OTLP/HTTP base URL), rank 0 sends one span per step phase through the
-OpenTelemetry SDK's OTLP exporter, at the end of the phase: name `tp_step`, the phase's start and
+OpenTelemetry SDK's OTLP exporter, as the phase ends: name `tp_step`, the phase's start and
 end, `gen_ai.request.model` (`--model-name`, default the shape's name), `gen_ai.request.id` (the
 configuration), `gen_ai.usage.input_tokens` (prefill) or `gen_ai.usage.output_tokens` (decode):
 the tokens its replays processed. jouletrace places a span on GPUs from its own GPU selection, not
 from the span: outside node mode each request runs on every GPU the exporter samples
 (docs/attribution.md), so the exporter samples exactly the ranks' GPUs (`--gpus 0,1`) and each
-span gets the energy of all N over its time. The attribute `tp_run.gpus` lists the ranks' GPU
+span gets the energy of all N over its time. On GPUs the script stops before the sweep where the
+exporter samples other GPUs than the ranks'. The attribute `tp_run.gpus` lists the ranks' GPU
 UUIDs for the trace's reader; the exporter does not read it.
 
 jouletrace against NVML. With `--exporter` (the exporter's metrics URL), rank 0 reads /metrics before
@@ -81,7 +83,7 @@ from tp_model import LLAMA_3_1_70B, TINY, Replay, Shard, Step, configurations
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 PHASES = ("step", "compute", "allreduce")
 WARM_S = 0.3            # replays before a phase's timed run, to reach steady clocks and power
-SHARE_RUNS, SHARE_REPLAYS = 5, 3
+SHARE_RUNS, SHARE_REPLAYS = 5, 2   # at most, and within --seconds
 SETTLE_POLL_S = 0.5
 
 
@@ -201,13 +203,15 @@ class Exporter:
             return e.code, e.read().decode(errors="replace")
 
     def metrics(self) -> dict:
-        """Per GPU uuid: measured, attributed, idle joules and the finalized time; the model's series."""
+        """Per GPU uuid: measured, attributed, idle joules and the finalized time; the model's series; the
+        spans that came after their time was split (late)."""
         from prometheus_client.parser import text_string_to_metric_families
 
         status, text = self._get("/metrics")
         if status != 200:
             raise RuntimeError(f"{self.url}/metrics answered {status}")
         gpus: dict[str, dict] = {}
+        late = 0.0
         model = {"energy_j": 0.0, "requests": 0.0, "request_energy_sum_j": 0.0, "request_energy_count": 0.0}
         per_gpu = {"jouletrace_gpu_energy_joules_total": "measured_j",
                    "jouletrace_gpu_attributed_energy_joules_total": "attributed_j",
@@ -223,7 +227,9 @@ class Exporter:
                     g[per_gpu[s.name]] = g.get(per_gpu[s.name], 0.0) + s.value
                 elif s.name in per_model and s.labels.get("model") == self.model:
                     model[per_model[s.name]] += s.value
-        return {"gpus": gpus, "model": model}
+                elif s.name == "jouletrace_spans_late_total":
+                    late += s.value
+        return {"gpus": gpus, "model": model, "spans_late": late}
 
     def settled(self, until: float) -> dict:
         """/metrics once every GPU's energy is final past `until` (Unix s)."""
@@ -264,8 +270,11 @@ def phase(replay: Replay, reps: int, power, device: torch.device) -> dict:
     return out
 
 
-def measure(shard: TPShard, config: dict, method, inputs: tuple, args, power) -> tuple[dict, dict]:
-    """This rank's three phases of one configuration: (rank 0's row fields, this rank's GPU readings)."""
+def measure(shard: TPShard, config: dict, method, inputs: tuple, args, power,
+            spans: Spans | None) -> tuple[dict, dict]:
+    """This rank's three phases of one configuration: (rank 0's row fields, this rank's GPU readings).
+    The step phase's span leaves as soon as the phase ends, so that it reaches the exporter well
+    before the exporter splits the energy of its time."""
     device = shard.device
     fns = {"step": shard.step(method, inputs), "compute": shard.step(method, inputs),
            "allreduce": shard.reduces_only(config["tokens"])}
@@ -280,8 +289,10 @@ def measure(shard: TPShard, config: dict, method, inputs: tuple, args, power) ->
         reps[name] = max(3, int(args.seconds / once))
         mine[name] = phase(replay, reps[name], power, device)
         if name == "step":
+            if spans:
+                spans.step(config, mine[name]["t0"], mine[name]["t1"], reps[name])
             shares = []
-            for _ in range(SHARE_RUNS):
+            for _ in range(max(1, min(SHARE_RUNS, int(args.seconds / (SHARE_REPLAYS * once))))):
                 replay.timed(SHARE_REPLAYS)
                 shares.append(shard.allreduce_share())
             row["allreduce_share"] = sum(shares) / len(shares)
@@ -301,85 +312,98 @@ def gpu_row(rank: int, uuid: str | None, mine: dict) -> dict:
     return out
 
 
-def worker(rank: int, args: argparse.Namespace) -> None:
-    cuda = args.device == "cuda"
-    if cuda:
-        torch.cuda.set_device(rank)
-        device = torch.device("cuda", rank)
-    else:
+def open_rank(rank: int, args: argparse.Namespace):
+    """This rank's device, joined to the others; on a GPU its NVML readings (found by the CUDA device's
+    UUID) and idle power read before anything runs. (device, Power or None, this rank's device line)."""
+    if args.device == "cpu":
         torch.set_num_threads(1)
-        device = torch.device("cpu")
-    dist.init_process_group(args.backend, rank=rank, world_size=args.nproc, device_id=device if cuda else None)
-    shape = TINY if args.tiny else LLAMA_3_1_70B
-    model = args.model_name or shape.name
-    if cuda:
-        from nvml_power import Power
-        power = Power(rank)
-        info = power.device()
-        e_idle = power.start()
-        time.sleep(args.idle_seconds)
-        e1, idle_instant = power.stop()
-        info.update(rank=rank, idle_counter_w=(e1 - e_idle) / args.idle_seconds, idle_instant_w=idle_instant)
-    else:
-        power, info = None, {"rank": rank, "name": "cpu", "uuid": None}
+        dist.init_process_group(args.backend, rank=rank, world_size=args.nproc)
+        return torch.device("cpu"), None, {"rank": rank, "name": "cpu", "uuid": None}
+    from nvml_power import Power
+
+    torch.cuda.set_device(rank)
+    device = torch.device("cuda", rank)
+    dist.init_process_group(args.backend, rank=rank, world_size=args.nproc, device_id=device)
+    power = Power(uuid=f"GPU-{torch.cuda.get_device_properties(rank).uuid}")
+    info = power.device()
+    e0 = power.start()
+    time.sleep(args.idle_seconds)
+    e1, idle_instant = power.stop()
+    info.update(rank=rank, idle_counter_w=(e1 - e0) / args.idle_seconds, idle_instant_w=idle_instant)
+    return device, power, info
+
+
+def sweep(shard: TPShard, args: argparse.Namespace, power, info: dict, write, spans: Spans | None) -> list[dict]:
+    """Every configuration measured on this rank; rank 0 writes the rows and sends the spans."""
+    rows = []
+    sweep_name = "tiny" if args.tiny else ("quick" if args.quick else "full")
+    for config, method, inputs in configurations(shard, sweep_name):
+        config["id"] = f"{config['phase']}-b{config['batch']}-c{config['context']}-tp{args.nproc}"
+        row, mine = measure(shard, config, method, inputs, args, power, spans)
+        gathered = [None] * args.nproc
+        dist.all_gather_object(gathered, gpu_row(info["rank"], info["uuid"], mine))
+        row = {"kind": "config", **config, **row}
+        if power:
+            row["power"] = gathered
+            row["j_per_token"] = sum(g["step"]["energy_j"] for g in gathered) / (row["replays"]["step"] * row["tokens"])
+        else:
+            row.update(power=None, power_note="no NVML on the CPU: no power or energy")
+        write(row)
+        rows.append(row)
+        del inputs
+        if power:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+    return rows
+
+
+def worker(rank: int, args: argparse.Namespace) -> None:
+    device, power, info = open_rank(rank, args)
     devices = [None] * args.nproc
     dist.all_gather_object(devices, info)
+    shape = TINY if args.tiny else LLAMA_3_1_70B
+    model = args.model_name or shape.name
     torch.manual_seed(rank)
     shard = TPShard(shape, args.nproc, args.distinct_layers, device)
     lead = rank == 0
-    out = Path(args.out)
-    spans = Spans(args.otlp, model, [d["uuid"] for d in devices if d["uuid"]]) if lead and args.otlp else None
+    jsonl = Path(args.out) / "tp_run.jsonl"
+    uuids = [d["uuid"] for d in devices if d["uuid"]]
     exporter = Exporter(args.exporter, model, args.settle_timeout) if lead and args.exporter else None
     before = exporter.metrics() if exporter else None
-    sweep = "tiny" if args.tiny else ("quick" if args.quick else "full")
-    rows = []
-    with open(out / "tp_run.jsonl", "w") if lead else open(os.devnull, "w") as f:
+    if before and uuids and set(before["gpus"]) != set(uuids):
+        raise RuntimeError(f"the exporter samples GPUs {sorted(before['gpus'])}, the ranks run on {sorted(uuids)}: "
+                           "start it on exactly the ranks' GPUs (--gpus), or each span's energy is not theirs")
+    spans = Spans(args.otlp, model, uuids) if lead and args.otlp else None
+    with open(jsonl, "w") if lead else open(os.devnull, "w") as f:
         def write(row: dict) -> None:
             f.write(json.dumps(row) + "\n")
             f.flush()
+            if lead and row["kind"] == "config":
+                print(f"tp_run: {row['id']} step {row['step_ms']:.3f} ms, all-reduce share "
+                      f"{row['allreduce_share']:.1%}", file=sys.stderr, flush=True)
 
         write({"kind": "run", "shape": dataclasses.asdict(shape), "model": model, "tp": args.nproc,
-               "backend": args.backend, "device": args.device, "graphs": cuda and not args.eager,
+               "backend": args.backend, "device": args.device, "graphs": power is not None and not args.eager,
                "distinct_layers": args.distinct_layers, "seconds": args.seconds, "torch": torch.__version__,
                "env": {k: os.environ.get(k) for k in SAFE_ENV}, "devices": devices})
-        e_run = power.energy_j() if power else None
-        run_t0 = time.time()
-        for config, method, inputs in configurations(shard, sweep):
-            config["id"] = f"{config['phase']}-b{config['batch']}-c{config['context']}-tp{args.nproc}"
-            row, mine = measure(shard, config, method, inputs, args, power)
-            gathered = [None] * args.nproc
-            dist.all_gather_object(gathered, gpu_row(rank, info["uuid"], mine))
-            row = {"kind": "config", **config, **row}
-            if cuda:
-                row["power"] = gathered
-                row["j_per_token"] = sum(g["step"]["energy_j"] for g in gathered) / (
-                    row["replays"]["step"] * config["tokens"])
-            else:
-                row["power"] = None
-                row["power_note"] = "no NVML on the CPU: no power or energy"
-            if spans:
-                spans.step(row, row["t0"], row["t1"], row["replays"]["step"])
-            write(row)
-            rows.append(row)
-            print(f"tp_run rank {rank}: {row['id']} step {row['step_ms']:.3f} ms, all-reduce share "
-                  f"{row['allreduce_share']:.1%}", file=sys.stderr, flush=True)
-            del inputs
-            if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.empty_cache()
-        run_t1 = time.time()
-        e_run = power.energy_j() - e_run if power else None
-        nvml_run = [None] * args.nproc
-        dist.all_gather_object(nvml_run, {"rank": rank, "uuid": info["uuid"], "energy_j": e_run})
-        if spans:
-            spans.close()
-        if exporter:
-            write(jouletrace_line(exporter, before, rows, run_t0, run_t1, nvml_run))
-    if lead:
-        summary = summarize(out / "tp_run.jsonl")
-        (out / "summary.md").write_text(summary)
-        print(summary, flush=True)
-    dist.destroy_process_group()
+        e0 = power.energy_j() if power else None
+        t0 = time.time()
+        rows = sweep(shard, args, power, info, write, spans)
+        t1 = time.time()
+    nvml_run = [None] * args.nproc
+    dist.all_gather_object(nvml_run, {"rank": rank, "uuid": info["uuid"],
+                                      "energy_j": power.energy_j() - e0 if power else None})
+    dist.destroy_process_group()   # the ranks part together; rank 0 alone reads the exporter
+    if not lead:
+        return
+    if spans:
+        spans.close()
+    if exporter:
+        with open(jsonl, "a") as f:
+            f.write(json.dumps(jouletrace_line(exporter, before, rows, t0, t1, nvml_run)) + "\n")
+    summary = summarize(jsonl)
+    (jsonl.parent / "summary.md").write_text(summary)
+    print(summary, flush=True)
 
 
 def jouletrace_line(exporter: Exporter, before: dict, rows: list[dict], t0: float, t1: float,
@@ -395,6 +419,7 @@ def jouletrace_line(exporter: Exporter, before: dict, rows: list[dict], t0: floa
     spans = [{"id": r["id"], "t0": r["t0"], "t1": r["t1"], "gpus": exporter.window(r["t0"], r["t1"])} for r in rows]
     return {"kind": "jouletrace", "exporter": exporter.url, "model_name": exporter.model, "t0": t0, "t1": t1,
             "gpus": sorted(gpus, key=lambda g: g["index"]), "run_window": exporter.window(t0, t1),
+            "spans_late": after["spans_late"] - before["spans_late"],
             "model": model, "spans": spans, "nvml_run": nvml_run}
 
 
@@ -416,7 +441,7 @@ def summarize(jsonl: Path) -> str:
                    f"{r['allreduce_share']:.1%} | {watts} | {jpt} |")
     for j in (x for x in lines if x["kind"] == "jouletrace"):
         out.append(f"\njouletrace ({j['exporter']}), run {j['t1'] - j['t0']:.1f} s: model {j['model_name']} "
-                   f"{j['model']['requests']:.0f} requests, {j['model']['energy_j']:.1f} J attributed")
+                   f"{j['model']['requests']:.0f} requests ({j['spans_late']:.0f} late), {j['model']['energy_j']:.1f} J attributed")
         nvml = {n["uuid"]: n["energy_j"] for n in j["nvml_run"] if n["uuid"]}
         for g in j["gpus"]:
             counter = nvml.get(g["uuid"])
@@ -457,6 +482,7 @@ def main() -> None:
         if os.environ.get(key, value) != value:
             print(f"tp_run: {key}={os.environ[key]} overridden: {value} (NVLink multicast stays off)", file=sys.stderr)
     os.environ.update(SAFE_ENV)
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")   # rank r on nvidia-smi's (and the exporter's) GPU r
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     mp.spawn(worker, args=(args,), nprocs=args.nproc)

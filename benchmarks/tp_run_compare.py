@@ -79,7 +79,8 @@ def jouletrace_table(jt: dict, rows: list[dict]) -> None:
         return f"{jouletrace_j:.1f} | {'n/a' if nvml_j is None else f'{nvml_j:.1f}'} | {err(jouletrace_j, nvml_j)}"
 
     print(f"\njouletrace at {jt['exporter']}, run of {jt['t1'] - jt['t0']:.1f} s, model {jt['model_name']}: "
-          f"{jt['model']['requests']:.0f} requests of {len(rows)} step spans, {jt['model']['energy_j']:.1f} J "
+          f"{jt['model']['requests']:.0f} requests of {len(rows)} step spans ({jt['spans_late']:.0f} late: part of "
+          f"their time split before they came), {jt['model']['energy_j']:.1f} J "
           f"attributed (request histogram: {jt['model']['request_energy_sum_j']:.1f} J in "
           f"{jt['model']['request_energy_count']:.0f})\n")
     print("| GPU | uuid | run J jouletrace | NVML | error | attributed J jouletrace | NVML step phases | error |")

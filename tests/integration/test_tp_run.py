@@ -73,6 +73,11 @@ def test_tp_run_on_the_cpu_spans_attributed_across_both_gpus_and_compared(vllm_v
     assert [s["id"] for s in jt["spans"]] == [r["id"] for r in rows]
     for s in jt["spans"]:
         assert len(s["gpus"]) == 2 and all(j > 0 for j in s["gpus"].values()), s
+    # each span ran alone, and left as its step phase ended: what the exporter attributed is what it
+    # measured on the two GPUs over the spans' windows
+    assert jt["spans_late"] == 0
+    windows = sum(sum(s["gpus"].values()) for s in jt["spans"])
+    assert abs(jt["model"]["energy_j"] - windows) <= 0.02 * windows, (jt["model"], windows)
 
     compared = subprocess.run([sys.executable, str(COMPARE), str(tmp_path / "tp_run.jsonl"), "--gpu", "H100"],
                               capture_output=True, text=True, timeout=120)

@@ -1,6 +1,6 @@
 """One GPU's power as the benchmarks read it through NVML, read only (nothing here changes a GPU setting).
 
-`Power(index)` reads the GPU's total-energy counter (J) and polls its POWER_INSTANT field (186, W)
+`Power(index)` (or `Power(uuid=...)`) reads the GPU's total-energy counter (J) and polls its POWER_INSTANT field (186, W)
 every 20 ms from a thread between `start()` and `stop()`, each sample stamped with its Unix time,
 so that a caller can split the samples by the times of its own phases (`mean_between`). Also: the
 device's name, driver, power limit, maximum SM clock and memory, and the SM clock now."""
@@ -17,11 +17,12 @@ POLL_S = 0.02
 
 
 class Power:
-    """NVML readings of GPU `index`: the energy counter (J) and POWER_INSTANT polled in a thread (W)."""
+    """NVML readings of one GPU: the energy counter (J) and POWER_INSTANT polled in a thread (W)."""
 
-    def __init__(self, index: int = 0) -> None:
+    def __init__(self, index: int = 0, uuid: str | None = None) -> None:
+        """GPU `index` in NVML's order, or the GPU of `uuid` (`GPU-...`) where given."""
         pynvml.nvmlInit()
-        self.h = pynvml.nvmlDeviceGetHandleByIndex(index)
+        self.h = pynvml.nvmlDeviceGetHandleByUUID(uuid) if uuid else pynvml.nvmlDeviceGetHandleByIndex(index)
         self.samples: list[tuple[float, float]] = []   # (Unix time, W)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

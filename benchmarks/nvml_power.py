@@ -1,8 +1,9 @@
 """One GPU's power as the benchmarks read it through NVML, read only (nothing here changes a GPU setting).
 
-`Power(index)` (or `Power(uuid=...)`) reads the GPU's total-energy counter (J) and polls its POWER_INSTANT field (186, W)
-every 20 ms from a thread between `start()` and `stop()`, each sample stamped with its Unix time,
-so that a caller can split the samples by the times of its own phases (`mean_between`). Also: the
+`Power(index)` (or `Power(uuid=...)`) reads the GPU's total-energy counter (J) and polls its
+POWER_INSTANT field (186, W) every 20 ms from a thread between `start()` and `stop()`, each sample
+stamped with its Unix time, so that a caller can split the samples by the times of its own phases
+(`mean_between`). Also: the
 device's name, driver, power limit, maximum SM clock and memory, and the SM clock now."""
 
 from __future__ import annotations

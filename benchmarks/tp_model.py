@@ -4,7 +4,7 @@ benchmarks/tp_shard.py (one GPU, no all-reduce) and benchmarks/tp_run.py (N GPUs
 Under tensor parallelism of degree N (Megatron-style, as vLLM shards Llama) each GPU holds 64/N
 query heads, max(1, 8/N) KV heads, 28672/N of the MLP's intermediate width and 128256/N rows of
 the LM head; the hidden size (8192) is whole on every GPU. `Shard` builds that slice of a
-`ModelShape` (the simulator's own: `LLAMA_3_1_70B`, or `TINY` for checks on the CPU) with random
+`ModelShape` (the simulator's own: its `LLAMA_3_1_70B`, or `TINY` here for checks on the CPU) with random
 weights (normal x 0.02) and runs the engine's two kinds of step through all layers and the LM head:
 
     decode   `batch` sequences, each one new token against `context` cached tokens
@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jouletrace from a checkout
-from jouletrace.simulator.profiles import LLAMA_3_1_70B, ModelShape  # noqa: E402
+from jouletrace.simulator.profiles import ModelShape  # noqa: E402
 
 TINY = ModelShape(name="tiny-llama", layers=2, hidden=64, intermediate=128, heads=8, kv_heads=2, head_dim=8,
                   vocab=256, source="a few-kilobyte Llama shape: the benchmarks' code checked on the CPU")

@@ -33,9 +33,9 @@ Step time: CUDA events around the replays / replays (rank 0's; the collectives k
 lockstep). All-reduce share: CUDA events recorded inside the graph around each all-reduce and
 around the step, read after each of up to SHARE_RUNS runs (as many as fit in `--seconds`) of
 SHARE_REPLAYS back-to-back replays (the first replay of a run absorbs the ranks' launch skew, the
-last is read): the all-reduces' sum / the step, averaged. Power per GPU and phase: NVML's POWER_INSTANT polled every 20 ms from a thread,
-the samples split by the phases' Unix timestamps, and the energy counter's delta / the phase's
-duration (the counter moves every ~100 ms: a phase's counter energy is good to ~0.1 s x its power).
+last is read): the all-reduces' sum / the step, averaged. Power per GPU and phase: NVML's
+POWER_INSTANT polled every 20 ms from a thread, the samples split by the phases' Unix timestamps,
+and the energy counter's delta / the phase's duration (the counter moves every ~100 ms: a phase's counter energy is good to ~0.1 s x its power).
 "Computing" is the compute phase; "waiting" the allreduce phase (the GPU in the collective, its
 tensor cores idle: the simulator's idle + clock power). Energy per token: the step phase's counter
 energy over all GPUs / (replays x tokens).
@@ -78,7 +78,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from tp_model import LLAMA_3_1_70B, TINY, Replay, Shard, Step, configurations
+from tp_model import TINY, Replay, Shard, Step, configurations
+
+from jouletrace.simulator.profiles import LLAMA_3_1_70B
 
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 PHASES = ("step", "compute", "allreduce")
@@ -427,10 +429,10 @@ def summarize(jsonl: Path) -> str:
     """The run in short: per configuration, and jouletrace's run totals beside NVML's."""
     lines = [json.loads(x) for x in jsonl.read_text().splitlines()]
     run = lines[0]
-    out = [f"tp_run: {run['model']} at TP {run['tp']}, {run['backend']} on {run['device']}, "
-           f"{'CUDA graphs' if run['graphs'] else 'eager'}\n",
-           "| id | step ms | compute ms | all-reduces alone ms | all-reduce share | W per GPU step / computing / "
-           "waiting | J/token |", "|---|---:|---:|---:|---:|---|---:|"]
+    out = [(f"tp_run: {run['model']} at TP {run['tp']}, {run['backend']} on {run['device']}, "
+            f"{'CUDA graphs' if run['graphs'] else 'eager'}\n"),
+           ("| id | step ms | compute ms | all-reduces alone ms | all-reduce share | W per GPU step / computing / "
+            "waiting | J/token |"), "|---|---:|---:|---:|---:|---|---:|"]
     for r in (x for x in lines if x["kind"] == "config"):
         if r["power"] is None:
             watts, jpt = "n/a (no NVML)", "n/a"
@@ -441,7 +443,8 @@ def summarize(jsonl: Path) -> str:
                    f"{r['allreduce_share']:.1%} | {watts} | {jpt} |")
     for j in (x for x in lines if x["kind"] == "jouletrace"):
         out.append(f"\njouletrace ({j['exporter']}), run {j['t1'] - j['t0']:.1f} s: model {j['model_name']} "
-                   f"{j['model']['requests']:.0f} requests ({j['spans_late']:.0f} late), {j['model']['energy_j']:.1f} J attributed")
+                   f"{j['model']['requests']:.0f} requests ({j['spans_late']:.0f} late), "
+                   f"{j['model']['energy_j']:.1f} J attributed")
         nvml = {n["uuid"]: n["energy_j"] for n in j["nvml_run"] if n["uuid"]}
         for g in j["gpus"]:
             counter = nvml.get(g["uuid"])

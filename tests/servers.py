@@ -82,11 +82,11 @@ class ExporterProcess:
                                      env={**os.environ, **(env or {})})
         try:
             route = "/readyz" if ready else "/healthz"
-            wait_for(lambda: self.proc.poll() is not None or http_get(self.url(route), context=tls)[0] == 200, 30,
-                     f"exporter {route}")
-        except TimeoutError:
+            wait_for(lambda: self.proc.poll() is not None or http_get(self.url(route), context=tls)[0] == 200, 60,
+                     f"exporter {route}")  # a busy 2-core machine: start-up imports alone can take seconds
+        except TimeoutError as e:
             self.stop()
-            raise
+            raise TimeoutError(f"{e}; exporter output:\n{self.output()[-3000:]}") from None
         if self.proc.poll() is not None:
             raise RuntimeError(f"exporter exited {self.proc.returncode}:\n{self.output()}")
 

@@ -132,7 +132,8 @@ def test_every_span_arrived_once(run: Run):
     assert run.m("jouletrace_spans_received_total", protocol=other) == 0
     assert run.m("jouletrace_spans_rejected_total") == 0
     assert run.m("jouletrace_spans_duplicate_total") == 0
-    assert run.m("jouletrace_spans_late_total") == 0
+    late = "\n".join(line for line in run.metrics.splitlines() if line.startswith(("jouletrace_settle", "jouletrace_spans")))
+    assert run.m("jouletrace_spans_late_total") == 0, f"{late}\n--- exporter log:\n{tail(run.logs['exporter'](), 60)}"
     assert "settlement: engine" in run.logs["exporter"]()
     assert run.m("jouletrace_settle_holds_expired_total") == 0
     assert run.m("jouletrace_request_energy_joules_count", model=run.model) == n

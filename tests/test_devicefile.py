@@ -18,7 +18,7 @@ from jouletrace.cli import build_parser
 from jouletrace.exporter.gpu import backends, device as gpu
 from jouletrace.exporter.config import ExporterConfig
 from jouletrace.exporter.daemon import open_configured_devices
-from jouletrace.exporter.gpu.devicefile import (HEADER, SLOT_SIZE, DeviceFile, DeviceFileError, FileGPU, Reading,
+from jouletrace.exporter.gpu.devicefile import (HEADER, SLOT_SIZE, DeviceBusy, DeviceFile, DeviceFileError, FileGPU, Reading,
                                             SlotSpec)
 from jouletrace.exporter.gpu.device import GPUError, Selection
 from jouletrace.exporter.gpu.sampler import GPUSampler
@@ -105,7 +105,10 @@ def test_no_torn_reading_while_another_process_writes(tmp_path):
     wait_for(lambda: reader.read(0).time > 0, 30, "the writer's first reading", period_s=0.01)
     reads, seen, last = 0, set(), 0
     while writer.poll() is None:
-        r = reader.read(0)
+        try:
+            r = reader.read(0)
+        except DeviceBusy:  # the writer was descheduled mid-write (a busy machine): refused, not torn
+            continue
         n = int(r.time)
         assert r == derived(n), f"torn reading {r}"
         assert n >= last

@@ -18,8 +18,8 @@ from jouletrace.cli import build_parser
 from jouletrace.exporter.gpu import backends, device as gpu
 from jouletrace.exporter.config import ExporterConfig
 from jouletrace.exporter.daemon import open_configured_devices
-from jouletrace.exporter.gpu.devicefile import (HEADER, SLOT_SIZE, DeviceBusy, DeviceFile, DeviceFileError, FileGPU, Reading,
-                                            SlotSpec)
+from jouletrace.exporter.gpu.devicefile import (HEADER, SLOT_SIZE, DeviceBusy, DeviceFile, DeviceFileError, FileGPU,
+                                            Reading, SlotSpec)
 from jouletrace.exporter.gpu.device import GPUError, Selection
 from jouletrace.exporter.gpu.sampler import GPUSampler
 

@@ -13,13 +13,14 @@ moment that may be split, under one of three policies (`reason`):
   way is missing at every later moment too, until it ends and its span arrives within the export
   delay. So a moment is also covered once some later moment, older than the export delay +
   SETTLED_MARGIN_S, has no deficit for the same model and none between them is smaller. The horizon
-  is the last covered scrape moment before the first uncovered one, among those answered at least
+  is the last covered scrape moment followed by covered scrapes for GAUGE_LAG_S (a request is in
+  the gauges only once the engine has published its step), among those answered at least
   the span export delay ago (the greatest arrival - end of recent spans, any sender;
   `clockskew.py`): a request that ended before a scrape read the engine's gauges (one that started
   and ended between two scrapes included) is in no gauge, and its span is in once the scrape's
   answer is that old. A long request thus holds its own time and every later moment until its
   span arrives; when nothing is in flight the lag from a request's end to its energy is the export
-  delay plus the next scrape and a pass. A model that no span names, once
+  delay, GAUGE_LAG_S, the next scrape and a pass. A model that no span names, once
   the engine finished UNTRACED_AFTER of its requests, holds nothing (its requests are not traced).
   An engine that has not answered yet (the exporter just started, or the engine did) holds all
   time not yet split for up to STALE_S: requests may already run on it.
@@ -61,6 +62,9 @@ DEFAULT_EXPORT_DELAY_S = 5.0
 # scrapes are this much older than the export delay: on a busy host spans come seconds late.
 SETTLED_MARGIN_S = 10.0
 STALE_S = 30.0  # an engine with no answer for this long counts as down
+#: How far an engine's gauges may lag its scheduler: vLLM publishes them as it processes each
+#: step's outputs, a step or more late on a busy host.
+GAUGE_LAG_S = 2.0
 UNTRACED_AFTER = 10
 #: Request end -> energy final histogram bucket upper bounds (s).
 LAG_BUCKETS_S = np.array([0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600])
@@ -239,11 +243,13 @@ class Settlement:
         u = int(np.argmin(covered)) if not covered.all() else len(samples)
         # a request that ended before a scrape read its gauges is in no gauge: wait for its span
         u = min(u, int(np.searchsorted(answered, arrived, "right")))
-        if u:
-            e.anchor = sent[u - 1]
+        # the gauges lag the engine: a moment stands once the covered scrapes go GAUGE_LAG_S past it
+        k = int(np.searchsorted(sent[:u], sent[u - 1] - GAUGE_LAG_S, "right")) - 1 if u else -1
+        if k >= 0:
+            e.anchor = sent[k]
             e.expiring = False
-            for _ in range(u - 1):
-                samples.popleft()  # keep the last covered one: the requests after it are counted from it
+            for _ in range(k):
+                samples.popleft()  # keep the anchor's scrape: the requests after it are counted from it
         # None: the first scrape found requests running, started when is unknown: all time unsplit waits
         return limit if e.anchor is None else max(e.anchor, limit)
 

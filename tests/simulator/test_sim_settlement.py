@@ -19,6 +19,7 @@ import pytest
 from servers import ExporterProcess, SimEngine, free_port, http_get, sum_samples, wait_for
 
 from jouletrace.loadgen.plan import Sampling
+from jouletrace.exporter.ledger.settlement import GAUGE_LAG_S
 from jouletrace.loadgen.runner import RunConfig, run
 from jouletrace.simulator.gpus import install_gpus
 
@@ -86,11 +87,11 @@ def check_settlement(exporter: ExporterProcess, engine: SimEngine, unbounded: Ex
     wait_for(lambda: sum_samples(metrics(), "jouletrace_model_requests_total", model=MODEL) == n, 30,
              f"{n} requests settled")
     assert max(holds) > 12.0  # the long requests held settlement while they ran
-    # nothing in flight: the next request's energy is final within the export delay, the next
-    # scrape and 3 s
+    # nothing in flight: the next request's energy is final within the export delay, the gauges'
+    # lag, the next scrape and 3 s
     ended = chat(engine, 100)
     wait_for(lambda: sum_samples(metrics(), "jouletrace_model_requests_total", model=MODEL) == n + 1,
-             EXPORT_DELAY_S + SCRAPE_S + 3.0 - (time.time() - ended), "the last request settled")
+             EXPORT_DELAY_S + GAUGE_LAG_S + SCRAPE_S + 3.0 - (time.time() - ended), "the last request settled")
     text = metrics()
     assert sum_samples(text, "jouletrace_spans_late_total") == 0, exporter.output()[-4000:]
     assert sum_samples(text, "jouletrace_settle_lag_seconds_count") == n + 1
@@ -123,7 +124,9 @@ def test_the_reasoning_task_through_the_load_generator_loses_no_joule(tmp_path):
                         energy_wait_s=60)
         r = asyncio.run(run(cfg))[0]
         assert r["completed"] == 6 and r["energy_per_token_j"] > 0
-        text = http_get(exporter.url("/metrics"))[1]
-        assert sum_samples(text, "jouletrace_model_requests_total", model=MODEL) == 6
+        # the window's energy is measured; its split among the requests is final seconds later
+        text = wait_for(lambda: (t := http_get(exporter.url("/metrics"))[1]) and
+                        sum_samples(t, "jouletrace_model_requests_total", model=MODEL) == 6 and t, 30,
+                        "the 6 requests settled")
         assert sum_samples(text, "jouletrace_spans_late_total") == 0, exporter.output()[-4000:]
         assert sum_samples(text, "jouletrace_model_output_tokens_total", model=MODEL) == r["total_output_tokens"]

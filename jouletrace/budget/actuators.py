@@ -26,11 +26,12 @@ TOKEN = "$(cat /var/run/secrets/jouletrace/admin-token)"
 
 
 def steps_down(current_w: float, cap_w: float, max_step_w: float) -> list[float]:
-    """The limits from `current_w` to `cap_w`, each at most `max_step_w` from the one before."""
+    """The limits from `current_w` to `cap_w`, each at most `max_step_w` from the one before (whole
+    watts as ints)."""
     out, w = [], current_w
     while w - cap_w > 1e-9:
         w = max(cap_w, w - max_step_w)
-        out.append(w)
+        out.append(int(w) if w == int(w) else w)
     return out
 
 

@@ -20,6 +20,7 @@ from .prometheus import MAX_POINTS, Prometheus, QueryError, duration
 
 CAPS_ADMIN = "caps-jouletrace.sh"
 CAPS_DYNAMO = "caps-dynamo.sh"
+SHOWN_LINES = 4  # of each cap script on stdout
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -127,7 +128,10 @@ def budget_main(args: argparse.Namespace) -> int:
     (out / CAPS_ADMIN).write_text("\n".join(["#!/bin/sh", "set -e", *admin]) + "\n")
     (out / CAPS_DYNAMO).write_text("\n".join(["#!/bin/sh", "set -e", *dynamo]) + "\n")
     if any(p.cap_w is not None and math.isfinite(p.cap_w) for p in plans):
-        print("", "caps through jouletrace's admin API:", *admin, "", "caps through NVIDIA Dynamo's power agent:",
-              *dynamo, sep="\n")
+        for title, lines, name in (("jouletrace's admin API", admin, CAPS_ADMIN),
+                                   ("NVIDIA Dynamo's power agent", dynamo, CAPS_DYNAMO)):
+            shown = lines[:SHOWN_LINES]
+            rest = f"... {len(lines) - len(shown)} more lines in {out / name}" if len(lines) > len(shown) else ""
+            print("", f"caps through {title}:", *shown, *([rest] if rest else []), sep="\n")
     print(f"\nwritten: {out / report.JSON}, {out / report.PLOT}, {out / CAPS_ADMIN}, {out / CAPS_DYNAMO}")
     return 0

@@ -103,6 +103,8 @@ def _question(args: argparse.Namespace):
 
 
 def budget_main(args: argparse.Namespace) -> int:
+    import matplotlib  # noqa: F401  (the plot's; missing, the command names its extra before any query)
+
     from . import actuators, report
     from .plan import plan
 

@@ -240,11 +240,14 @@ def _node_sums(at_end, R: str) -> dict[str, tuple[float, float]]:
 
 def _group_series(prom: Prometheus, q: Question, groups: int,
                   query: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per group: (times, values) of `query` (one series per group) at every step, chunk by chunk."""
+    """Per group: (times, values) of `query` (one series per group) at every step, chunk by chunk;
+    steps without a finite value are left out."""
     parts = collections.defaultdict(list)
     for chunk in prom.range(query, q.start + q.step_s, q.end, q.step_s, groups):
         for s in chunk:
-            parts[s.labels.get(q.group_label, "")].append((s.times, s.values))
+            finite = np.isfinite(s.values)
+            if finite.any():
+                parts[s.labels.get(q.group_label, "")].append((s.times[finite], s.values[finite]))
     return {g: (np.concatenate([t for t, _ in ps]), np.concatenate([v for _, v in ps])) for g, ps in parts.items()}
 
 

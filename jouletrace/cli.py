@@ -115,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
                              description="The jouletrace dashboards: `build` regenerates their JSON and provisioning "
                                          "files from code; `push` creates or updates them in a Grafana.")
     add_grafana_arguments(grafana)
+    from jouletrace.budget.cli import add_arguments as add_plan_arguments
+
+    plan = sub.add_parser("plan", help="plan from measured data: `budget`, servers and caps within a power budget",
+                          description="Planning from what the exporters measured: `budget` answers how many "
+                                      "servers a rack's, row's or PDU's power budget holds, and which per-GPU caps "
+                                      "keep it, from the power the group drew together.")
+    add_plan_arguments(plan)
     return parser
 
 

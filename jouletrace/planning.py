@@ -14,6 +14,9 @@ the least J/token whose latency meets it (`deadline_choices`); it is compared wi
 limit observed in the same configuration. Fewer than `MIN_LIMITS` distinct limits observed: no
 advice, and the reason says so.
 
+A cap's cost (`at_limit`): a GPU capped at C runs no faster than at the highest observed limit at
+or below C, so that point's latency, against the highest limit observed, bounds what the cap costs.
+
 Provisioning counts a GPU at its power limit (a capped GPU never draws more), so a budget of B
 watts holds floor(B / (limit x tp)) replicas of tp GPUs; each replica serves the point's
 throughput. Among points whose latency meets the deadline, the plan (`provision`) takes the one
@@ -235,6 +238,15 @@ class Recommendation:
             return None
         return self.point.tokens_per_s / self.reference.tokens_per_s - 1.0
 
+    @property
+    def latency_change(self) -> float | None:
+        """Relative change of the deadline's latency against the reference (positive: a cost)."""
+        basis = self.deadline.basis
+        if self.point is None or self.reference is None or basis not in self.point.latency_ms \
+                or basis not in self.reference.latency_ms:
+            return None
+        return self.point.latency_ms[basis] / self.reference.latency_ms[basis] - 1.0
+
     def to_dict(self) -> dict:
         return {"basis": self.deadline.basis, "deadline_ms": self.deadline.ms,
                 "power_limit_w": self.point.power_limit_w if self.point else None,
@@ -304,6 +316,29 @@ def recommend(points: Sequence[OperatingPoint], d: Deadline) -> Recommendation:
     chosen = measured[i]
     same = [p for p in points if (p.config, p.gpus) == (chosen.config, chosen.gpus)]
     return Recommendation(d, chosen, max(same, key=lambda p: p.power_limit_w))
+
+
+def at_limit(points: Iterable[OperatingPoint], limit_w: float, d: Deadline) -> list[Recommendation]:
+    """Per model and configuration (points combined): the point at the highest observed limit at or
+    below `limit_w`, against the one at the highest limit observed; `reason` says why there is none
+    (every observed limit above it, or no `d.basis` measured) and whether the point misses `d`."""
+    groups: dict[tuple, list[OperatingPoint]] = collections.defaultdict(list)
+    for p in combine(points):
+        groups[(p.model, p.config, p.gpus)].append(p)
+    out = []
+    for _, pts in sorted(groups.items()):
+        reference = max(pts, key=lambda p: p.power_limit_w)
+        below = [p for p in pts if p.power_limit_w <= limit_w]
+        if not below:
+            out.append(Recommendation(d, None, reference, f"every observed limit is above {limit_w:g} W (lowest: "
+                                                          f"{min(p.power_limit_w for p in pts):g} W)"))
+            continue
+        point = max(below, key=lambda p: p.power_limit_w)
+        latency = point.latency_ms.get(d.basis)
+        reason = (f"no {d.basis} measured" if latency is None else
+                  f"{d.basis} {latency:.1f} ms misses {d.ms:g} ms" if latency > d.ms else "")
+        out.append(Recommendation(d, point, reference, reason))
+    return out
 
 
 def recommend_for_budget(points: Sequence[OperatingPoint], d: Deadline, budget_w: float,

@@ -137,11 +137,24 @@ class SimEngine:
             self.proc.wait(10)
 
 
+def backfill(openmetrics: str, data: str) -> None:
+    """TSDB blocks in `data` from the OpenMetrics file `openmetrics` (`promtool tsdb
+    create-blocks-from openmetrics`, Debian's prometheus package)."""
+    binary = shutil.which("promtool")
+    if binary is None:
+        raise RuntimeError("promtool is not installed: the README's test command installs it (apt prometheus)")
+    done = subprocess.run([binary, "tsdb", "create-blocks-from", "openmetrics", openmetrics, data],
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"promtool backfill failed: {done.stderr or done.stdout}")
+
+
 class PrometheusProcess:
-    """A real Prometheus server (Debian package) scraping `targets` every `interval`."""
+    """A real Prometheus server (Debian package) scraping `targets` every `interval`; with `data`,
+    serving that TSDB directory (e.g. `backfill`ed) instead of a fresh one."""
 
     def __init__(self, targets: list[str], interval: str = "1s", rule_files: list[str] | None = None,
-                 labels: dict[str, str] | None = None):
+                 labels: dict[str, str] | None = None, data: str | None = None):
         binary = shutil.which("prometheus")
         if binary is None:
             raise RuntimeError("prometheus is not installed: the README's test command installs it (apt)")
@@ -159,7 +172,7 @@ class PrometheusProcess:
             json.dump(config, f)  # JSON is YAML
         self.log = open(os.path.join(self.dir, "log"), "w+")
         self.proc = subprocess.Popen(
-            [binary, f"--config.file={path}", f"--storage.tsdb.path={self.dir}/data",
+            [binary, f"--config.file={path}", f"--storage.tsdb.path={data or self.dir + '/data'}",
              f"--web.listen-address=127.0.0.1:{self.port}"],
             stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(lambda: http_get(f"http://127.0.0.1:{self.port}/-/ready")[0] == 200, 60, "prometheus readiness")

@@ -21,6 +21,7 @@ def test_each_optional_module_is_named_by_its_extra():
 
 @pytest.mark.parametrize("argv, module, extra", [
     (["simulate", "plan"], "matplotlib", "loadgen"),
+    (["plan", "budget", "--budget-w", "40000"], "matplotlib", "loadgen"),
     (["grafana", "build"], "grafana_foundation_sdk", "grafana-build"),
 ])
 def test_a_missing_extra_is_one_line(monkeypatch, capsys, tmp_path, argv, module, extra):

@@ -8,7 +8,8 @@ Routes (the OpenAI images API and asynchronous video-jobs API, as `jouletrace lo
   answers the job at once, `{id, object: "video", model, status: "queued", progress, created_at,
   size, seconds}`; `GET /v1/videos/{id}` answers it again, `queued`, `in_progress`, then `completed`
   or `failed` (with `error`); `GET /v1/videos/{id}/content` the clip, an animated GIF. A clip of
-  `seconds` s has `round(seconds x fps) + 1` frames.
+  `seconds` s has `round(seconds x fps) + 1` frames. The `keep_videos` latest clips are kept, and
+  MAX_JOBS jobs (the oldest finished ones go first).
 - `GET /v1/models`, `GET /health`; `GET /metrics`: `vllm:num_requests_running` (requests in the batch
   being generated) and `vllm:num_requests_waiting`, labelled `model_name`, vLLM's gauges, which the
   load generator reads for the mean running batch and the exporter's engine scrape for settlement.
@@ -51,6 +52,7 @@ from .pipeline import Shape
 
 log = logging.getLogger("jouletrace.serving")
 MAX_N = 16
+MAX_JOBS = 4096  # video jobs remembered; the oldest finished ones are forgotten first
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
@@ -110,7 +112,6 @@ class DiffusionServer:
         self.tracer = tracer_provider.get_tracer("jouletrace.serving")
         self.pending: collections.deque[_Work] = collections.deque()
         self.jobs: dict[str, _Job] = {}
-        self.batches = 0
         self.running = 0                  # requests in the batch being generated
         self._wake: asyncio.Event | None = None
 
@@ -210,7 +211,7 @@ class DiffusionServer:
         except asyncio.CancelledError as exc:  # the client went away
             self._finish(work, exc)
             raise
-        except Exception as exc:
+        except Exception as exc:  # the generation failed: 500, in OpenAI's error shape
             self._finish(work, exc)
             return web.json_response({"error": {"message": f"{type(exc).__name__}: {exc}"[:500],
                                                 "type": "server_error"}}, status=500)
@@ -247,6 +248,9 @@ class DiffusionServer:
                 old.video = None
         else:
             job.status, job.error = "failed", f"{type(error).__name__}: {error}"[:500]
+        finished = [i for i, j in self.jobs.items() if j.status in ("completed", "failed")]
+        for old in finished[:max(0, len(self.jobs) - MAX_JOBS)]:
+            del self.jobs[old]
         self._finish(work, error)
 
     async def _video(self, request: web.Request) -> web.Response:
@@ -292,12 +296,11 @@ class DiffusionServer:
                 w.span.set_attribute("jouletrace.serving.batch_size", len(batch))
                 if w.on_start is not None:
                     w.on_start()
-            self.batches += 1
             self.running = len(batch)
             try:
                 outputs = await asyncio.to_thread(self.generate, self.pipe, head.shape, [w.prompt for w in batch],
                                                   [w.seed for w in batch])
-            except Exception as exc:
+            except Exception as exc:  # the batch's requests fail with it; the server goes on
                 log.warning("batch of %d failed: %s", len(batch), exc)
                 for w in batch:
                     if not w.done.done():

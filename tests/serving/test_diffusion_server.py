@@ -179,6 +179,28 @@ def test_video_jobs_send_output_type_video_which_jouletrace_counts(spans):
     assert (r.output_kind, r.output_count, r.request_id) == ("video", 1, created["id"])
 
 
+def test_finished_jobs_are_forgotten_beyond_max_jobs(spans, monkeypatch):
+    monkeypatch.setattr("jouletrace.serving.diffusion.MAX_JOBS", 2)
+    memory, provider = spans
+    server = DiffusionServer(None, "video-standin", "video", provider, generate=SlowNoise(), keep_videos=1)
+    app = BackgroundApp(server.app())
+    body = {"prompt": "x", "size": "16x16", "seconds": "1"}
+
+    async def four():
+        ids = [(await _post(app.url + "/v1/videos", body))[1]["id"] for _ in range(4)]
+        while len(memory.get_finished_spans()) < 4:
+            await asyncio.sleep(0.05)
+        async with ClientSession() as s:
+            return ids, [(await s.get(f"{app.url}/v1/videos/{i}")).status for i in ids]
+
+    try:
+        ids, statuses = asyncio.run(four())
+    finally:
+        app.stop()
+    assert statuses == [404, 404, 200, 200] and list(server.jobs) == ids[2:]
+    assert [j.video is not None for j in server.jobs.values()] == [False, True]  # keep_videos=1
+
+
 def test_refusals_and_failures(spans):
     """Bad requests are 400, another model 404, in OpenAI's error shape; a failed generation is 500
     (images) or a `failed` job (videos), and its span carries error.type and no output type."""

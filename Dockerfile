@@ -16,6 +16,7 @@ COPY jouletrace ./jouletrace
 COPY exporter ./exporter
 COPY loadgen ./loadgen
 COPY simulator ./simulator
+COPY serving ./serving
 COPY grafana ./grafana
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

@@ -72,6 +72,15 @@ def wait(url: str, timeout_s: float, proc: subprocess.Popen) -> None:
         time.sleep(1)
 
 
+def stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """Terminates `proc`, killing it after `timeout_s`."""
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def metric(text: str, name: str) -> float:
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
 
@@ -195,11 +204,7 @@ def main() -> None:
         (out / "metrics.txt").write_text(text)
     finally:
         for p in (server, exporter):
-            p.terminate()
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            stop(p)
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=1))
 

@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
                               description="The calibrated simulator: `serve` runs an engine that behaves like vLLM "
                                           "on a simulated GPU; `plan` simulates batch sizes and power limits.")
     add_simulate_arguments(simulate)
+    from jouletrace.serving.cli import add_arguments as add_serve_arguments
+
+    serve = sub.add_parser("serve", help="an inference server instrumented for jouletrace (diffusion pipelines)",
+                           description="Inference servers that send one OpenTelemetry span per request, with the "
+                                       "attributes jouletrace attributes energy by: `diffusion` serves a diffusers "
+                                       "pipeline behind the OpenAI images or video-jobs API.")
+    add_serve_arguments(serve)
     from jouletrace.grafana.cli import add_arguments as add_grafana_arguments
 
     grafana = sub.add_parser("grafana", help="Grafana dashboards: regenerate them from code, push them to a Grafana",

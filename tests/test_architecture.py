@@ -1,8 +1,8 @@
 """Import architecture, read statically (`ast`, imports inside functions included) from the files of
-jouletrace/, exporter/, loadgen/, simulator/ and grafana/:
+jouletrace/, exporter/, loadgen/, simulator/, serving/ and grafana/:
 
 - layers, each importing only its own and lower ones: the cli modules (`jouletrace.cli`, `run`,
-  `diagnose`, `__main__`) -> the tools (`loadgen`, `simulator`, `grafana`, `budget`) -> `exporter` -> the base
+  `diagnose`, `__main__`) -> the tools (`loadgen`, `simulator`, `serving`, `grafana`, `budget`) -> `exporter` -> the base
   (`jouletrace.planning`, and the `jouletrace` package itself: its version);
 - `jouletrace.planning` imports no other jouletrace module;
 - no import cycle between modules;
@@ -23,9 +23,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 #: import name -> the folder its files are in (jouletrace/ links to the others: only its own files)
 PACKAGES = {"jouletrace": ROOT / "jouletrace", "jouletrace.exporter": ROOT / "exporter",
             "jouletrace.loadgen": ROOT / "loadgen", "jouletrace.simulator": ROOT / "simulator",
-            "jouletrace.grafana": ROOT / "grafana", "jouletrace.budget": ROOT / "jouletrace" / "budget"}
+            "jouletrace.serving": ROOT / "serving", "jouletrace.grafana": ROOT / "grafana",
+            "jouletrace.budget": ROOT / "jouletrace" / "budget"}
 CLI = ("jouletrace.cli", "jouletrace.run", "jouletrace.diagnose", "jouletrace.__main__")
-TOOLS = ("jouletrace.loadgen", "jouletrace.simulator", "jouletrace.grafana", "jouletrace.budget")
+TOOLS = ("jouletrace.loadgen", "jouletrace.simulator", "jouletrace.serving", "jouletrace.grafana", "jouletrace.budget")
 BASE = ("jouletrace", "jouletrace.planning")
 
 
@@ -128,7 +129,7 @@ def tree() -> dict[str, set[str]]:
 
 def test_every_module_is_read_and_placed(tree):
     assert {"jouletrace.planning", "jouletrace.exporter.daemon", "jouletrace.loadgen.cli",
-            "jouletrace.simulator.cli", "jouletrace.grafana.cli", "jouletrace.budget.plan",
+            "jouletrace.simulator.cli", "jouletrace.serving.cli", "jouletrace.grafana.cli", "jouletrace.budget.plan",
             "jouletrace.cli"} <= set(tree)
     assert "jouletrace.loadgen.sweep" in tree["jouletrace.run"]  # `from jouletrace.loadgen.sweep import ...`
     for m in tree:
@@ -157,7 +158,7 @@ def test_no_import_cycle(tree):
 
 def test_the_exporter_daemon_loads_no_tool():
     assert loaded_after("jouletrace.exporter.daemon", ("jouletrace.loadgen", "jouletrace.simulator",
-                                                       "jouletrace.budget")) == []
+                                                       "jouletrace.serving", "jouletrace.budget")) == []
 
 
 def test_the_checkers_find_what_they_look_for():

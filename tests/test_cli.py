@@ -14,8 +14,9 @@ from jouletrace.cli import build_parser, main, optional_extra
 
 
 def test_each_optional_module_is_named_by_its_extra():
-    assert [optional_extra(m) for m in ("matplotlib", "pyarrow", "grafana_client", "grafana_foundation_sdk", "yaml")] \
-        == ["loadgen", "loadgen", "grafana", "grafana-build", "grafana-build"]
+    assert [optional_extra(m) for m in ("matplotlib", "pyarrow", "grafana_client", "grafana_foundation_sdk", "yaml",
+                                        "diffusers", "torch")] \
+        == ["loadgen", "loadgen", "grafana", "grafana-build", "grafana-build", "diffusion", "diffusion"]
     assert optional_extra("numpy") is None and optional_extra("pytest") is None  # a dependency; test only
 
 

@@ -1,0 +1,355 @@
+"""An OpenAI-compatible HTTP server around one diffusion pipeline, with one OpenTelemetry span per
+request carrying what jouletrace reads to attribute energy per image and per video.
+
+Routes (the OpenAI images API and asynchronous video-jobs API, as `jouletrace loadgen` speaks them):
+- `POST /v1/images/generations`, JSON `{model, prompt, n, size: "WxH", response_format: "b64_json",
+  num_inference_steps?, seed?}`: answers `{created, data: [{b64_json: PNG}, ...]}` once generated.
+- `POST /v1/videos`, JSON or form fields `{model, prompt, seconds, size, num_inference_steps?, seed?}`:
+  answers the job at once, `{id, object: "video", model, status: "queued", progress, created_at,
+  size, seconds}`; `GET /v1/videos/{id}` answers it again, `queued`, `in_progress`, then `completed`
+  or `failed` (with `error`); `GET /v1/videos/{id}/content` the clip, an animated GIF. A clip of
+  `seconds` s has `round(seconds x fps) + 1` frames. The `keep_videos` latest clips are kept, and
+  MAX_JOBS jobs (the oldest finished ones go first).
+- `GET /v1/models`, `GET /health`; `GET /metrics`: `vllm:num_requests_running` (requests in the batch
+  being generated) and `vllm:num_requests_waiting`, labelled `model_name`, vLLM's gauges, which the
+  load generator reads for the mean running batch and the exporter's engine scrape for settlement.
+A malformed request is 400, another model than the one served 404, both in OpenAI's error shape.
+
+Batching: requests of the same shape (kind, size, steps, `n`, frames) run in one pipeline call, up to
+`max_batch` requests; once the first is waiting, the batch waits up to `batch_wait_s` to fill. The
+pipeline runs in a worker thread, one batch at a time, so status polls are answered meanwhile.
+
+The span (SpanKind.SERVER, child of the request's W3C `traceparent`), named
+`generate_content {model}`: it starts when the request arrives and ends when its result is ready
+(an image request: encoded, before the answer is sent; a video job: generated). Attributes:
+`gen_ai.operation.name` = `generate_content`; `gen_ai.output.type` = `image`, or `video` for a video
+job (the GenAI conventions list no video value; jouletrace reads this one); `gen_ai.request.model`
+and `gen_ai.response.model`; `gen_ai.request.choice.count` = images (`n`) or 1 video;
+`gen_ai.request.id` = the request's `X-Request-Id` (images; a generated id without one) or the job
+id (videos); `gen_ai.latency.time_in_queue` = s from arrival to the start of its batch, time
+jouletrace gives no GPU energy; `jouletrace.serving.batch_size` (requests in its batch),
+`jouletrace.serving.steps`, `jouletrace.serving.frames`. A request that fails carries `error.type`
+and no `gen_ai.output.type`: jouletrace counts no image or video for it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import dataclasses
+import logging
+import math
+import random
+import time
+import uuid
+
+from aiohttp import web
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from . import pipeline as pipelines
+from .pipeline import Shape
+
+log = logging.getLogger("jouletrace.serving")
+MAX_N = 16
+MAX_JOBS = 4096  # video jobs remembered; the oldest finished ones are forgotten first
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+class BadRequest(ValueError):
+    """A request the server refuses (400), with the reason."""
+
+
+@dataclasses.dataclass
+class _Work:
+    """One request waiting for, or in, a batch."""
+
+    shape: Shape
+    prompt: str
+    seed: int
+    span: trace.Span
+    arrived: float                        # time.time(), s
+    done: asyncio.Future                  # its outputs (pipeline.generate's list for it)
+    on_start: object = None               # called when its batch starts (video jobs: in_progress)
+
+
+@dataclasses.dataclass
+class _Job:
+    id: str
+    model: str
+    size: str
+    seconds: str
+    created_at: int
+    status: str = "queued"
+    error: str = ""
+    video: object = None                  # the clip (F, H, W, 3 uint8) once completed
+
+    def view(self) -> dict:
+        done = self.status in ("completed", "failed")
+        out = {"id": self.id, "object": "video", "model": self.model, "status": self.status,
+               "progress": 100 if done else 0, "created_at": self.created_at, "size": self.size,
+               "seconds": self.seconds}
+        if self.status == "failed":
+            out["error"] = {"code": "generation_failed", "message": self.error}
+        return out
+
+
+class DiffusionServer:
+    """The routes, the batcher and the spans around `pipe` (see the module docstring). `pipe` is a
+    diffusers pipeline, or anything `generate` can call the same way."""
+
+    def __init__(self, pipe, model: str, kind: str, tracer_provider, *, max_batch: int = 1,
+                 batch_wait_s: float = 0.0, steps: int | None = None, fps: float = 8.0, keep_videos: int = 8,
+                 generate=pipelines.generate):
+        if kind not in ("image", "video"):
+            raise ValueError(f"kind {kind!r}: image or video")
+        if max_batch < 1 or batch_wait_s < 0 or fps <= 0 or keep_videos < 1:
+            raise ValueError("max_batch and keep_videos must be >= 1, batch_wait_s >= 0 and fps > 0")
+        self.pipe, self.model, self.kind = pipe, model, kind
+        self.max_batch, self.batch_wait_s, self.steps, self.fps = max_batch, batch_wait_s, steps, fps
+        self.keep_videos = keep_videos
+        self.generate = generate
+        self.tracer = tracer_provider.get_tracer("jouletrace.serving")
+        self.pending: collections.deque[_Work] = collections.deque()
+        self.jobs: dict[str, _Job] = {}
+        self.running = 0                  # requests in the batch being generated
+        self._wake: asyncio.Event | None = None
+
+    # ---- the app ---------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=32 * 1024 * 1024)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/metrics", self._metrics)
+        if self.kind == "image":
+            app.router.add_post("/v1/images/generations", self._images)
+        else:
+            app.router.add_post("/v1/videos", self._create_video)
+            app.router.add_get("/v1/videos/{id}", self._video)
+            app.router.add_get("/v1/videos/{id}/content", self._content)
+        app.cleanup_ctx.append(self._run_worker)
+        return app
+
+    async def _run_worker(self, app):
+        self._wake = asyncio.Event()
+        worker = asyncio.create_task(self._worker())
+        yield
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+
+    async def _health(self, request):
+        return web.Response(text="ok")
+
+    async def _models(self, request):
+        return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model",
+                                                              "owned_by": "jouletrace"}]})
+
+    async def _metrics(self, request):
+        escaped = self.model.replace("\\", "\\\\").replace('"', '\\"')
+        label = f'{{model_name="{escaped}"}}'
+        return web.Response(text=f"# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{label} "
+                                 f"{self.running}\n# TYPE vllm:num_requests_waiting gauge\n"
+                                 f"vllm:num_requests_waiting{label} {len(self.pending)}\n")
+
+    # ---- requests --------------------------------------------------------------------------------
+
+    def _shape(self, body: dict, n: int, frames: int | None) -> Shape:
+        if body.get("model") not in (None, "", self.model):
+            raise LookupError(f"model {body['model']!r} is not served here (this server: {self.model!r})")
+        if not str(body.get("prompt") or "").strip():
+            raise BadRequest("prompt is empty")
+        w, sep, h = str(body.get("size") or "").partition("x")
+        if not (sep and w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+            raise BadRequest(f"size {body.get('size')!r}: use WIDTHxHEIGHT")
+        steps = body.get("num_inference_steps", self.steps)
+        if steps is not None:
+            steps = _whole(steps, "num_inference_steps")
+        return Shape(self.kind, int(w), int(h), steps, n, frames)
+
+    def _start(self, request: web.Request, shape: Shape, request_id: str, body: dict, seed: int) -> _Work:
+        """The request's span, started at its arrival, and its place in the queue."""
+        arrived = time.time()
+        ctx = _PROPAGATOR.extract(request.headers)
+        attrs = {"gen_ai.operation.name": "generate_content", "gen_ai.request.model": self.model,
+                 "gen_ai.response.model": self.model, "gen_ai.request.choice.count": shape.per_prompt,
+                 "gen_ai.request.id": request_id, "jouletrace.serving.steps": shape.steps or 0}
+        if shape.frames is not None:
+            attrs["jouletrace.serving.frames"] = shape.frames
+        span = self.tracer.start_span(f"generate_content {self.model}", context=ctx, kind=trace.SpanKind.SERVER,
+                                      attributes=attrs, start_time=int(arrived * 1e9))
+        work = _Work(shape, str(body["prompt"]), seed, span, arrived, asyncio.get_running_loop().create_future())
+        self.pending.append(work)
+        self._wake.set()
+        return work
+
+    @staticmethod
+    def _finish(work: _Work, error: BaseException | None) -> None:
+        """Ends the span: with the output type when it produced its outputs, else with the error."""
+        if error is None:
+            work.span.set_attribute("gen_ai.output.type", work.shape.kind)
+        else:
+            work.span.set_attribute("error.type", type(error).__name__)
+            work.span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)[:200]))
+        work.span.end()
+
+    async def _images(self, request: web.Request) -> web.Response:
+        try:
+            body = await _json(request)
+            n = _whole(body.get("n", 1), "n", high=MAX_N)
+            if body.get("response_format", "b64_json") != "b64_json":
+                raise BadRequest("response_format: only b64_json is served")
+            shape, seed = self._shape(body, n, None), _seed(body)
+        except (BadRequest, LookupError) as exc:
+            return _error(exc)
+        request_id = request.headers.get("X-Request-Id") or f"img-{uuid.uuid4().hex}"
+        work = self._start(request, shape, request_id, body, seed)
+        try:
+            images = await work.done
+            data = await asyncio.to_thread(lambda: [{"b64_json": base64.b64encode(pipelines.png(im)).decode()}
+                                                    for im in images])
+        except asyncio.CancelledError as exc:  # the client went away
+            self._finish(work, exc)
+            raise
+        except Exception as exc:  # the generation failed: 500, in OpenAI's error shape
+            self._finish(work, exc)
+            return web.json_response({"error": {"message": f"{type(exc).__name__}: {exc}"[:500],
+                                                "type": "server_error"}}, status=500)
+        self._finish(work, None)
+        return web.json_response({"created": int(work.arrived), "data": data})
+
+    async def _create_video(self, request: web.Request) -> web.Response:
+        try:
+            if request.content_type == "multipart/form-data":
+                form = await request.post()
+                if "input_reference" in form:
+                    raise BadRequest("this server generates from text only: no input_reference")
+                body = dict(form)
+            else:
+                body = await _json(request)
+            seconds = _number(body.get("seconds", "4"), "seconds")
+            shape, seed = self._shape(body, 1, round(seconds * self.fps) + 1), _seed(body)
+        except (BadRequest, LookupError) as exc:
+            return _error(exc)
+        job = _Job(f"video_{uuid.uuid4().hex[:24]}", self.model, f"{shape.width}x{shape.height}",
+                   str(body.get("seconds", "4")), int(time.time()))
+        self.jobs[job.id] = job
+        work = self._start(request, shape, job.id, body, seed)
+        work.on_start = lambda: setattr(job, "status", "in_progress")
+        work.done.add_done_callback(lambda f: self._settle_job(job, work, f))
+        return web.json_response(job.view())
+
+    def _settle_job(self, job: _Job, work: _Work, done: asyncio.Future) -> None:
+        error = done.exception() if not done.cancelled() else asyncio.CancelledError()
+        if error is None:
+            job.status, job.video = "completed", done.result()[0]
+            kept = [j for j in self.jobs.values() if j.video is not None]
+            for old in kept[:-self.keep_videos]:
+                old.video = None
+        else:
+            job.status, job.error = "failed", f"{type(error).__name__}: {error}"[:500]
+        finished = [i for i, j in self.jobs.items() if j.status in ("completed", "failed")]
+        for old in finished[:max(0, len(self.jobs) - MAX_JOBS)]:
+            del self.jobs[old]
+        self._finish(work, error)
+
+    async def _video(self, request: web.Request) -> web.Response:
+        job = self.jobs.get(request.match_info["id"])
+        if job is None:
+            return _error(LookupError(f"no video job {request.match_info['id']!r}"))
+        return web.json_response(job.view())
+
+    async def _content(self, request: web.Request) -> web.Response:
+        job = self.jobs.get(request.match_info["id"])
+        what = ("unknown" if job is None else "not completed" if job.status != "completed"
+                else "expired" if job.video is None else "")
+        if what:
+            return _error(LookupError(f"video job {request.match_info['id']!r}: {what}"))
+        body = await asyncio.to_thread(pipelines.gif, job.video, self.fps)
+        return web.Response(body=body, content_type="image/gif")
+
+    # ---- the batcher -----------------------------------------------------------------------------
+
+    def _same(self, head: _Work) -> list[_Work]:
+        return [w for w in self.pending if w.shape == head.shape][:self.max_batch]
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self.pending:
+                self._wake.clear()
+                await self._wake.wait()
+            head = self.pending[0]
+            deadline = loop.time() + self.batch_wait_s
+            while len(self._same(head)) < self.max_batch and (left := deadline - loop.time()) > 0:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), left)
+                except TimeoutError:
+                    break
+            batch = self._same(head)
+            for w in batch:
+                self.pending.remove(w)
+            started = time.time()
+            for w in batch:
+                w.span.set_attribute("gen_ai.latency.time_in_queue", max(0.0, started - w.arrived))
+                w.span.set_attribute("jouletrace.serving.batch_size", len(batch))
+                if w.on_start is not None:
+                    w.on_start()
+            self.running = len(batch)
+            try:
+                outputs = await asyncio.to_thread(self.generate, self.pipe, head.shape, [w.prompt for w in batch],
+                                                  [w.seed for w in batch])
+            except Exception as exc:  # the batch's requests fail with it; the server goes on
+                log.warning("batch of %d failed: %s", len(batch), exc)
+                for w in batch:
+                    if not w.done.done():
+                        w.done.set_exception(exc)
+                continue
+            finally:
+                self.running = 0
+            for w, out in zip(batch, outputs):
+                if not w.done.done():
+                    w.done.set_result(out)
+
+
+async def _json(request: web.Request) -> dict:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest("the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body is not a JSON object")
+    return body
+
+
+def _whole(value, what: str, low: int = 1, high: int | None = None) -> int:
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise BadRequest(f"{what} {value!r} is not a whole number") from None
+    if number < low or (high is not None and number > high):
+        raise BadRequest(f"{what} {number} is outside {low}..{high if high is not None else ''}")
+    return number
+
+
+def _seed(body: dict) -> int:
+    """The request's `seed`, else a random one."""
+    if body.get("seed") in (None, ""):
+        return random.getrandbits(31)
+    return _whole(body["seed"], "seed", low=0)
+
+
+def _number(value, what: str) -> float:
+    try:
+        number = float(str(value))
+    except ValueError:
+        raise BadRequest(f"{what} {value!r} is not a number") from None
+    if not math.isfinite(number) or number <= 0:
+        raise BadRequest(f"{what} must be > 0")
+    return number
+
+
+def _error(exc: Exception) -> web.Response:
+    status, kind = (404, "not_found_error") if isinstance(exc, LookupError) else (400, "invalid_request_error")
+    return web.json_response({"error": {"message": str(exc), "type": kind}}, status=status)

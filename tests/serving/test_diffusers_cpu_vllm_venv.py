@@ -1,0 +1,100 @@
+"""Real diffusers pipelines behind `jouletrace serve diffusion` on the CPU: SD3's and CogVideoX's
+pipelines a few channels wide with random weights (benchmarks/diffusion_models.py `tiny_image`,
+`tiny_video`), driven by `jouletrace loadgen` (text-to-image at batch 2, text-to-video jobs), their
+spans over OTLP/gRPC into a real exporter on a simulated GPU that counts every image and video and
+attributes energy to them.
+
+The servers run in .venv-vllm, whose CPU torch the vLLM tests install with diffusers beside it
+(scripts/setup-vllm.sh); the file's name puts it in the vLLM unit of `make test` (tests/conftest.py),
+which installs that venv once. About 30 s on a busy two-core machine."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from PIL import Image
+from servers import ExporterProcess, free_port, http_get, sum_samples, wait_for
+from serving_checks import attributed, loadgen
+
+VLLM_TESTS = Path(__file__).resolve().parents[1] / "vllm"
+sys.path.insert(0, str(VLLM_TESTS))
+from vllm_stack import VENV_PYTHON, tail
+
+_spec = importlib.util.spec_from_file_location("vllm_test_fixtures", VLLM_TESTS / "conftest.py")
+_fixtures = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_fixtures)
+vllm_venv = _fixtures.vllm_venv  # .venv-vllm, installed on first use
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ROOT / "benchmarks" / "diffusion_models.py"
+
+
+class Server:
+    """`jouletrace serve diffusion` on the CPU, from .venv-vllm, this tree on its path."""
+
+    def __init__(self, factory: str, kind: str, otlp: str, log: Path, *args: str):
+        self.port, self.log = free_port(), log
+        self.proc = subprocess.Popen(
+            [str(VENV_PYTHON), "-m", "jouletrace", "serve", "diffusion", "--pipeline", f"{MODELS}:{factory}",
+             "--kind", kind, "--device", "cpu", "--dtype", "float32", "--port", str(self.port), "--otlp-endpoint", otlp,
+             *args], stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the server exited {self.proc.returncode}:\n{tail(self.log.read_text())}")
+        return http_get(self.url + "/health")[0] == 200
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def test_tiny_diffusers_pipelines_on_the_cpu(vllm_venv, tmp_path):
+    ports = (free_port(), free_port(), free_port())
+    otlp = f"grpc://127.0.0.1:{ports[1]}"
+    image = Server("tiny_image", "image", otlp, tmp_path / "image.log", "--max-batch", "2", "--batch-wait", "2")
+    video = Server("tiny_video", "video", otlp, tmp_path / "video.log", "--fps", "8")
+    exporter = None
+    try:
+        wait_for(lambda: image.ready() and video.ready(), 120, "the diffusion servers")
+        exporter = ExporterProcess("--gpu", "sim", "--sim-load", "0.5", "--counter-interval", "1",
+                                   "--engine-metrics", image.url + "/metrics",
+                                   "--engine-metrics", video.url + "/metrics",
+                                   ports=ports)
+        img = loadgen("--base-url", image.url, "--task", "text-to-image", "-n", "4", "--concurrency", "2",
+                      "--size", "32x32", "--steps", "2", "--exporter", exporter.url(""), "--out", str(tmp_path))
+        vid = loadgen("--base-url", video.url, "--task", "text-to-video", "-n", "2", "--concurrency", "1",
+                      "--size", "16x16", "--seconds", "1", "--steps", "2", "--poll-interval", "0.1", "--fetch-content",
+                      "--exporter", exporter.url(""), "--out", str(tmp_path))
+        body = json.dumps({"prompt": "t1 t2", "n": 2, "size": "32x16", "seed": 3}).encode()
+        request = urllib.request.Request(image.url + "/v1/images/generations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as r:
+            direct = json.load(r)
+
+        text = attributed(exporter, ("tiny_image", 6), ("tiny_video", 2))
+    finally:
+        for p in (image, video):
+            p.stop()
+        if exporter is not None:
+            exporter.stop()
+    assert (img["completed"], img["images_completed"], vid["completed"], vid["videos_completed"]) == (4, 4, 2, 2)
+    pngs = [Image.open(io.BytesIO(base64.b64decode(d["b64_json"]))) for d in direct["data"]]
+    assert [(p.format, p.size) for p in pngs] == [("PNG", (32, 16))] * 2
+    assert sum_samples(text, "jouletrace_model_requests_total", model="tiny_image") == 5  # 4 + the direct one
+    assert img["energy_per_image_j"] > 0 and vid["energy_per_video_j"] > 0

@@ -1,0 +1,249 @@
+"""The diffusion server adapter (serving/diffusion.py): its OpenAI routes, batching and spans, and
+jouletrace reading those spans, driven by the real load generator into a real exporter on a
+simulated GPU, spans over OTLP/gRPC from the real OpenTelemetry SDK.
+
+The pipeline is a STAND-IN (`slow_noise`): the test venv has no torch, so nothing real can run
+here; it returns arrays of the shape a diffusers pipeline returns after a fixed generation time.
+The real diffusers pipelines run in test_diffusers_cpu_vllm_venv.py (CPU) and tests/gpu/."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from aiohttp import ClientSession
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from servers import BackgroundApp, ExporterProcess, free_port, sum_samples
+from serving_checks import attributed, loadgen
+
+from jouletrace.cli import main
+from jouletrace.exporter.intake.otlp import decode_protobuf
+from jouletrace.loadgen.tracing import tracer_provider
+from jouletrace.serving.diffusion import DiffusionServer
+from jouletrace.serving.pipeline import Shape
+
+GEN_S = 0.3
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+class SlowNoise:
+    """Stands in for `pipeline.generate`: GEN_S s per batch, outputs of the batch's shape; records
+    each batch as (shape, prompts, seeds). `fail` makes every batch raise."""
+
+    def __init__(self, fail: bool = False):
+        self.batches: list[tuple[Shape, list[str], list[int]]] = []
+        self.fail = fail
+        self.lock = threading.Lock()
+
+    def __call__(self, pipe, shape: Shape, prompts: list[str], seeds: list[int]):
+        with self.lock:
+            self.batches.append((shape, list(prompts), list(seeds)))
+        time.sleep(GEN_S)
+        if self.fail:
+            raise RuntimeError("CUDA out of memory (stand-in)")
+        if shape.kind == "image":
+            return [[np.full((shape.height, shape.width, 3), 7, np.uint8)] * shape.per_prompt for _ in prompts]
+        return [[np.zeros((shape.frames, shape.height, shape.width, 3), np.uint8)] for _ in prompts]
+
+
+def serve(kind: str, provider, generate, **kw) -> BackgroundApp:
+    model = "sd-standin" if kind == "image" else "video-standin"
+    return BackgroundApp(DiffusionServer(None, model, kind, provider, generate=generate, **kw).app())
+
+
+def test_energy_per_image_and_video_through_the_exporter(tmp_path):
+    """Text-to-image (batches of 2) and text-to-video jobs from `jouletrace loadgen` into the
+    adapter; its spans reach a real exporter (simulated GPU, settling on the adapter's
+    vllm:num_requests_running), which counts every image and video and attributes energy to them."""
+    ports = (free_port(), free_port(), free_port())
+    provider = tracer_provider("diffusion-test", f"grpc://127.0.0.1:{ports[1]}")
+    images, videos = SlowNoise(), SlowNoise()
+    image_server = serve("image", provider, images, max_batch=2, batch_wait_s=1.0)
+    video_server = serve("video", provider, videos, fps=4.0)
+    exporter = ExporterProcess("--gpu", "sim", "--sim-load", "0.5", "--counter-interval", "1",
+                               "--engine-metrics", image_server.url + "/metrics",
+                               "--engine-metrics", video_server.url + "/metrics", ports=ports)
+    try:
+        img = loadgen("--base-url", image_server.url, "--task", "text-to-image", "-n", "6", "--concurrency", "2",
+                      "--size", "64x48", "--steps", "3", "--exporter", exporter.url(""), "--out", str(tmp_path))
+        vid = loadgen("--base-url", video_server.url, "--task", "text-to-video", "-n", "3", "--concurrency", "1",
+                      "--size", "32x16", "--seconds", "2", "--poll-interval", "0.05", "--fetch-content",
+                      "--exporter", exporter.url(""), "--out", str(tmp_path))
+        provider.force_flush(5000)
+        text = attributed(exporter, ("sd-standin", 6), ("video-standin", 3))
+    finally:
+        exporter.stop()
+        image_server.stop()
+        video_server.stop()
+        provider.shutdown()
+    assert (img["completed"], img["images_completed"], vid["completed"], vid["videos_completed"]) == (6, 6, 3, 3)
+    assert [len(p) for _, p, _ in images.batches] == [2, 2, 2]  # concurrency 2, batches of 2
+    assert {s for s, _, _ in images.batches} == {Shape("image", 64, 48, 3, 1)}
+    assert {s for s, _, _ in videos.batches} == {Shape("video", 32, 16, None, 1, 9)}  # 2 s x 4 fps + 1
+    assert sum_samples(text, "jouletrace_model_requests_total", model="sd-standin") == 6
+    assert img["energy_per_image_j"] > 0 and vid["energy_per_video_j"] > 0
+
+
+@pytest.fixture
+def spans():
+    """An in-memory span exporter behind a real SDK provider, and the provider."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    yield memory, provider
+    provider.shutdown()
+
+
+async def _post(url: str, body: dict, headers: dict | None = None) -> tuple[int, dict]:
+    async with ClientSession() as s, s.post(url, json=body, headers=headers or {}) as r:
+        return r.status, await r.json()
+
+
+def test_image_spans_carry_what_jouletrace_reads(spans):
+    memory, provider = spans
+    gen = SlowNoise()
+    server = serve("image", provider, gen, max_batch=4, batch_wait_s=0.5)
+    parent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+    body = {"model": "sd-standin", "prompt": "a red cube", "n": 2, "size": "40x24", "response_format": "b64_json"}
+
+    async def two():
+        return await asyncio.gather(
+            _post(server.url + "/v1/images/generations", body, {"X-Request-Id": "req-1", "traceparent": parent}),
+            _post(server.url + "/v1/images/generations", {**body, "n": 2, "seed": 5}, {"X-Request-Id": "req-2"}))
+
+    try:
+        (s1, a1), (s2, a2) = asyncio.run(two())
+    finally:
+        server.stop()
+    assert (s1, s2) == (200, 200) and len(a1["data"]) == len(a2["data"]) == 2
+    assert base64.b64decode(a1["data"][0]["b64_json"]).startswith(PNG)
+    assert len(gen.batches) == 1 and gen.batches[0][2][1] == 5  # one batch of both; the seed sent
+    got = {s.attributes["gen_ai.request.id"]: s for s in memory.get_finished_spans()}
+    assert set(got) == {"req-1", "req-2"}
+    one = got["req-1"]
+    assert one.parent is not None and one.parent.span_id == int("cd" * 8, 16)
+    assert one.context.trace_id == int("ab" * 16, 16)
+    a = one.attributes
+    assert (a["gen_ai.output.type"], a["gen_ai.request.choice.count"], a["gen_ai.request.model"],
+            a["gen_ai.operation.name"], a["jouletrace.serving.batch_size"]) == ("image", 2, "sd-standin",
+                                                                                 "generate_content", 2)
+    assert 0 <= a["gen_ai.latency.time_in_queue"] < 5 and one.end_time - one.start_time >= GEN_S * 1e9
+    # jouletrace's own decoder reads these spans: 2 requests of 2 images, the queue excluded
+    batch = decode_protobuf(encode_spans(memory.get_finished_spans()).SerializeToString(), "default").batch
+    records = {r.request_id: r for r in batch.records()}
+    assert set(records) == {"req-1", "req-2"}
+    r = records["req-1"]
+    assert (r.output_kind, r.output_count, r.model) == ("image", 2, "sd-standin")
+    assert r.queue_s == pytest.approx(a["gen_ai.latency.time_in_queue"])
+
+
+def test_video_jobs_send_output_type_video_which_jouletrace_counts(spans):
+    memory, provider = spans
+    server = serve("video", provider, SlowNoise(), fps=8.0)
+
+    async def job():
+        async with ClientSession() as s:
+            async with s.post(server.url + "/v1/videos", json={"model": "video-standin", "prompt": "waves",
+                                                              "seconds": "1", "size": "16x16"}) as r:
+                created = await r.json()
+            statuses = [created["status"]]
+            while statuses[-1] not in ("completed", "failed"):
+                await asyncio.sleep(0.05)
+                async with s.get(f"{server.url}/v1/videos/{created['id']}") as r:
+                    statuses.append((await r.json())["status"])
+            async with s.get(f"{server.url}/v1/videos/{created['id']}/content") as r:
+                content = (r.status, r.content_type, await r.read())
+            async with s.get(f"{server.url}/v1/videos/nope") as r:
+                missing = r.status
+            return created, statuses, content, missing
+
+    try:
+        created, statuses, content, missing = asyncio.run(job())
+    finally:
+        server.stop()
+    assert created["object"] == "video" and created["size"] == "16x16" and statuses[-1] == "completed"
+    assert "in_progress" in statuses and missing == 404
+    assert content[0] == 200 and content[1] == "image/gif" and content[2].startswith(b"GIF8")
+    (span,) = memory.get_finished_spans()
+    assert span.attributes["gen_ai.output.type"] == "video" and span.attributes["gen_ai.request.id"] == created["id"]
+    assert span.attributes["jouletrace.serving.frames"] == 9
+    (r,) = decode_protobuf(encode_spans([span]).SerializeToString(), "default").batch.records()
+    assert (r.output_kind, r.output_count, r.request_id) == ("video", 1, created["id"])
+
+
+def test_finished_jobs_are_forgotten_beyond_max_jobs(spans, monkeypatch):
+    monkeypatch.setattr("jouletrace.serving.diffusion.MAX_JOBS", 2)
+    memory, provider = spans
+    server = DiffusionServer(None, "video-standin", "video", provider, generate=SlowNoise(), keep_videos=1)
+    app = BackgroundApp(server.app())
+    body = {"prompt": "x", "size": "16x16", "seconds": "1"}
+
+    async def four():
+        ids = [(await _post(app.url + "/v1/videos", body))[1]["id"] for _ in range(4)]
+        while len(memory.get_finished_spans()) < 4:
+            await asyncio.sleep(0.05)
+        async with ClientSession() as s:
+            return ids, [(await s.get(f"{app.url}/v1/videos/{i}")).status for i in ids]
+
+    try:
+        ids, statuses = asyncio.run(four())
+    finally:
+        app.stop()
+    assert statuses == [404, 404, 200, 200] and list(server.jobs) == ids[2:]
+    assert [j.video is not None for j in server.jobs.values()] == [False, True]  # keep_videos=1
+
+
+def test_refusals_and_failures(spans):
+    """Bad requests are 400, another model 404, in OpenAI's error shape; a failed generation is 500
+    (images) or a `failed` job (videos), and its span carries error.type and no output type."""
+    memory, provider = spans
+    image = serve("image", provider, SlowNoise(fail=True))
+    video = serve("video", provider, SlowNoise(fail=True))
+    ok = {"model": "sd-standin", "prompt": "x", "size": "16x16"}
+
+    async def calls():
+        out = []
+        for body in ({**ok, "size": "big"}, {**ok, "prompt": " "}, {**ok, "n": 0}, {**ok, "n": 99},
+                     {**ok, "response_format": "url"}, {**ok, "num_inference_steps": "many"}, {**ok, "seed": -1},
+                     {**ok, "model": "other"},
+                     ok):
+            out.append(await _post(image.url + "/v1/images/generations", body))
+        out.append(await _post(video.url + "/v1/videos", {"model": "video-standin", "prompt": "x", "size": "16x16",
+                                                          "seconds": "-1"}))
+        _, job = await _post(video.url + "/v1/videos", {"model": "video-standin", "prompt": "x", "size": "16x16"})
+        async with ClientSession() as s:
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                async with s.get(f"{video.url}/v1/videos/{job['id']}") as r:
+                    job = await r.json()
+                if job["status"] == "failed":
+                    break
+        return out, job
+
+    try:
+        out, job = asyncio.run(calls())
+    finally:
+        image.stop()
+        video.stop()
+    assert [s for s, _ in out] == [400, 400, 400, 400, 400, 400, 400, 404, 500, 400]
+    assert all(set(b["error"]) >= {"message", "type"} for _, b in out)
+    assert "out of memory" in out[8][1]["error"]["message"]
+    assert job["status"] == "failed" and "out of memory" in job["error"]["message"]
+    failed = memory.get_finished_spans()
+    assert len(failed) == 2 and all(s.attributes["error.type"] == "RuntimeError" for s in failed)
+    assert all("gen_ai.output.type" not in s.attributes for s in failed)
+    assert len(decode_protobuf(encode_spans(failed).SerializeToString(), "default").batch) == 0  # no image counted
+
+
+def test_without_torch_the_command_names_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if not installed
+    assert main(["serve", "diffusion", "--pipeline", "x.py:f", "--kind", "image"]) == 2
+    assert capsys.readouterr().err == "jouletrace serve: needs torch: pip install 'jouletrace[diffusion]'\n"

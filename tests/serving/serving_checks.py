@@ -22,13 +22,15 @@ def loadgen(*args: str) -> dict:
 
 
 def attributed(exporter, images: tuple[str, int], videos: tuple[str, int]) -> str:
-    """The exporter's /metrics once it counted `images` (model, count) and `videos` and settled up
-    to about now; checks that each model's energy per item is its attributed energy / its items."""
+    """The exporter's /metrics once it counted `images` (model, count) and `videos` and settled past
+    the moment of the call; checks that each model's energy per item is its attributed energy / its items."""
+    called = time.time()
+
     def counted():
         text = http_get(exporter.url("/metrics"))[1]
         done = (sum_samples(text, "jouletrace_model_images_total", model=images[0]) == images[1]
                 and sum_samples(text, "jouletrace_model_videos_total", model=videos[0]) == videos[1]
-                and sum_samples(text, "jouletrace_gpu_finalized_timestamp_seconds") > time.time() - 2)
+                and sum_samples(text, "jouletrace_gpu_finalized_timestamp_seconds") > called)
         return text if done else None
 
     text = wait_for(counted, 60, f"{images[1]} images and {videos[1]} videos attributed")

@@ -45,8 +45,10 @@ with k_c, k_m the profile's compute and memory power scales (1 on the H100 the w
 
 Power limit. When P(1) exceeds the limit the GPU lowers its clock to the f where P(f) equals the
 limit (P falls monotonically with f): compute-bound steps stretch by 1/f, memory-bound ones only
-below the knee, where the SMs can no longer keep HBM busy. Below the lowest clock the limit cannot
-be met and the step runs at that clock.
+below the knee, where the SMs can no longer keep HBM busy. Should the lowest clock still draw more
+than the limit, the GPU is gated down to it (the work's energy above idle spread over a longer
+step). A GPU that waits between steps keeps the clock the limit left and draws idle and clock
+power at it (`waiting_power_w`): a capped GPU's average power never exceeds its limit.
 
 The calibration constants are the only fitted numbers; benchmarks/calibrate.py fits them and
 RESULTS.md shows the fit."""
@@ -163,14 +165,15 @@ class PerfModel:
         return StepCost(t, power, f, f < 1.0, a_c, a_m, (kernels + comm) / t, comm / t)
 
     def step(self, w: StepWork, power_limit_w: float) -> StepCost:
-        """The step's duration and power under `power_limit_w` (W per GPU)."""
+        """The step's duration and power under `power_limit_w` (W per GPU): never above the limit."""
         comm = self.comm_s(w)  # NVLink does not slow with the SM clock
         full = self._at(w, 1.0, comm)
         if full.power_w <= power_limit_w:
             return full
         lo, hi = MIN_CLOCK_RATIO, 1.0
-        if self._at(w, lo, comm).power_w >= power_limit_w:
-            return self._at(w, lo, comm)
+        lowest = self._at(w, lo, comm)
+        if lowest.power_w > power_limit_w:
+            return self._stretched(lowest, power_limit_w)
         for _ in range(40):  # P(f) is increasing in f: bisect to P(f) = limit
             mid = (lo + hi) / 2
             if self._at(w, mid, comm).power_w > power_limit_w:
@@ -179,6 +182,16 @@ class PerfModel:
                 lo = mid
         return self._at(w, lo, comm)
 
-    def waiting_power_w(self) -> float:
-        """Power of a GPU whose engine has work but waits on its host between steps, W."""
-        return self.gpu.idle_w + self.gpu.compute_power_scale * self.cal.clock_power_w
+    def _stretched(self, cost: StepCost, power_limit_w: float) -> StepCost:
+        """`cost` at the lowest clock, still above the limit, gated to it: the work's energy above
+        idle is the same, spread over a longer step at the limit."""
+        idle = self.gpu.idle_w
+        t = cost.duration_s * (cost.power_w - idle) / (power_limit_w - idle)
+        k = cost.duration_s / t
+        return dataclasses.replace(cost, duration_s=t, power_w=power_limit_w, compute_util=cost.compute_util * k,
+                                   memory_util=cost.memory_util * k, busy_fraction=cost.busy_fraction * k,
+                                   comm_fraction=cost.comm_fraction * k)
+
+    def waiting_power_w(self, clock_ratio: float) -> float:
+        """Power of a GPU that waits between kernels (on its host or on an all-reduce) at `clock_ratio`, W."""
+        return self.gpu.idle_w + self.gpu.compute_power_scale * self.cal.clock_power_w * clock_ratio**3

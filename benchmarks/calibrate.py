@@ -1,13 +1,16 @@
-"""The simulator's calibration against the ML.ENERGY reference table (mlenergy_reference.csv).
+"""The simulator's calibration against the ML.ENERGY reference table (mlenergy_reference.csv) and
+one tensor-parallel GPU's slice of Llama-3.1-70B measured on an H100 (benchmarks/tp_shard.py).
 
     python benchmarks/calibrate.py            # the table side by side, with the shipped constants
     python benchmarks/calibrate.py --fit 300  # refit the constants (needs scipy), then the table
 
-Each row is a closed-loop chat run of the load generator's synthetic workload (all requests at
-t=0, max(4 x batch, 200) requests) through the simulated engine in virtual time, measured by the
-load generator's own window and energy code. The fit minimises the squared log errors of J/token,
-median ITL, average power and tokens/s over all rows, plus 5 x the worst one squared, with every
-constant kept inside a physically plausible range (BOUNDS)."""
+Each row of the table is a closed-loop chat run of the load generator's synthetic workload (all
+requests at t=0, max(4 x batch, 200) requests) through the simulated Llama-3.1-8B engine on one
+H100 in virtual time, measured by the load generator's own window and energy code. Each
+measured 70B step is predicted as benchmarks/tp_shard_compare.py predicts it. The fit minimises
+the squared log errors of J/token, median ITL, average power and tokens/s over the table's rows
+and of the step time over the measured steps, plus 5 x the worst one squared, with every fitted
+constant kept inside a physically plausible range (BOUNDS); the others are set."""
 
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ import math
 import multiprocessing
 from pathlib import Path
 
+from tp_shard_compare import measured_steps, predicted_step
+
 from jouletrace.loadgen.tasks import task
 from jouletrace.simulator.lengths import OutputLengths
 from jouletrace.simulator.perf import Calibration
@@ -25,15 +30,17 @@ from jouletrace.simulator.profiles import H100_SXM, LLAMA_3_1_8B
 from jouletrace.simulator.whatif import run_point
 
 REFERENCE = Path(__file__).with_name("mlenergy_reference.csv")
+SHARD = Path(__file__).parent / "results" / "tp-shard-h100-2026-12-06" / "tp_shard.jsonl"
 KEYS = ("energy_per_token_j", "median_itl_ms", "avg_power_w", "tokens_per_s")
 BOUNDS = {
     "memory_efficiency": (0.5, 0.9),
-    "compute_efficiency": (0.15, 0.8),
+    "gemm_efficiency": (0.5, 0.95),
+    "gemm_half_rows": (0.0, 128.0),
     "layer_overhead_s": (0.2e-3 / 32, 5e-3 / 32),
-    "sequence_overhead_s": (0.0, 60e-6),
+    "sequence_bytes": (0.0, 200e6),
     "clock_power_w": (50.0, 300.0),
     "memory_power_w": (50.0, 300.0),
-    "compute_power_w": (100.0, 700.0),
+    "compute_power_w": (300.0, 2000.0),
     "overlap_loss": (0.0, 1.0),
 }
 
@@ -51,12 +58,15 @@ def simulate_row(args: tuple[int, Calibration]) -> dict:
             "avg_power_w": point.avg_power_w, "tokens_per_s": point.tokens_per_s}
 
 
-def errors(pool, cal: Calibration, rows: list[dict]) -> list[list[float]]:
+def errors(pool, cal: Calibration, rows: list[dict], steps: tuple[dict, list[dict]]) -> list[float]:
+    """Log errors: the table's four figures per row, then each measured step's time."""
     sims = pool.map(simulate_row, [(int(r["max_num_seqs"]), cal) for r in rows])
-    return [[math.log(s[k] / r[k]) for k in KEYS] for s, r in zip(sims, rows)]
+    device, measured = steps
+    return ([math.log(s[k] / r[k]) for s, r in zip(sims, rows) for k in KEYS]
+            + [math.log(predicted_step(device, r, cal).duration_s * 1000 / r["step_ms"]) for r in measured])
 
 
-def fit(pool, rows: list[dict], evaluations: int) -> Calibration:
+def fit(pool, rows: list[dict], steps: tuple[dict, list[dict]], evaluations: int) -> Calibration:
     import numpy as np
     from scipy.optimize import minimize
 
@@ -68,7 +78,7 @@ def fit(pool, rows: list[dict], evaluations: int) -> Calibration:
         return Calibration(**dict(zip(names, lo + (hi - lo) / (1 + np.exp(-z)))))
 
     def loss(z):
-        e = np.array(errors(pool, constants(z), rows))
+        e = np.array(errors(pool, constants(z), rows, steps))
         return float((e ** 2).sum() + 5 * np.abs(e).max() ** 2)
 
     p = np.clip((start - lo) / (hi - lo), 1e-3, 1 - 1e-3)
@@ -84,7 +94,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = reference()
     with multiprocessing.Pool() as pool:
-        cal = fit(pool, rows, args.fit) if args.fit else Calibration()
+        cal = fit(pool, rows, measured_steps(SHARD), args.fit) if args.fit else Calibration()
         sims = pool.map(simulate_row, [(int(r["max_num_seqs"]), cal) for r in rows])
     print("constants:", ", ".join(f"{f.name}={getattr(cal, f.name):.4g}" for f in dataclasses.fields(cal)))
     print("| max_num_seqs | J/token study | sim | ITL ms study | sim | power W study | sim | tokens/s study | sim "

@@ -3,12 +3,18 @@
     python benchmarks/tp_shard_compare.py benchmarks/results/tp-shard-h100-2026-12-06/tp_shard.jsonl
 
 For each measured step (one tensor-parallel GPU's slice of Llama-3.1-70B, decode or prefill), the
-simulator's performance model (simulator/perf.py, the constants fitted on Llama-3.1-8B / H100,
-unchanged) predicts the same step on the same GPU profile at the measured power limit: the GPU's
-share of the work alone, without the all-reduces (`communication=False`) and without the
-per-sequence sampling and host time (the measurement samples nothing and replays CUDA graphs on
-one GPU); the per-layer latency stays. Prints a Markdown table: step time, power (energy counter / time)
-and SM clock, measured and simulated, and the errors."""
+simulator's performance model (simulator/perf.py with its shipped constants, which
+benchmarks/calibrate.py fits to these step times and the Llama-3.1-8B table together) predicts the
+same step on the same GPU profile at the measured power limit: the GPU's share of the work alone,
+without the all-reduces (`communication=False`) and without the per-sequence sampling and host
+time (the measurement samples nothing and replays CUDA graphs on one GPU); the per-layer latency
+stays. The measurement's decode attention is not an engine's fused kernel: it writes its scores
+(batch x query heads x context) to HBM and reads them back through five unfused passes (bf16
+product, float cast, scale, softmax, bf16 cast, then the PV product), 32 bytes per score against
+the 512 bytes of K and V per KV head and context token; with 8 query heads per KV head that is half
+the KV cache's traffic again, so a decode step here reads 1.5 x its KV cache. Prints a Markdown
+table: step time, power (energy counter / time) and SM clock, measured and simulated, and the
+errors."""
 
 from __future__ import annotations
 
@@ -16,27 +22,42 @@ import argparse
 import dataclasses
 import json
 
-from jouletrace.simulator.perf import Calibration, PerfModel, StepWork
+from jouletrace.simulator.perf import Calibration, PerfModel, StepCost, StepWork
 from jouletrace.simulator.profiles import H100_SXM, H200_SXM, LLAMA_3_1_70B
 
 PROFILES = {"H100": H100_SXM, "H200": H200_SXM}
-GPU_WORK_ONLY = dataclasses.replace(Calibration(), sequence_overhead_s=0.0)
+UNFUSED_SCORES = 1.5   # HBM traffic of the measurement's decode attention / its KV cache's
 
 
 def work(row: dict) -> StepWork:
     """The measured step as the engine would describe it."""
     b, ctx, tokens = row["batch"], row["context"], row["tokens"]
-    if row["phase"] == "decode":   # one new token per sequence against `context` cached ones
-        return StepWork(sequences=b, tokens=b, sampled=b, attended=b * ctx, kv_read=b * ctx)
+    if row["phase"] == "decode":   # one new token per sequence against `context` cached ones, scores unfused
+        return StepWork(sequences=b, tokens=b, sampled=b, attended=b * ctx, kv_read=UNFUSED_SCORES * b * ctx)
     return StepWork(sequences=b, tokens=tokens, sampled=b, attended=b * ctx * (ctx + 1) / 2, kv_read=tokens)
+
+
+def measured_steps(path) -> tuple[dict, list[dict]]:
+    """benchmarks/tp_shard.py's output: (the device, the measured steps without the failed ones)."""
+    with open(path) as f:
+        head, *rows = [json.loads(line) for line in f]
+    return head, [r for r in rows if "error" not in r]
+
+
+def predicted_step(head: dict, row: dict, calibration: Calibration) -> StepCost:
+    """The simulator's cost of the measured step `row`: its GPU's work alone at the measured limit."""
+    device = head["device"]
+    gpu = next(p for key, p in PROFILES.items() if key in device["name"])
+    perf = PerfModel(LLAMA_3_1_70B, gpu, row["tp"], dataclasses.replace(calibration, sequence_bytes=0.0),
+                     communication=False)
+    return perf.step(work(row), device["power_limit_w"])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("jsonl")
     args = ap.parse_args()
-    with open(args.jsonl) as f:
-        head, *rows = [json.loads(line) for line in f]
+    head, rows = measured_steps(args.jsonl)
     device = head["device"]
     gpu = next(p for key, p in PROFILES.items() if key in device["name"])
     print(f"{device['name']} (profile {gpu.name}), limit {device['power_limit_w']:g} W; idle measured "
@@ -45,11 +66,7 @@ def main() -> None:
           "| SM MHz measured | sim |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
-        if "error" in row:
-            print(f"| {row['tp']} | {row['phase']} | {row['batch']} | {row['context']} | {row['error']} |")
-            continue
-        perf = PerfModel(LLAMA_3_1_70B, gpu, row["tp"], GPU_WORK_ONLY, communication=False)
-        cost = perf.step(work(row), device["power_limit_w"])
+        cost = predicted_step(head, row, Calibration())
         ms, watts = cost.duration_s * 1000, cost.power_w
         print(f"| {row['tp']} | {row['phase']} | {row['batch']} | {row['context']} | {row['step_ms']:.1f} | "
               f"{ms:.1f} | {ms / row['step_ms'] - 1:+.0%} | {row['counter_power_w']:.0f} | {watts:.0f} | "

@@ -102,8 +102,10 @@ class SimulatedGPUs:
                   clocks_event_reasons=SW_POWER_CAP if c.capped else 0)
 
     def wait(self, start: float) -> None:
-        """From `start` the GPUs wait on the host (busy clocks, no kernels)."""
-        self._set(start, power_w=self.perf.waiting_power_w(), sm_clock_hz=self.perf.gpu.max_sm_clock_hz)
+        """From `start` the GPUs wait on the host: no kernels, at the clock the last step ran at (under
+        a power limit the clock the limit left, so the wait stays below it)."""
+        clock = self.reading.sm_clock_hz / self.perf.gpu.max_sm_clock_hz
+        self._set(start, power_w=self.perf.waiting_power_w(clock), sm_clock_hz=self.reading.sm_clock_hz)
 
     def idle(self, t: float) -> None:
         """From `t` the GPUs have no work."""

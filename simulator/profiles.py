@@ -54,9 +54,23 @@ class ModelShape:
         and replicated when there are fewer heads than GPUs (each GPU keeps one), as vLLM shards them."""
         return 2 * self.layers * max(1, self.kv_heads // tp) * self.head_dim * self.dtype_bytes
 
-    def linear_flops(self, tokens: float, sampled: float) -> float:
-        """FLOPs of the matrix products for `tokens` processed, `sampled` of which go through the LM head."""
-        return 2.0 * self.layers * self.layer_params * tokens + 2.0 * self.vocab * self.hidden * sampled
+    def layer_gemms(self, tp: int) -> tuple[tuple[int, int], ...]:
+        """One layer's matrix products on each of `tp` GPUs as (K, N): each multiplies the step's
+        tokens (M rows) by a K x N weight. Megatron-style sharding: the QKV and gate/up projections
+        split their output columns N, the output and down projections their inner dimension K."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return ((self.hidden, (q + 2 * kv) // tp), (q // tp, self.hidden),
+                (self.hidden, 2 * self.intermediate // tp), (self.intermediate // tp, self.hidden))
+
+    def lm_head_gemm(self, tp: int) -> tuple[int, int]:
+        """The LM head's (K, N) on each of `tp` GPUs (vocabulary-parallel), applied to the sampled tokens."""
+        return self.hidden, self.vocab // tp
+
+    def elementwise_elements(self, tp: int) -> int:
+        """Activation elements one token reads and writes per layer outside the matrix products and
+        attention on each of `tp` GPUs, as vLLM fuses them: two residual-add RMSNorms (read x and the
+        residual, write both: 4 x hidden each) and SiLU-and-multiply (read gate and up, write one)."""
+        return 8 * self.hidden + 3 * self.intermediate // tp
 
     def attention_flops(self, attended: float) -> float:
         """FLOPs of attention (QK^T and PV) over `attended` (query token, context token) pairs."""

@@ -104,6 +104,6 @@ def test_a_stalled_gpu_trips_its_alerts(fleet, rules):
         assert {s["metric"]["code"] for s in fleet.query(conditions["JouletraceGPUReadErrors"])} == {"stale"}
     finally:
         os.kill(fleet.engine.proc.pid, signal.SIGCONT)
-    # the engine works off the requests that queued meanwhile, so that the fleet stops promptly
-    wait_for(lambda: fleet.query("jouletrace_gpu_up == 1") and fleet.query("jouletrace_engine_requests_waiting == 0"),
-             90, "the GPU back up and the engine's queue empty")
+    # resumed, the engine writes readings again (the requests that queued meanwhile may take a while
+    # on a busy machine: the fleet's stop does not wait for them)
+    wait_for(lambda: fleet.query("jouletrace_gpu_up == 1"), 90, "the GPU back up")

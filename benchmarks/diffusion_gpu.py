@@ -4,11 +4,13 @@ study's shapes (benchmarks/diffusion_models.py) behind `jouletrace serve diffusi
 `--no-engine-metrics`: the span-adapted delay alone) from the server's spans while `jouletrace
 loadgen` runs a closed loop at each batch size. Changes no GPU setting.
 
-    python benchmarks/diffusion_gpu.py --out DIR [--image-batches 1,4] [--video-batches 1,2]
+    python benchmarks/diffusion_gpu.py --out DIR [--image-batches 1,4] [--video-batches 1,2] [--i2v-batches 1]
 
 Per (task, batch): one server with `--max-batch` = batch (a batch starts once that many requests
-wait, up to 10 s), warmed up by one batch at 2 steps, then batch x `--rounds` (`--video-rounds`)
-requests at the full step count. `--models tiny` runs the same pipelines a few channels wide. Three figures of energy per image (video):
+wait, up to 10 s), warmed up by one batch at 2 steps, then batch x `--rounds` (`--video-rounds` for
+either kind of video) requests at the full step count; image-to-video (`--i2v-batches`, CogVideoX-5b-I2V's
+shapes) sends the load generator's synthetic image with each job. `--models tiny` runs the same
+pipelines a few channels wide. Three figures of energy per image (video):
 - `jouletrace_j`: the exporter's attribution, the rise of `jouletrace_model_energy_joules_total`
   over the run's requests divided by the rise of `jouletrace_model_images_total` (videos);
 - `loadgen_j`: the load generator's, the exporter's window energy over the run / items in it;
@@ -36,9 +38,10 @@ from gpu_validation import METRICS, Edges, get, metric, stop, wait
 
 SERVER = "http://127.0.0.1:8000"
 HERE = pathlib.Path(__file__).resolve().parent
-TASKS = {"image": ("text-to-image", "images"), "video": ("text-to-video", "videos")}
-MODELS = {"study": {"image": "sd35_medium", "video": "cogvideox_2b"},
-          "tiny": {"image": "tiny_image", "video": "tiny_video"}}
+TASKS = {"image": ("text-to-image", "images"), "video": ("text-to-video", "videos"),
+         "image-to-video": ("image-to-video", "videos")}  # server kind: load-generator task, counter
+MODELS = {"study": {"image": "sd35_medium", "video": "cogvideox_2b", "image-to-video": "cogvideox_5b_i2v"},
+          "tiny": {"image": "tiny_image", "video": "tiny_video", "image-to-video": "tiny_i2v"}}
 
 
 def model_series(text: str, name: str, model: str) -> float:
@@ -70,8 +73,8 @@ def loadgen(args: list[str], out: pathlib.Path) -> dict:
 def measure(kind: str, batch: int, a: argparse.Namespace, edges: Edges, out: pathlib.Path) -> dict:
     task, counter = TASKS[kind]
     factory = MODELS[a.models][kind]
-    steps = a.image_steps if kind == "image" else a.video_steps
-    size = a.image_size if kind == "image" else a.video_size
+    steps, size = {"image": (a.image_steps, a.image_size), "video": (a.video_steps, a.video_size),
+                   "image-to-video": (a.i2v_steps, a.i2v_size)}[kind]
     log = open(out / f"server-{kind}-b{batch}.log", "w")
     t0 = time.time()
     server = subprocess.Popen([sys.executable, "-m", "jouletrace", "serve", "diffusion", "--pipeline",
@@ -163,6 +166,9 @@ def main() -> None:
     ap.add_argument("--image-steps", type=int, default=28)
     ap.add_argument("--video-size", default="720x480")
     ap.add_argument("--video-steps", type=int, default=50)
+    ap.add_argument("--i2v-batches", default="", help="image-to-video batch sizes (none by default)")
+    ap.add_argument("--i2v-size", default="720x480", help="CogVideoX-5b-I2V's learned positions fix its size")
+    ap.add_argument("--i2v-steps", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=6.0, help="clip length: 6 s at 8 fps is 49 frames")
     ap.add_argument("--fps", type=float, default=8.0)
     ap.add_argument("--no-engine-metrics", action="store_true",
@@ -189,7 +195,8 @@ def main() -> None:
         wait(METRICS + "/readyz", 60, exporter)
         edges = Edges(handle)
         plan = [("image", int(b)) for b in a.image_batches.split(",") if b] + \
-               [("video", int(b)) for b in a.video_batches.split(",") if b]
+               [("video", int(b)) for b in a.video_batches.split(",") if b] + \
+               [("image-to-video", int(b)) for b in a.i2v_batches.split(",") if b]
         for kind, batch in plan:
             try:
                 entry = measure(kind, batch, a, edges, out)

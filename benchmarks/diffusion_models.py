@@ -5,7 +5,11 @@ for `jouletrace serve diffusion --pipeline benchmarks/diffusion_models.py:NAME`.
   dual attention in layers 0-12, RMS QK norm), its 16-channel VAE, CLIP-L, CLIP-G and T5-XXL.
 - `cogvideox_2b`: CogVideoX-2b's shapes: the 30-layer 3D transformer (30 heads of 64), its causal
   3D VAE (4x in time, 8x in space) and T5-XXL; the VAE decodes one video at a time (slicing).
-- `tiny_image`, `tiny_video`: the same pipelines a few channels wide, for the CPU test.
+- `cogvideox_5b_i2v`: CogVideoX-5b-I2V's shapes, image-to-video: the 42-layer 3D transformer (48
+  heads of 64) taking the noise and the image's latents (32 channels in), rotary and learned
+  positional embeddings (so 720x480 only, as the published model), its VAE (scaling 0.7) encoding
+  the image and decoding the video one at a time, and T5-XXL.
+- `tiny_image`, `tiny_video`, `tiny_i2v`: the same pipelines a few channels wide, for the CPU test.
 
 Tokenizers are word-level over `t0 t1 ...` (any other word is the unknown token): the compute per
 prompt is the padded length the pipeline asks for (77 CLIP, 256 or 226 T5 tokens), as with the real
@@ -51,6 +55,14 @@ COGVIDEOX_2B = dict(
     vae=dict(latent_channels=16, scaling_factor=1.15258426),
     t5=SD35_MEDIUM["t5"],
 )
+COGVIDEOX_5B_I2V = dict(
+    transformer=dict(num_attention_heads=48, attention_head_dim=64, in_channels=32, out_channels=16,
+                     time_embed_dim=512, text_embed_dim=4096, num_layers=42, sample_width=90, sample_height=60,
+                     sample_frames=49, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=226,
+                     use_rotary_positional_embeddings=True, use_learned_positional_embeddings=True),
+    vae=dict(latent_channels=16, scaling_factor=0.7),
+    t5=SD35_MEDIUM["t5"],
+)
 TINY_VIDEO = dict(
     transformer=dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=2,
                      text_embed_dim=32, num_layers=1, sample_width=2, sample_height=2, sample_frames=9, patch_size=2,
@@ -60,6 +72,7 @@ TINY_VIDEO = dict(
              layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4),
     t5=TINY_IMAGE["t5"],
 )
+TINY_I2V = dict(TINY_VIDEO, transformer=dict(TINY_VIDEO["transformer"], in_channels=8))  # noise + image latents
 
 
 def tokenizer(vocab_size: int, max_length: int):
@@ -107,8 +120,15 @@ def _sd3(dims: dict, device, dtype):
         text_encoder_3=_t5(dims["t5"], device, dtype), tokenizer_3=tokenizer(dims["t5"]["vocab_size"], 256))
 
 
-def _cogvideox(dims: dict, device, dtype):
-    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+def _cogvideox(dims: dict, device, dtype, image: bool = False):
+    """CogVideoX's text-to-video pipeline, or its image-to-video one (`image`)."""
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXImageToVideoPipeline,
+        CogVideoXPipeline,
+        CogVideoXTransformer3DModel,
+    )
 
     vae = _built(AutoencoderKLCogVideoX, device, dtype, **dims["vae"])
     vae.enable_slicing()
@@ -116,10 +136,10 @@ def _cogvideox(dims: dict, device, dtype):
                                        prediction_type="v_prediction", rescale_betas_zero_snr=True,
                                        snr_shift_scale=3.0, timestep_spacing="trailing", set_alpha_to_one=True,
                                        clip_sample=False)
-    return CogVideoXPipeline(tokenizer=tokenizer(dims["t5"]["vocab_size"], 226),
-                             text_encoder=_t5(dims["t5"], device, dtype), vae=vae,
-                             transformer=_built(CogVideoXTransformer3DModel, device, dtype, **dims["transformer"]),
-                             scheduler=scheduler)
+    cls = CogVideoXImageToVideoPipeline if image else CogVideoXPipeline
+    return cls(tokenizer=tokenizer(dims["t5"]["vocab_size"], 226), text_encoder=_t5(dims["t5"], device, dtype),
+               vae=vae, transformer=_built(CogVideoXTransformer3DModel, device, dtype, **dims["transformer"]),
+               scheduler=scheduler)
 
 
 def sd35_medium(device, dtype):
@@ -130,9 +150,17 @@ def cogvideox_2b(device, dtype):
     return _cogvideox(COGVIDEOX_2B, device, dtype)
 
 
+def cogvideox_5b_i2v(device, dtype):
+    return _cogvideox(COGVIDEOX_5B_I2V, device, dtype, image=True)
+
+
 def tiny_image(device, dtype):
     return _sd3(TINY_IMAGE, device, dtype)
 
 
 def tiny_video(device, dtype):
     return _cogvideox(TINY_VIDEO, device, dtype)
+
+
+def tiny_i2v(device, dtype):
+    return _cogvideox(TINY_I2V, device, dtype, image=True)

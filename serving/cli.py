@@ -8,19 +8,20 @@ import logging
 import pathlib
 import sys
 
-from .pipeline import DTYPES
+from .pipeline import DTYPES, KINDS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="server", required=True)
     d = sub.add_parser("diffusion", help="a diffusers pipeline behind the OpenAI images or video-jobs API",
                        description="Serves one diffusers pipeline: text-to-image on /v1/images/generations, or "
-                                   "text-to-video as OpenAI video jobs (/v1/videos), with one OpenTelemetry span "
-                                   "per request for jouletrace (docs/serving.md).")
+                                   "text-to-video or image-to-video as OpenAI video jobs (/v1/videos), with one "
+                                   "OpenTelemetry span per request for jouletrace (docs/serving.md).")
     d.add_argument("--pipeline", required=True,
                    help="a diffusers pipeline directory, or FILE.py:FUNCTION / MODULE:FUNCTION returning one "
                         "(called with device= and dtype=)")
-    d.add_argument("--kind", choices=("image", "video"), required=True, help="what the pipeline generates")
+    d.add_argument("--kind", choices=KINDS, required=True,
+                   help="what the pipeline generates: image, video from text, or video from an image and text")
     d.add_argument("--model", help="the served model name (default: the pipeline's directory or function name)")
     d.add_argument("--host", default="127.0.0.1", help="address to listen on")
     d.add_argument("--port", type=int, default=8000, help="port to listen on")
@@ -51,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
                            else pathlib.Path(args.pipeline).name)
     try:
         pipe = pipeline.load(args.pipeline, args.device, args.dtype)
+        if pipeline.takes_image(pipe) != (args.kind == "image-to-video"):
+            raise ValueError(f"--kind {args.kind}: {type(pipe).__name__} "
+                             + ("generates from an image: use --kind image-to-video" if pipeline.takes_image(pipe)
+                                else "takes no input image"))
         provider = tracer_provider(model, args.otlp_endpoint)
         server = DiffusionServer(pipe, model, args.kind, provider, max_batch=args.max_batch,
                                  batch_wait_s=args.batch_wait, steps=args.steps, fps=args.fps)

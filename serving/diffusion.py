@@ -10,10 +10,16 @@ Routes (the OpenAI images API and asynchronous video-jobs API, as `jouletrace lo
   or `failed` (with `error`); `GET /v1/videos/{id}/content` the clip, an animated GIF. A clip of
   `seconds` s has `round(seconds x fps) + 1` frames. The `keep_videos` latest clips are kept, and
   MAX_JOBS jobs (the oldest finished ones go first).
+- Image-to-video (kind `image-to-video`): the same video jobs, sent as multipart/form-data with an
+  `input_reference` image file (OpenAI's form), decoded with Pillow (at most MAX_IMAGE_BYTES and
+  MAX_IMAGE_PIXELS), converted to RGB and resized to the request's `size`; the pipeline generates
+  from it and the prompt. A text-only server (kind `video`) refuses `input_reference`, and an
+  image-to-video one a request without it.
 - `GET /v1/models`, `GET /health`; `GET /metrics`: `vllm:num_requests_running` (requests in the batch
   being generated) and `vllm:num_requests_waiting`, labelled `model_name`, vLLM's gauges, which the
   load generator reads for the mean running batch and the exporter's engine scrape for settlement.
-A malformed request is 400, another model than the one served 404, both in OpenAI's error shape.
+A malformed request (an image that is missing, too large or not decodable included) is 400, another
+model than the one served 404, both in OpenAI's error shape; a refused request starts no span.
 
 Batching: requests of the same shape (kind, size, steps, `n`, frames) run in one pipeline call, up to
 `max_batch` requests; once the first is waiting, the batch waits up to `batch_wait_s` to fill. The
@@ -28,7 +34,9 @@ and `gen_ai.response.model`; `gen_ai.request.choice.count` = images (`n`) or 1 v
 `gen_ai.request.id` = the request's `X-Request-Id` (images; a generated id without one) or the job
 id (videos); `gen_ai.latency.time_in_queue` = s from arrival to the start of its batch, time
 jouletrace gives no GPU energy; `jouletrace.serving.batch_size` (requests in its batch),
-`jouletrace.serving.steps`, `jouletrace.serving.frames`. A request that fails carries `error.type`
+`jouletrace.serving.steps`, `jouletrace.serving.frames`. An image-to-video span is the same, with
+`gen_ai.output.type` = `video`: the GenAI conventions have no attribute for an input's modality
+(only the opt-in message content), so none is added. A request that fails carries `error.type`
 and no `gen_ai.output.type`: jouletrace counts no image or video for it."""
 
 from __future__ import annotations
@@ -48,11 +56,13 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from . import pipeline as pipelines
-from .pipeline import Shape
+from .pipeline import KINDS, Shape
 
 log = logging.getLogger("jouletrace.serving")
 MAX_N = 16
 MAX_JOBS = 4096  # video jobs remembered; the oldest finished ones are forgotten first
+MAX_IMAGE_BYTES = 16 * 1024 * 1024  # an input_reference file
+MAX_IMAGE_PIXELS = 4096 * 4096      # its width x height, read from its header before decoding
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
@@ -71,6 +81,7 @@ class _Work:
     arrived: float                        # time.time(), s
     done: asyncio.Future                  # its outputs (pipeline.generate's list for it)
     on_start: object = None               # called when its batch starts (video jobs: in_progress)
+    image: object = None                  # image-to-video: the input, a PIL image of the shape's size
 
 
 @dataclasses.dataclass
@@ -101,8 +112,8 @@ class DiffusionServer:
     def __init__(self, pipe, model: str, kind: str, tracer_provider, *, max_batch: int = 1,
                  batch_wait_s: float = 0.0, steps: int | None = None, fps: float = 8.0, keep_videos: int = 8,
                  generate=pipelines.generate):
-        if kind not in ("image", "video"):
-            raise ValueError(f"kind {kind!r}: image or video")
+        if kind not in KINDS:
+            raise ValueError(f"kind {kind!r}: one of {', '.join(KINDS)}")
         if max_batch < 1 or batch_wait_s < 0 or fps <= 0 or keep_videos < 1:
             raise ValueError("max_batch and keep_videos must be >= 1, batch_wait_s >= 0 and fps > 0")
         self.pipe, self.model, self.kind = pipe, model, kind
@@ -165,9 +176,10 @@ class DiffusionServer:
         steps = body.get("num_inference_steps", self.steps)
         if steps is not None:
             steps = _whole(steps, "num_inference_steps")
-        return Shape(self.kind, int(w), int(h), steps, n, frames)
+        return Shape(KINDS[self.kind], int(w), int(h), steps, n, frames)
 
-    def _start(self, request: web.Request, shape: Shape, request_id: str, body: dict, seed: int) -> _Work:
+    def _start(self, request: web.Request, shape: Shape, request_id: str, body: dict, seed: int,
+               image=None) -> _Work:
         """The request's span, started at its arrival, and its place in the queue."""
         arrived = time.time()
         ctx = _PROPAGATOR.extract(request.headers)
@@ -178,7 +190,8 @@ class DiffusionServer:
             attrs["jouletrace.serving.frames"] = shape.frames
         span = self.tracer.start_span(f"generate_content {self.model}", context=ctx, kind=trace.SpanKind.SERVER,
                                       attributes=attrs, start_time=int(arrived * 1e9))
-        work = _Work(shape, str(body["prompt"]), seed, span, arrived, asyncio.get_running_loop().create_future())
+        work = _Work(shape, str(body["prompt"]), seed, span, arrived, asyncio.get_running_loop().create_future(),
+                     image=image)
         self.pending.append(work)
         self._wake.set()
         return work
@@ -220,21 +233,24 @@ class DiffusionServer:
 
     async def _create_video(self, request: web.Request) -> web.Response:
         try:
-            if request.content_type == "multipart/form-data":
-                form = await request.post()
-                if "input_reference" in form:
-                    raise BadRequest("this server generates from text only: no input_reference")
-                body = dict(form)
-            else:
-                body = await _json(request)
+            body = dict(await request.post()) if request.content_type == "multipart/form-data" else \
+                await _json(request)
+            reference = body.pop("input_reference", None)
+            if self.kind == "video" and reference is not None:
+                raise BadRequest("this server generates from text only: no input_reference")
+            if self.kind == "image-to-video" and not isinstance(reference, web.FileField):
+                raise BadRequest("this server generates from an image: send input_reference, an image file, "
+                                 "as multipart/form-data")
             seconds = _number(body.get("seconds", "4"), "seconds")
             shape, seed = self._shape(body, 1, round(seconds * self.fps) + 1), _seed(body)
+            image = None if reference is None else \
+                await asyncio.to_thread(_image, reference.file, shape.width, shape.height)
         except (BadRequest, LookupError) as exc:
             return _error(exc)
         job = _Job(f"video_{uuid.uuid4().hex[:24]}", self.model, f"{shape.width}x{shape.height}",
                    str(body.get("seconds", "4")), int(time.time()))
         self.jobs[job.id] = job
-        work = self._start(request, shape, job.id, body, seed)
+        work = self._start(request, shape, job.id, body, seed, image)
         work.on_start = lambda: setattr(job, "status", "in_progress")
         work.done.add_done_callback(lambda f: self._settle_job(job, work, f))
         return web.json_response(job.view())
@@ -299,7 +315,7 @@ class DiffusionServer:
             self.running = len(batch)
             try:
                 outputs = await asyncio.to_thread(self.generate, self.pipe, head.shape, [w.prompt for w in batch],
-                                                  [w.seed for w in batch])
+                                                  [w.seed for w in batch], [w.image for w in batch])
             except Exception as exc:  # the batch's requests fail with it; the server goes on
                 log.warning("batch of %d failed: %s", len(batch), exc)
                 for w in batch:
@@ -331,6 +347,26 @@ def _whole(value, what: str, low: int = 1, high: int | None = None) -> int:
     if number < low or (high is not None and number > high):
         raise BadRequest(f"{what} {number} is outside {low}..{high if high is not None else ''}")
     return number
+
+
+def _image(file, width: int, height: int):
+    """The `input_reference` file as an RGB PIL image of `width` x `height` (BadRequest if it is
+    larger than MAX_IMAGE_BYTES or MAX_IMAGE_PIXELS, or not an image Pillow decodes)."""
+    from PIL import Image
+
+    file.seek(0, 2)
+    size = file.tell()
+    if size > MAX_IMAGE_BYTES:
+        raise BadRequest(f"input_reference: {size} bytes, more than {MAX_IMAGE_BYTES}")
+    file.seek(0)
+    try:
+        with Image.open(file) as im:
+            w, h = im.size
+            if w * h <= MAX_IMAGE_PIXELS:
+                return im.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise BadRequest(f"input_reference is not an image Pillow decodes: {exc}"[:300]) from None
+    raise BadRequest(f"input_reference: {w}x{h} pixels, more than {MAX_IMAGE_PIXELS}")
 
 
 def _seed(body: dict) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import inspect
 import io
 import os
 import pathlib
@@ -19,13 +20,14 @@ import pathlib
 import numpy as np
 
 DTYPES = ("bfloat16", "float16", "float32")
+KINDS = {"image": "image", "video": "video", "image-to-video": "video"}  # a server's kind -> its output type
 
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
     """What the requests of one batch share: the pipeline runs them in one call."""
 
-    kind: str                 # "image" or "video"
+    kind: str                 # the output: "image" or "video"
     width: int
     height: int
     steps: int | None         # num_inference_steps; None: the pipeline's default
@@ -68,9 +70,18 @@ def _module(target: str):
     return module
 
 
-def generate(pipe, shape: Shape, prompts: list[str], seeds: list[int]) -> list[list[np.ndarray]]:
+def takes_image(pipe) -> bool:
+    """Whether `pipe` generates from an input image: its `__call__` has a required `image` argument
+    (diffusers' image-to-video pipelines: CogVideoXImageToVideoPipeline, WanImageToVideoPipeline)."""
+    image = inspect.signature(pipe.__call__).parameters.get("image")
+    return image is not None and image.default is inspect.Parameter.empty
+
+
+def generate(pipe, shape: Shape, prompts: list[str], seeds: list[int], images: list | None = None
+             ) -> list[list[np.ndarray]]:
     """Runs one batch: for each prompt, its `shape.per_prompt` images (H, W, 3 uint8) or its one
-    video (F, H, W, 3 uint8). Request i's outputs are drawn from generators seeded `seeds[i]`."""
+    video (F, H, W, 3 uint8). Request i's outputs are drawn from generators seeded `seeds[i]`; an
+    image-to-video batch passes `images` (PIL images of the shape's size, one per prompt)."""
     import torch
 
     per = shape.per_prompt
@@ -79,6 +90,8 @@ def generate(pipe, shape: Shape, prompts: list[str], seeds: list[int]) -> list[l
                   generator=generators)
     if shape.steps is not None:
         kwargs["num_inference_steps"] = shape.steps
+    if images and images[0] is not None:
+        kwargs["image"] = list(images)
     if shape.kind == "image":
         images = _uint8(pipe(num_images_per_prompt=per, **kwargs).images)
         return [list(images[i * per:(i + 1) * per]) for i in range(len(prompts))]

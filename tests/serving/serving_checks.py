@@ -21,20 +21,20 @@ def loadgen(*args: str) -> dict:
         return json.load(f)
 
 
-def attributed(exporter, images: tuple[str, int], videos: tuple[str, int]) -> str:
-    """The exporter's /metrics once it counted `images` (model, count) and `videos` and settled past
-    the moment of the call; checks that each model's energy per item is its attributed energy / its items."""
+def attributed(exporter, images: tuple[str, int], *videos: tuple[str, int]) -> str:
+    """The exporter's /metrics once it counted `images` (model, count) and each of `videos` and settled
+    past the moment of the call; checks that each model's energy per item is its attributed energy / its items."""
     called = time.time()
 
     def counted():
         text = http_get(exporter.url("/metrics"))[1]
         done = (sum_samples(text, "jouletrace_model_images_total", model=images[0]) == images[1]
-                and sum_samples(text, "jouletrace_model_videos_total", model=videos[0]) == videos[1]
+                and all(sum_samples(text, "jouletrace_model_videos_total", model=m) == n for m, n in videos)
                 and sum_samples(text, "jouletrace_gpu_finalized_timestamp_seconds") > called)
         return text if done else None
 
-    text = wait_for(counted, 60, f"{images[1]} images and {videos[1]} videos attributed")
-    for (model, n), kind in ((images, "image"), (videos, "video")):
+    text = wait_for(counted, 60, f"{images[1]} images and videos {videos} attributed")
+    for (model, n), kind in ((images, "image"), *((v, "video") for v in videos)):
         energy = sum_samples(text, "jouletrace_model_energy_joules_total", model=model)
         assert energy > 0
         assert sum_samples(text, f"jouletrace_model_energy_per_{kind}_joules", model=model) == pytest.approx(energy / n,

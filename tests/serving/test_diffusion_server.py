@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import random
+import struct
 import sys
 import threading
 import time
+import zlib
 
 import numpy as np
 import pytest
-from aiohttp import ClientSession
+from aiohttp import ClientSession, FormData
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -26,6 +29,7 @@ from serving_checks import attributed, loadgen
 
 from jouletrace.cli import main
 from jouletrace.exporter.intake.otlp import decode_protobuf
+from jouletrace.loadgen.media import encode_png
 from jouletrace.loadgen.tracing import tracer_provider
 from jouletrace.serving.diffusion import DiffusionServer
 from jouletrace.serving.pipeline import Shape
@@ -36,16 +40,18 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 class SlowNoise:
     """Stands in for `pipeline.generate`: GEN_S s per batch, outputs of the batch's shape; records
-    each batch as (shape, prompts, seeds). `fail` makes every batch raise."""
+    each batch as (shape, prompts, seeds) and its input images. `fail` makes every batch raise."""
 
     def __init__(self, fail: bool = False):
         self.batches: list[tuple[Shape, list[str], list[int]]] = []
+        self.images: list[list] = []
         self.fail = fail
         self.lock = threading.Lock()
 
-    def __call__(self, pipe, shape: Shape, prompts: list[str], seeds: list[int]):
+    def __call__(self, pipe, shape: Shape, prompts: list[str], seeds: list[int], images: list):
         with self.lock:
             self.batches.append((shape, list(prompts), list(seeds)))
+            self.images.append(list(images))
         time.sleep(GEN_S)
         if self.fail:
             raise RuntimeError("CUDA out of memory (stand-in)")
@@ -54,37 +60,52 @@ class SlowNoise:
         return [[np.zeros((shape.frames, shape.height, shape.width, 3), np.uint8)] for _ in prompts]
 
 
+MODELS = {"image": "sd-standin", "video": "video-standin", "image-to-video": "i2v-standin"}
+
+
 def serve(kind: str, provider, generate, **kw) -> BackgroundApp:
-    model = "sd-standin" if kind == "image" else "video-standin"
-    return BackgroundApp(DiffusionServer(None, model, kind, provider, generate=generate, **kw).app())
+    return BackgroundApp(DiffusionServer(None, MODELS[kind], kind, provider, generate=generate, **kw).app())
 
 
 def test_energy_per_image_and_video_through_the_exporter(tmp_path):
-    """Text-to-image (batches of 2) and text-to-video jobs from `jouletrace loadgen` into the
-    adapter; its spans reach a real exporter (simulated GPU, settling on the adapter's
-    vllm:num_requests_running), which counts every image and video and attributes energy to them."""
+    """Text-to-image (batches of 2), text-to-video and image-to-video jobs (batches of 2) from
+    `jouletrace loadgen` into the adapter; its spans reach a real exporter (simulated GPU, settling on
+    the adapter's vllm:num_requests_running), which counts every image and video and attributes
+    energy to them."""
     ports = (free_port(), free_port(), free_port())
     provider = tracer_provider("diffusion-test", f"grpc://127.0.0.1:{ports[1]}")
-    images, videos = SlowNoise(), SlowNoise()
+    images, videos, i2v = SlowNoise(), SlowNoise(), SlowNoise()
     image_server = serve("image", provider, images, max_batch=2, batch_wait_s=1.0)
     video_server = serve("video", provider, videos, fps=4.0)
+    i2v_server = serve("image-to-video", provider, i2v, fps=4.0, max_batch=2, batch_wait_s=1.0)
     exporter = ExporterProcess("--gpu", "sim", "--sim-load", "0.5", "--counter-interval", "1",
-                               "--engine-metrics", image_server.url + "/metrics",
-                               "--engine-metrics", video_server.url + "/metrics", ports=ports)
+                               *(a for s in (image_server, video_server, i2v_server)
+                                 for a in ("--engine-metrics", s.url + "/metrics")), ports=ports)
     try:
         img = loadgen("--base-url", image_server.url, "--task", "text-to-image", "-n", "6", "--concurrency", "2",
                       "--size", "64x48", "--steps", "3", "--exporter", exporter.url(""), "--out", str(tmp_path))
         vid = loadgen("--base-url", video_server.url, "--task", "text-to-video", "-n", "3", "--concurrency", "1",
                       "--size", "32x16", "--seconds", "2", "--poll-interval", "0.05", "--fetch-content",
                       "--exporter", exporter.url(""), "--out", str(tmp_path))
+        ivid = loadgen("--base-url", i2v_server.url, "--task", "image-to-video", "-n", "4", "--concurrency", "2",
+                       "--size", "48x32", "--seconds", "1", "--steps", "2", "--poll-interval", "0.05",
+                       "--fetch-content", "--exporter", exporter.url(""), "--out", str(tmp_path))
         provider.force_flush(5000)
-        text = attributed(exporter, ("sd-standin", 6), ("video-standin", 3))
+        text = attributed(exporter, ("sd-standin", 6), ("video-standin", 3), ("i2v-standin", 4))
     finally:
         exporter.stop()
-        image_server.stop()
-        video_server.stop()
+        for server in (image_server, video_server, i2v_server):
+            server.stop()
         provider.shutdown()
     assert (img["completed"], img["images_completed"], vid["completed"], vid["videos_completed"]) == (6, 6, 3, 3)
+    assert (ivid["completed"], ivid["videos_completed"], ivid["failed"]) == (4, 4, 0)
+    assert [len(p) for _, p, _ in i2v.batches] == [2, 2]
+    assert {s for s, _, _ in i2v.batches} == {Shape("video", 48, 32, 2, 1, 5)}  # 1 s x 4 fps + 1
+    # the load generator's 64x64 PNG, decoded and resized to the request's size, one per request
+    assert [(im.mode, im.size) for batch in i2v.images for im in batch] == [("RGB", (48, 32))] * 4
+    assert all(im is None for batch in videos.images for im in batch)
+    assert sum_samples(text, "jouletrace_model_videos_total", model="i2v-standin") == 4
+    assert ivid["energy_per_video_j"] > 0
     assert [len(p) for _, p, _ in images.batches] == [2, 2, 2]  # concurrency 2, batches of 2
     assert {s for s, _, _ in images.batches} == {Shape("image", 64, 48, 3, 1)}
     assert {s for s, _, _ in videos.batches} == {Shape("video", 32, 16, None, 1, 9)}  # 2 s x 4 fps + 1
@@ -241,6 +262,65 @@ def test_refusals_and_failures(spans):
     assert len(failed) == 2 and all(s.attributes["error.type"] == "RuntimeError" for s in failed)
     assert all("gen_ai.output.type" not in s.attributes for s in failed)
     assert len(decode_protobuf(encode_spans(failed).SerializeToString(), "default").batch) == 0  # no image counted
+
+
+def _png(width: int, height: int, claims: tuple[int, int] | None = None) -> bytes:
+    """A PNG of `width` x `height` pixels of noise (which does not compress); `claims`: its header
+    says that size instead (a decompression bomb's, read before any pixel)."""
+    png = encode_png(width, height, random.Random(width).randbytes(width * height * 3))
+    if claims is None:
+        return png
+    ihdr = b"IHDR" + struct.pack(">II", *claims) + png[24:29]
+    return png[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:]
+
+
+async def _post_form(url: str, fields: dict, image: bytes | None) -> tuple[int, dict]:
+    form = FormData(default_to_multipart=True)  # multipart with or without a file
+    for k, v in fields.items():
+        form.add_field(k, v)
+    if image is not None:
+        form.add_field("input_reference", image, content_type="image/png", filename="input.png")
+    async with ClientSession() as s, s.post(url, data=form) as r:
+        return r.status, await r.json()
+
+
+def test_image_to_video_takes_an_image_and_refuses_a_bad_one(spans, monkeypatch):
+    """An image-to-video server decodes `input_reference` and resizes it to the request's size; a
+    missing, undecodable, too large (pixels in its header, or bytes) or text-only image is 400 with
+    no span; a text-to-video server refuses `input_reference` as before. The span is a video's."""
+    monkeypatch.setattr("jouletrace.serving.diffusion.MAX_IMAGE_BYTES", 64 * 1024)
+    memory, provider = spans
+    gen = SlowNoise()
+    i2v, video = serve("image-to-video", provider, gen, fps=4.0), serve("video", provider, SlowNoise())
+    ok = {"model": "i2v-standin", "prompt": "waves", "seconds": "1", "size": "40x24"}
+
+    async def calls():
+        refused = [await _post_form(i2v.url + "/v1/videos", ok, image)
+                   for image in (None, b"not an image", _png(8, 8, claims=(5000, 5000)), _png(200, 200))]
+        refused.append(await _post(i2v.url + "/v1/videos", ok))  # JSON: no file
+        refused.append(await _post_form(video.url + "/v1/videos", {**ok, "model": "video-standin"}, _png(8, 8)))
+        status, job = await _post_form(i2v.url + "/v1/videos", ok, _png(64, 48))
+        while len(memory.get_finished_spans()) < 1:
+            await asyncio.sleep(0.05)
+        return refused, status, job
+
+    try:
+        refused, status, job = asyncio.run(calls())
+    finally:
+        i2v.stop()
+        video.stop()
+    assert [s for s, _ in refused] == [400] * 6
+    messages = [b["error"]["message"] for _, b in refused]
+    assert "send input_reference, an image file" in messages[0] and "send input_reference" in messages[4]
+    assert "not an image Pillow decodes" in messages[1]
+    assert "5000x5000 pixels" in messages[2] and "bytes, more than 65536" in messages[3]
+    assert messages[5] == "this server generates from text only: no input_reference"
+    assert status == 200 and job["size"] == "40x24"
+    (images,) = gen.images
+    assert [(im.mode, im.size) for im in images] == [("RGB", (40, 24))]
+    (span,) = memory.get_finished_spans()  # the refused requests started none
+    assert span.attributes["gen_ai.output.type"] == "video" and span.attributes["gen_ai.request.choice.count"] == 1
+    assert not [k for k in span.attributes if "input" in k]
 
 
 def test_without_torch_the_command_names_the_extra(monkeypatch, capsys):

@@ -28,9 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from tp_shard_compare import GPU_WORK_ONLY, PROFILES, work
+from tp_shard_compare import PROFILES, gpu_work_only, work
 
-from jouletrace.simulator.perf import PerfModel
+from jouletrace.simulator.perf import Calibration, PerfModel
 from jouletrace.simulator.profiles import GPUProfile, ModelShape
 
 
@@ -47,8 +47,9 @@ def watts(gpus: list[dict] | None, phase: str) -> str:
 
 def steps_table(run: dict, rows: list[dict], gpu: GPUProfile, limit_w: float) -> None:
     shape, tp = ModelShape(**run["shape"]), run["tp"]
-    full = PerfModel(shape, gpu, tp, GPU_WORK_ONLY, communication=True)
-    alone = PerfModel(shape, gpu, tp, GPU_WORK_ONLY, communication=False)
+    calibration = gpu_work_only(Calibration())
+    full = PerfModel(shape, gpu, tp, calibration, communication=True)
+    alone = PerfModel(shape, gpu, tp, calibration, communication=False)
     print("| id | ms measured | sim | error | all-reduce share measured | sim | all-reduces ms measured | sim "
           "| W step measured (per GPU) | sim | W computing measured | sim | W waiting measured | sim "
           "| J/token measured | sim | error |")
@@ -63,7 +64,7 @@ def steps_table(run: dict, rows: list[dict], gpu: GPUProfile, limit_w: float) ->
               f"{r['allreduce_share']:.1%} | {cost.comm_fraction:.1%} | {r['allreduce_ms']:.2f} | "
               f"{full.comm_s(w) * 1000:.2f} | {watts(r['power'], 'step')} | {cost.power_w:.0f} | "
               f"{watts(r['power'], 'compute')} | {compute.power_w:.0f} | {watts(r['power'], 'allreduce')} | "
-              f"{full.waiting_power_w():.0f} | {'n/a' if j_meas is None else f'{j_meas:.3f}'} | {j_sim:.3f} | "
+              f"{full.waiting_power_w(cost.clock_ratio):.0f} | {'n/a' if j_meas is None else f'{j_meas:.3f}'} | {j_sim:.3f} | "
               f"{err(j_sim, j_meas)} |")
 
 

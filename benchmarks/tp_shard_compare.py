@@ -29,6 +29,12 @@ PROFILES = {"H100": H100_SXM, "H200": H200_SXM}
 UNFUSED_SCORES = 1.5   # HBM traffic of the measurement's decode attention / its KV cache's
 
 
+def gpu_work_only(calibration: Calibration) -> Calibration:
+    """`calibration` without the per-sequence traffic outside the roofline (sampling, the host's
+    bookkeeping), which a replayed shard on one GPU does not do."""
+    return dataclasses.replace(calibration, sequence_bytes=0.0)
+
+
 def work(row: dict) -> StepWork:
     """The measured step as the engine would describe it."""
     b, ctx, tokens = row["batch"], row["context"], row["tokens"]
@@ -48,8 +54,7 @@ def predicted_step(head: dict, row: dict, calibration: Calibration) -> StepCost:
     """The simulator's cost of the measured step `row`: its GPU's work alone at the measured limit."""
     device = head["device"]
     gpu = next(p for key, p in PROFILES.items() if key in device["name"])
-    perf = PerfModel(LLAMA_3_1_70B, gpu, row["tp"], dataclasses.replace(calibration, sequence_bytes=0.0),
-                     communication=False)
+    perf = PerfModel(LLAMA_3_1_70B, gpu, row["tp"], gpu_work_only(calibration), communication=False)
     return perf.step(work(row), device["power_limit_w"])
 
 

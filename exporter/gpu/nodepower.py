@@ -31,7 +31,7 @@ import threading
 import numpy as np
 
 from jouletrace.exporter.gpu.device import GPUError
-from jouletrace.exporter.gpu.peak import WindowedMax
+from jouletrace.exporter.windowed import WindowedExtreme
 from jouletrace.exporter.gpu.sampler import GPUSampler
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class NodePower:
         self.bounds = tuple(round(f * self.nameplate_w, 3) for f in BUCKET_FRACTIONS)
         self.counts = np.zeros(len(self.bounds) + 1, dtype=np.int64)  # per bucket, the last above every bound
         self.sum_w = 0.0
-        self.peak = WindowedMax(window_s)
+        self.peak = WindowedExtreme(window_s)
         self.end: float | None = None  # the grid's end: intervals before it are counted
         self.answering = False  # whether a GPU answered at the last update
         self._next_k: int | None = None  # the next interval to count
@@ -107,7 +107,7 @@ class NodePower:
         """The greatest interval power (W) of the window ending at the grid's end; None before any, and
         while no GPU answers."""
         with self._lock:
-            return self.peak.max(self.end) if self.end is not None and self.answering else None
+            return self.peak.value(self.end) if self.end is not None and self.answering else None
 
     def histogram(self) -> tuple[tuple[float, ...], list[int], float]:
         """(bucket bounds W, count per bucket then one above them all, sum of the interval powers W)."""

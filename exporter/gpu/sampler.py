@@ -24,7 +24,7 @@ from collections import Counter
 from typing import Callable
 
 from jouletrace.exporter.gpu.device import GPUDevice, GPUError, GPUStatus, NotSupported
-from jouletrace.exporter.gpu.peak import WindowedMax
+from jouletrace.exporter.windowed import WindowedExtreme
 from jouletrace.exporter.gpu.timeline import EnergyTimeline
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class GPUSampler:
     ):
         self.device = device
         self.timeline = EnergyTimeline(retention_s)
-        self.peak = WindowedMax(peak_window_s)  # power samples (W) by their time
+        self.peak = WindowedExtreme(peak_window_s)  # power samples (W) by their time
         self.power_interval_s = power_interval_s
         self.counter_interval_s = counter_interval_s
         self.status_interval_s = status_interval_s

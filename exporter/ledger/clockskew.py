@@ -18,37 +18,13 @@ request's time may wait for its span). All in seconds.
 
 from __future__ import annotations
 
-import collections
-
 import numpy as np
+
+from jouletrace.exporter.windowed import WindowedExtreme
 
 WINDOW_S = 120.0
 AGE_WINDOW_S = 600.0
 TOLERANCE_S = 0.5
-
-
-class _Extreme:
-    """The least (or, with `sign` -1, greatest) value noted over the last `window_s` seconds: a
-    monotonic deque of (time, value), whose head is the window's extreme."""
-
-    __slots__ = ("window_s", "sign", "_seen")
-
-    def __init__(self, window_s: float, sign: float = 1.0):
-        self.window_s = window_s
-        self.sign = sign
-        self._seen: collections.deque = collections.deque()
-
-    def note(self, t: float, value: float) -> float:
-        seen, v = self._seen, self.sign * value
-        while seen and seen[0][0] < t - self.window_s:
-            seen.popleft()
-        while seen and seen[-1][1] >= v:
-            seen.pop()
-        seen.append((t, v))
-        return self.sign * seen[0][1]
-
-    def value(self) -> float | None:
-        return self.sign * self._seen[0][1] if self._seen else None
 
 
 class ClockSkew:
@@ -58,9 +34,9 @@ class ClockSkew:
         self.window_s = window_s
         self.tolerance_s = tolerance_s
         self.age_window_s = age_window_s
-        self._offset: dict[int, _Extreme] = {}  # source -> least lag
-        self._delay: dict[int, _Extreme] = {}  # source -> greatest lag, corrected
-        self._age: dict[int, _Extreme] = {}  # source -> greatest arrival - start, corrected
+        self._offset: dict[int, WindowedExtreme] = {}  # source -> least lag
+        self._delay: dict[int, WindowedExtreme] = {}  # source -> greatest lag, corrected
+        self._age: dict[int, WindowedExtreme] = {}  # source -> greatest arrival - start, corrected
         self.corrected = 0  # spans moved onto the exporter's clock
 
     def correct(self, rows: np.ndarray, sources: np.ndarray, arrival: float) -> np.ndarray:
@@ -71,11 +47,13 @@ class ClockSkew:
         shift = np.zeros(len(rows))
         for source in np.unique(sources).tolist():
             sel = sources == source
-            offset = self._of(self._offset, source, self.window_s, 1.0).note(arrival, float(lag[sel].min()))
+            least_lag = self._of(self._offset, source, self.window_s, least=True)
+            least_lag.add(arrival, float(lag[sel].min()))
+            offset = least_lag.value()
             moved = offset if offset < -self.tolerance_s else 0.0
             shift[sel] = moved
-            self._of(self._delay, source, self.window_s, -1.0).note(arrival, float(lag[sel].max()) - moved)
-            self._of(self._age, source, self.age_window_s, -1.0).note(arrival, float(age[sel].max()) - moved)
+            self._of(self._delay, source, self.window_s).add(arrival, float(lag[sel].max()) - moved)
+            self._of(self._age, source, self.age_window_s).add(arrival, float(age[sel].max()) - moved)
         if not shift.any():
             return rows
         self.corrected += int(np.count_nonzero(shift))
@@ -85,10 +63,10 @@ class ClockSkew:
         return rows
 
     @staticmethod
-    def _of(table: dict[int, _Extreme], source: int, window_s: float, sign: float) -> _Extreme:
+    def _of(table: dict[int, WindowedExtreme], source: int, window_s: float, least: bool = False) -> WindowedExtreme:
         extreme = table.get(source)
         if extreme is None:
-            extreme = table[source] = _Extreme(window_s, sign)
+            extreme = table[source] = WindowedExtreme(window_s, least)
         return extreme
 
     def offsets(self) -> dict[int, float]:

@@ -49,7 +49,7 @@ class BudgetCollector(FamilyCollector):
         now = self._clock()
         for s in self.samplers:
             with s.lock:
-                peak = s.peak.max(now)
+                peak = s.peak.value(now)
             if peak is not None:
                 gpu_max.add_metric(gpu_label_values(s.device), peak)
         topology.add_metric([self.node_name], self.topology)

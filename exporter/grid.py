@@ -13,9 +13,9 @@ flag's value. `Grid.reload()` reads the file (the daemon calls it when the file 
 unreadable or invalid file is logged and counted by reason (`missing`, `unreadable`, `invalid`), and
 the last good values stay in effect (the flags' until a first good read).
 
-Totals: `Grid.accrue()` prices the growth of each model's attributed energy (J, monotonic) at the
-values in effect: at each scrape, and before new values take effect, so that energy attributed
-before a change keeps the old price."""
+Totals: the growth of each model's attributed energy (J, monotonic) is priced at the values in
+effect: at each scrape (`Grid.snapshot()`), and before new values take effect, so that energy
+attributed before a change keeps the old price."""
 
 from __future__ import annotations
 
@@ -167,12 +167,8 @@ class Grid:
         carbon = "no carbon intensity" if v.grid_carbon_intensity is None else f"{v.grid_carbon_intensity:g} gCO2e/kWh"
         return f"{price}, {carbon}"
 
-    def accrue(self) -> None:
-        """Prices the energy each model was attributed since the last call at the values in effect."""
-        with self._lock:
-            self._accrue()
-
     def _accrue(self) -> None:
+        """Prices the energy each model was attributed since the last call at the values in effect."""
         v = self.values
         for model, joules in self._energy():
             delta = joules - self._accrued.get(model, 0.0)

@@ -44,7 +44,7 @@ def test_totals_take_the_price_in_effect_when_the_energy_was_attributed(tmp_path
     grid = Grid(GridValues(None, "", 400.0), str(path), energy, clock=lambda: 1234.0)
     grid.reload()
     energy.joules = {"llama": 3.6e6, "sd": 0.0}  # 1 kWh
-    grid.accrue()
+    grid.snapshot()  # a scrape: the energy so far priced
     write(path, {"electricity_price": 0.20, "currency": "EUR"})
     grid.reload()  # the energy so far keeps the old price
     energy.joules = {"llama": 5.4e6, "sd": 7.2e5}  # +0.5 kWh and +0.2 kWh at 0.20 EUR
@@ -89,7 +89,7 @@ def test_a_bad_file_is_counted_and_the_last_good_values_stay(tmp_path, caplog, c
     grid = Grid(GridValues(), str(path), energy)
     grid.reload()
     energy.joules = {"m": 3.6e6}
-    grid.accrue()
+    grid.snapshot()  # a scrape: the energy so far priced
     path.unlink()
     if content == "dir":
         path.mkdir()

@@ -6,9 +6,9 @@ import random
 import pytest
 from rig import run_sampler
 
-from jouletrace.exporter.windowed import WindowedExtreme
 from jouletrace.exporter.gpu.sampler import GPUSampler
 from jouletrace.exporter.gpu.simulated import SimulatedGPU
+from jouletrace.exporter.windowed import WindowedExtreme
 
 
 @pytest.mark.parametrize("least, pick", [(False, max), (True, min)], ids=["greatest", "least"])

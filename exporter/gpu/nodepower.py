@@ -31,8 +31,8 @@ import threading
 import numpy as np
 
 from jouletrace.exporter.gpu.device import GPUError
-from jouletrace.exporter.windowed import WindowedExtreme
 from jouletrace.exporter.gpu.sampler import GPUSampler
+from jouletrace.exporter.windowed import WindowedExtreme
 
 log = logging.getLogger(__name__)
 

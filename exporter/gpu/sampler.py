@@ -24,8 +24,8 @@ from collections import Counter
 from typing import Callable
 
 from jouletrace.exporter.gpu.device import GPUDevice, GPUError, GPUStatus, NotSupported
-from jouletrace.exporter.windowed import WindowedExtreme
 from jouletrace.exporter.gpu.timeline import EnergyTimeline
+from jouletrace.exporter.windowed import WindowedExtreme
 
 log = logging.getLogger(__name__)
 

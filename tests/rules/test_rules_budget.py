@@ -7,7 +7,6 @@ all in row a. Rack r1 (4 GPUs, about 2 kW) has a 1 kW budget, rack r2 (about 0.4
 from __future__ import annotations
 
 import json
-import urllib.parse
 from functools import partial
 from pathlib import Path
 
@@ -53,14 +52,6 @@ def prometheus(tmp_path_factory):
             e.stop()
 
 
-def at(prom: PrometheusProcess, promql: str, t: float) -> list[dict]:
-    """The instant query's result at time `t` (Unix s)."""
-    url = f"http://127.0.0.1:{prom.port}/api/v1/query?" + urllib.parse.urlencode({"query": promql, "time": t})
-    status, body = http_get(url)
-    assert status == 200, body
-    return json.loads(body)["data"]["result"]
-
-
 def by(label: str, series: list[dict]) -> dict[str, float]:
     return {s["metric"][label]: float(s["value"][1]) for s in series}
 
@@ -95,7 +86,7 @@ def test_each_group_records_the_sum_of_its_nodes_peaks(prometheus):
                             30, name)
         for s in recorded:
             t, value = s["value"][0], float(s["value"][1])
-            nodes = by("node", at(prometheus, "jouletrace_node_power_max_watts", t))
+            nodes = by("node", prometheus.query("jouletrace_node_power_max_watts", t))
             # the nodes' peaks as the rule saw them at its evaluation (a scrape landing meanwhile moves them little)
             assert value == pytest.approx(sum(nodes[n] for n in groups[s["metric"][key]]), rel=0.02), (name, s, nodes)
 

@@ -185,7 +185,7 @@ class Settlement:
                     e.up = False
                     e.reset()
             engines = list(self._engines.values())
-            if any(self._first_answer_due(e, now) for e in engines):
+            if any([self._first_answer_due(e, now) for e in engines]):  # each engine's wait starts now
                 self.reason = ENGINE
                 return limit
             if not engines or not all(e.up for e in engines):

@@ -15,11 +15,14 @@ Routes (the OpenAI images API and asynchronous video-jobs API, as `jouletrace lo
   MAX_IMAGE_PIXELS), converted to RGB and resized to the request's `size`; the pipeline generates
   from it and the prompt. A text-only server (kind `video`) refuses `input_reference`, and an
   image-to-video one a request without it.
-- `GET /v1/models`, `GET /health`; `GET /metrics`: `vllm:num_requests_running` (requests in the batch
-  being generated) and `vllm:num_requests_waiting`, labelled `model_name`, vLLM's gauges, which the
-  load generator reads for the mean running batch and the exporter's engine scrape for settlement.
-A malformed request (an image that is missing, too large or not decodable included) is 400, another
-model than the one served 404, both in OpenAI's error shape; a refused request starts no span.
+- `GET /v1/models`, `GET /health`; `GET /metrics` (serving/metrics.py): `vllm:num_requests_running`
+  (requests in the batch being generated) and `vllm:num_requests_waiting`, labelled `model_name`,
+  vLLM's gauges, which the load generator reads for the mean running batch and the exporter's engine
+  scrape for settlement; the requests refused, by reason, and those accepted, by outcome.
+A refused request raises Refused with one of metrics.REFUSALS' reasons, which sets its status: a
+malformed request (an image that is missing, too large or not decodable included) is 400, another
+model than the one served or an unknown video job 404, both in OpenAI's error shape; a body over
+MAX_BODY_BYTES is aiohttp's 413. Each is counted by its reason, and starts no span.
 
 Batching: requests of the same shape (kind, size, steps, `n`, frames) run in one pipeline call, up to
 `max_batch` requests; once the first is waiting, the batch waits up to `batch_wait_s` to fill. The
@@ -56,18 +59,25 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from . import pipeline as pipelines
+from .metrics import REFUSALS, ServingMetrics
 from .pipeline import KINDS, Shape
 
 log = logging.getLogger("jouletrace.serving")
 MAX_N = 16
+MAX_BODY_BYTES = 32 * 1024 * 1024   # a request's body (aiohttp answers 413 above it)
 MAX_JOBS = 4096  # video jobs remembered; the oldest finished ones are forgotten first
 MAX_IMAGE_BYTES = 16 * 1024 * 1024  # an input_reference file
 MAX_IMAGE_PIXELS = 4096 * 4096      # its width x height, read from its header before decoding
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
-class BadRequest(ValueError):
-    """A request the server refuses (400), with the reason."""
+class Refused(Exception):
+    """A request the server refuses: `reason`, one of REFUSALS (which gives the HTTP status), and
+    the message its answer carries."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclasses.dataclass
@@ -125,11 +135,12 @@ class DiffusionServer:
         self.jobs: dict[str, _Job] = {}
         self.running = 0                  # requests in the batch being generated
         self._wake: asyncio.Event | None = None
+        self.metrics = ServingMetrics(model, lambda: self.running, lambda: len(self.pending))
 
     # ---- the app ---------------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=32 * 1024 * 1024)
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._refusals])
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/metrics", self._metrics)
@@ -157,22 +168,33 @@ class DiffusionServer:
                                                               "owned_by": "jouletrace"}]})
 
     async def _metrics(self, request):
-        escaped = self.model.replace("\\", "\\\\").replace('"', '\\"')
-        label = f'{{model_name="{escaped}"}}'
-        return web.Response(text=f"# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{label} "
-                                 f"{self.running}\n# TYPE vllm:num_requests_waiting gauge\n"
-                                 f"vllm:num_requests_waiting{label} {len(self.pending)}\n")
+        body, content_type = self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    @web.middleware
+    async def _refusals(self, request: web.Request, handler):
+        """A Refused request's answer, in OpenAI's error shape, and aiohttp's 413, each counted."""
+        try:
+            return await handler(request)
+        except Refused as exc:
+            self.metrics.refused(exc.reason)
+            status = REFUSALS[exc.reason]
+            kind = "not_found_error" if status == 404 else "invalid_request_error"
+            return web.json_response({"error": {"message": str(exc), "type": kind}}, status=status)
+        except web.HTTPRequestEntityTooLarge:
+            self.metrics.refused("body_too_large")
+            raise
 
     # ---- requests --------------------------------------------------------------------------------
 
     def _shape(self, body: dict, n: int, frames: int | None) -> Shape:
         if body.get("model") not in (None, "", self.model):
-            raise LookupError(f"model {body['model']!r} is not served here (this server: {self.model!r})")
+            raise Refused("unknown_model", f"model {body['model']!r} is not served here (this server: {self.model!r})")
         if not str(body.get("prompt") or "").strip():
-            raise BadRequest("prompt is empty")
+            raise Refused("bad_field", "prompt is empty")
         w, sep, h = str(body.get("size") or "").partition("x")
         if not (sep and w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
-            raise BadRequest(f"size {body.get('size')!r}: use WIDTHxHEIGHT")
+            raise Refused("bad_field", f"size {body.get('size')!r}: use WIDTHxHEIGHT")
         steps = body.get("num_inference_steps", self.steps)
         if steps is not None:
             steps = _whole(steps, "num_inference_steps")
@@ -196,25 +218,24 @@ class DiffusionServer:
         self._wake.set()
         return work
 
-    @staticmethod
-    def _finish(work: _Work, error: BaseException | None) -> None:
-        """Ends the span: with the output type when it produced its outputs, else with the error."""
+    def _finish(self, work: _Work, error: BaseException | None) -> None:
+        """Ends the span: with the output type when it produced its outputs, else with the error;
+        counts the request's outcome."""
         if error is None:
             work.span.set_attribute("gen_ai.output.type", work.shape.kind)
         else:
             work.span.set_attribute("error.type", type(error).__name__)
             work.span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)[:200]))
         work.span.end()
+        self.metrics.ended("completed" if error is None else
+                           "cancelled" if isinstance(error, asyncio.CancelledError) else "failed")
 
     async def _images(self, request: web.Request) -> web.Response:
-        try:
-            body = await _json(request)
-            n = _whole(body.get("n", 1), "n", high=MAX_N)
-            if body.get("response_format", "b64_json") != "b64_json":
-                raise BadRequest("response_format: only b64_json is served")
-            shape, seed = self._shape(body, n, None), _seed(body)
-        except (BadRequest, LookupError) as exc:
-            return _error(exc)
+        body = await _json(request)
+        n = _whole(body.get("n", 1), "n", high=MAX_N)
+        if body.get("response_format", "b64_json") != "b64_json":
+            raise Refused("bad_field", "response_format: only b64_json is served")
+        shape, seed = self._shape(body, n, None), _seed(body)
         request_id = request.headers.get("X-Request-Id") or f"img-{uuid.uuid4().hex}"
         work = self._start(request, shape, request_id, body, seed)
         try:
@@ -232,21 +253,18 @@ class DiffusionServer:
         return web.json_response({"created": int(work.arrived), "data": data})
 
     async def _create_video(self, request: web.Request) -> web.Response:
-        try:
-            body = dict(await request.post()) if request.content_type == "multipart/form-data" else \
-                await _json(request)
-            reference = body.pop("input_reference", None)
-            if self.kind == "video" and reference is not None:
-                raise BadRequest("this server generates from text only: no input_reference")
-            if self.kind == "image-to-video" and not isinstance(reference, web.FileField):
-                raise BadRequest("this server generates from an image: send input_reference, an image file, "
-                                 "as multipart/form-data")
-            seconds = _number(body.get("seconds", "4"), "seconds")
-            shape, seed = self._shape(body, 1, round(seconds * self.fps) + 1), _seed(body)
-            image = None if reference is None else \
-                await asyncio.to_thread(_image, reference.file, shape.width, shape.height)
-        except (BadRequest, LookupError) as exc:
-            return _error(exc)
+        body = dict(await request.post()) if request.content_type == "multipart/form-data" else \
+            await _json(request)
+        reference = body.pop("input_reference", None)
+        if self.kind == "video" and reference is not None:
+            raise Refused("unexpected_image", "this server generates from text only: no input_reference")
+        if self.kind == "image-to-video" and not isinstance(reference, web.FileField):
+            raise Refused("missing_image", "this server generates from an image: send input_reference, an image "
+                                           "file, as multipart/form-data")
+        seconds = _number(body.get("seconds", "4"), "seconds")
+        shape, seed = self._shape(body, 1, round(seconds * self.fps) + 1), _seed(body)
+        image = None if reference is None else \
+            await asyncio.to_thread(_image, reference.file, shape.width, shape.height)
         job = _Job(f"video_{uuid.uuid4().hex[:24]}", self.model, f"{shape.width}x{shape.height}",
                    str(body.get("seconds", "4")), int(time.time()))
         self.jobs[job.id] = job
@@ -272,15 +290,16 @@ class DiffusionServer:
     async def _video(self, request: web.Request) -> web.Response:
         job = self.jobs.get(request.match_info["id"])
         if job is None:
-            return _error(LookupError(f"no video job {request.match_info['id']!r}"))
+            raise Refused("unknown_job", f"no video job {request.match_info['id']!r}")
         return web.json_response(job.view())
 
     async def _content(self, request: web.Request) -> web.Response:
         job = self.jobs.get(request.match_info["id"])
-        what = ("unknown" if job is None else "not completed" if job.status != "completed"
-                else "expired" if job.video is None else "")
-        if what:
-            return _error(LookupError(f"video job {request.match_info['id']!r}: {what}"))
+        reason, what = (("unknown_job", "unknown") if job is None else
+                        ("job_not_completed", "not completed") if job.status != "completed" else
+                        ("video_expired", "expired") if job.video is None else (None, ""))
+        if reason:
+            raise Refused(reason, f"video job {request.match_info['id']!r}: {what}")
         body = await asyncio.to_thread(pipelines.gif, job.video, self.fps)
         return web.Response(body=body, content_type="image/gif")
 
@@ -333,9 +352,9 @@ async def _json(request: web.Request) -> dict:
     try:
         body = await request.json()
     except ValueError:
-        raise BadRequest("the body is not JSON") from None
+        raise Refused("bad_json", "the body is not JSON") from None
     if not isinstance(body, dict):
-        raise BadRequest("the body is not a JSON object")
+        raise Refused("bad_json", "the body is not a JSON object")
     return body
 
 
@@ -343,21 +362,21 @@ def _whole(value, what: str, low: int = 1, high: int | None = None) -> int:
     try:
         number = int(str(value))
     except ValueError:
-        raise BadRequest(f"{what} {value!r} is not a whole number") from None
+        raise Refused("bad_field", f"{what} {value!r} is not a whole number") from None
     if number < low or (high is not None and number > high):
-        raise BadRequest(f"{what} {number} is outside {low}..{high if high is not None else ''}")
+        raise Refused("bad_field", f"{what} {number} is outside {low}..{high if high is not None else ''}")
     return number
 
 
 def _image(file, width: int, height: int):
-    """The `input_reference` file as an RGB PIL image of `width` x `height` (BadRequest if it is
+    """The `input_reference` file as an RGB PIL image of `width` x `height` (Refused if it is
     larger than MAX_IMAGE_BYTES or MAX_IMAGE_PIXELS, or not an image Pillow decodes)."""
     from PIL import Image
 
     file.seek(0, 2)
     size = file.tell()
     if size > MAX_IMAGE_BYTES:
-        raise BadRequest(f"input_reference: {size} bytes, more than {MAX_IMAGE_BYTES}")
+        raise Refused("image_too_large", f"input_reference: {size} bytes, more than {MAX_IMAGE_BYTES}")
     file.seek(0)
     try:
         with Image.open(file) as im:
@@ -365,8 +384,8 @@ def _image(file, width: int, height: int):
             if w * h <= MAX_IMAGE_PIXELS:
                 return im.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise BadRequest(f"input_reference is not an image Pillow decodes: {exc}"[:300]) from None
-    raise BadRequest(f"input_reference: {w}x{h} pixels, more than {MAX_IMAGE_PIXELS}")
+        raise Refused("bad_image", f"input_reference is not an image Pillow decodes: {exc}"[:300]) from None
+    raise Refused("image_too_large", f"input_reference: {w}x{h} pixels, more than {MAX_IMAGE_PIXELS}")
 
 
 def _seed(body: dict) -> int:
@@ -380,12 +399,7 @@ def _number(value, what: str) -> float:
     try:
         number = float(str(value))
     except ValueError:
-        raise BadRequest(f"{what} {value!r} is not a number") from None
+        raise Refused("bad_field", f"{what} {value!r} is not a number") from None
     if not math.isfinite(number) or number <= 0:
-        raise BadRequest(f"{what} must be > 0")
+        raise Refused("bad_field", f"{what} must be > 0")
     return number
-
-
-def _error(exc: Exception) -> web.Response:
-    status, kind = (404, "not_found_error") if isinstance(exc, LookupError) else (400, "invalid_request_error")
-    return web.json_response({"error": {"message": str(exc), "type": kind}}, status=status)

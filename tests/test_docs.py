@@ -9,6 +9,7 @@ import re
 from rig import Rig, every_collector
 
 from jouletrace.exporter.config import OPTIONS
+from jouletrace.serving.metrics import OUTCOMES, REFUSALS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -41,6 +42,15 @@ def test_every_metric_is_documented(clock):
     declared = dict(exposed(f) for c in every_collector(Rig(clock)) for f in c.describe())
     assert len(declared) > 60
     assert documented == declared
+
+
+def test_the_serving_page_lists_every_refusal_reason_and_outcome():
+    """docs/serving.md's tables of the adapter's counters name exactly its refusal reasons, each with
+    its HTTP status, and its outcomes."""
+    text = page("serving.md")
+    assert {r: int(s) for r, s in re.findall(r"^\| `(\w+)` \| (\d{3}) \|", text, re.M)} == REFUSALS
+    row = re.search(r"^\| `jouletrace_serving_requests_total` \|.*$", text, re.M).group(0)
+    assert tuple(re.findall(r"`(\w+)` \(", row)) == OUTCOMES
 
 
 def test_every_direct_dependency_says_what_it_is_for():

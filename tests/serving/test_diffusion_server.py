@@ -1,5 +1,6 @@
-"""The diffusion server adapter (serving/diffusion.py): its OpenAI routes, batching and spans, and
-jouletrace reading those spans, driven by the real load generator into a real exporter on a
+"""The diffusion server adapter (serving/diffusion.py): its OpenAI routes, batching and spans, its
+refusals and outcomes counted on /metrics (read with prometheus_client's parser), and jouletrace
+reading those spans, driven by the real load generator into a real exporter on a
 simulated GPU, spans over OTLP/gRPC from the real OpenTelemetry SDK.
 
 The pipeline is a STAND-IN (`slow_noise`): the test venv has no torch, so nothing real can run
@@ -24,14 +25,18 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from servers import BackgroundApp, ExporterProcess, free_port, sum_samples
+from prometheus_client.parser import text_string_to_metric_families
+from servers import BackgroundApp, ExporterProcess, free_port, http_get, sum_samples
 from serving_checks import attributed, loadgen
 
 from jouletrace.cli import main
+from jouletrace.exporter.engine import parse_vllm
 from jouletrace.exporter.intake.otlp import decode_protobuf
+from jouletrace.loadgen.engine import parse_running
 from jouletrace.loadgen.media import encode_png
 from jouletrace.loadgen.tracing import tracer_provider
 from jouletrace.serving.diffusion import DiffusionServer
+from jouletrace.serving.metrics import OUTCOMES, REFUSALS, ServingMetrics
 from jouletrace.serving.pipeline import Shape
 
 GEN_S = 0.3
@@ -65,6 +70,41 @@ MODELS = {"image": "sd-standin", "video": "video-standin", "image-to-video": "i2
 
 def serve(kind: str, provider, generate, **kw) -> BackgroundApp:
     return BackgroundApp(DiffusionServer(None, MODELS[kind], kind, provider, generate=generate, **kw).app())
+
+
+def counted(url: str, model: str) -> dict[str, dict[str, float]]:
+    """The adapter's counters, scraped from its /metrics and read with prometheus_client's parser:
+    {"reason": refused requests by reason, "outcome": accepted ones by outcome}, the non-zero ones.
+    Every reason and outcome has its series, labelled with the served model, from the start; the
+    vLLM gauges are 0 (called at rest)."""
+    status, text = http_get(url + "/metrics")
+    assert status == 200 and parse_vllm(text) == {model: {"requests_running": 0.0, "requests_waiting": 0.0}}
+    out = {}
+    for family in text_string_to_metric_families(text):
+        label, every = {"jouletrace_serving_requests_refused": ("reason", REFUSALS),
+                        "jouletrace_serving_requests": ("outcome", OUTCOMES)}.get(family.name, (None, ()))
+        totals = [s for s in family.samples if s.name.endswith("_total")]
+        if label:
+            assert {s.labels["model_name"] for s in totals} == {model} and family.type == "counter"
+            assert sorted(s.labels[label] for s in totals) == sorted(every)
+            out[label] = {s.labels[label]: s.value for s in totals if s.value}
+    assert set(out) == {"reason", "outcome"}
+    return out
+
+
+def test_metrics_keep_vllms_gauges_for_the_engine_scrape_and_the_load_generator():
+    """The adapter's vLLM gauges read as the exporter's engine scrape and the load generator read
+    them, the model name escaped; a refusal reason outside REFUSALS is refused."""
+    model = 'sd "3.5" \\ medium'
+    metrics = ServingMetrics(model, lambda: 3, lambda: 2)
+    body, content_type = metrics.render()
+    assert content_type.startswith("text/plain;")
+    assert parse_vllm(body.decode()) == {model: {"requests_running": 3.0, "requests_waiting": 2.0}}
+    assert parse_running(body.decode()) == 3.0
+    with pytest.raises(ValueError, match="refusal reason"):
+        metrics.refused("the body is not JSON")
+    with pytest.raises(ValueError, match="outcome"):
+        metrics.ended("ok")
 
 
 def test_energy_per_image_and_video_through_the_exporter(tmp_path):
@@ -142,9 +182,11 @@ def test_image_spans_carry_what_jouletrace_reads(spans):
 
     try:
         (s1, a1), (s2, a2) = asyncio.run(two())
+        counts = counted(server.url, "sd-standin")
     finally:
         server.stop()
     assert (s1, s2) == (200, 200) and len(a1["data"]) == len(a2["data"]) == 2
+    assert counts == {"reason": {}, "outcome": {"completed": 2}}
     assert base64.b64decode(a1["data"][0]["b64_json"]).startswith(PNG)
     assert len(gen.batches) == 1 and gen.batches[0][2][1] == 5  # one batch of both; the seed sent
     got = {s.attributes["gen_ai.request.id"]: s for s in memory.get_finished_spans()}
@@ -188,10 +230,12 @@ def test_video_jobs_send_output_type_video_which_jouletrace_counts(spans):
 
     try:
         created, statuses, content, missing = asyncio.run(job())
+        counts = counted(server.url, "video-standin")
     finally:
         server.stop()
     assert created["object"] == "video" and created["size"] == "16x16" and statuses[-1] == "completed"
     assert "in_progress" in statuses and missing == 404
+    assert counts == {"reason": {"unknown_job": 1}, "outcome": {"completed": 1}}
     assert content[0] == 200 and content[1] == "image/gif" and content[2].startswith(b"GIF8")
     (span,) = memory.get_finished_spans()
     assert span.attributes["gen_ai.output.type"] == "video" and span.attributes["gen_ai.request.id"] == created["id"]
@@ -212,19 +256,31 @@ def test_finished_jobs_are_forgotten_beyond_max_jobs(spans, monkeypatch):
         while len(memory.get_finished_spans()) < 4:
             await asyncio.sleep(0.05)
         async with ClientSession() as s:
-            return ids, [(await s.get(f"{app.url}/v1/videos/{i}")).status for i in ids]
+            statuses = [(await s.get(f"{app.url}/v1/videos/{i}")).status for i in ids]
+            async with s.get(f"{app.url}/v1/videos/{ids[2]}/content") as r:
+                return ids, statuses, (r.status, await r.json())
 
     try:
-        ids, statuses = asyncio.run(four())
+        ids, statuses, expired = asyncio.run(four())
+        counts = counted(app.url, "video-standin")
     finally:
         app.stop()
     assert statuses == [404, 404, 200, 200] and list(server.jobs) == ids[2:]
     assert [j.video is not None for j in server.jobs.values()] == [False, True]  # keep_videos=1
+    assert expired == (404, {"error": {"message": f"video job {ids[2]!r}: expired", "type": "not_found_error"}})
+    assert counts == {"reason": {"unknown_job": 2, "video_expired": 1}, "outcome": {"completed": 4}}
 
 
-def test_refusals_and_failures(spans):
-    """Bad requests are 400, another model 404, in OpenAI's error shape; a failed generation is 500
-    (images) or a `failed` job (videos), and its span carries error.type and no output type."""
+async def _post_raw(url: str, data: bytes) -> tuple[int, str]:
+    async with ClientSession() as s, s.post(url, data=data, headers={"Content-Type": "application/json"}) as r:
+        return r.status, await r.text()
+
+
+def test_refusals_and_failures(spans, monkeypatch):
+    """Bad requests are 400, another model 404, in OpenAI's error shape, a body over MAX_BODY_BYTES
+    aiohttp's 413; each is counted by its reason. A failed generation is 500 (images) or a `failed`
+    job (videos), counted as failed, and its span carries error.type and no output type."""
+    monkeypatch.setattr("jouletrace.serving.diffusion.MAX_BODY_BYTES", 4096)
     memory, provider = spans
     image = serve("image", provider, SlowNoise(fail=True))
     video = serve("video", provider, SlowNoise(fail=True))
@@ -235,8 +291,9 @@ def test_refusals_and_failures(spans):
         for body in ({**ok, "size": "big"}, {**ok, "prompt": " "}, {**ok, "n": 0}, {**ok, "n": 99},
                      {**ok, "response_format": "url"}, {**ok, "num_inference_steps": "many"}, {**ok, "seed": -1},
                      {**ok, "model": "other"},
-                     ok):
+                     ok, [ok]):
             out.append(await _post(image.url + "/v1/images/generations", body))
+        raw = [await _post_raw(image.url + "/v1/images/generations", data) for data in (b"{", b"{" + b" " * 8192)]
         out.append(await _post(video.url + "/v1/videos", {"model": "video-standin", "prompt": "x", "size": "16x16",
                                                           "seconds": "-1"}))
         _, job = await _post(video.url + "/v1/videos", {"model": "video-standin", "prompt": "x", "size": "16x16"})
@@ -247,17 +304,33 @@ def test_refusals_and_failures(spans):
                     job = await r.json()
                 if job["status"] == "failed":
                     break
-        return out, job
+            async with s.get(f"{video.url}/v1/videos/{job['id']}/content") as r:
+                out.append((r.status, await r.json()))
+            async with s.get(f"{video.url}/v1/videos/video_nope/content") as r:
+                out.append((r.status, await r.json()))
+        return out, raw, job
 
     try:
-        out, job = asyncio.run(calls())
+        out, raw, job = asyncio.run(calls())
+        counts = counted(image.url, "sd-standin"), counted(video.url, "video-standin")
     finally:
         image.stop()
         video.stop()
-    assert [s for s, _ in out] == [400, 400, 400, 400, 400, 400, 400, 404, 500, 400]
+    assert [s for s, _ in out] == [400, 400, 400, 400, 400, 400, 400, 404, 500, 400, 400, 404, 404]
     assert all(set(b["error"]) >= {"message", "type"} for _, b in out)
+    assert [b["error"]["type"] for _, b in out[7:]] == ["not_found_error", "server_error", "invalid_request_error",
+                                                       "invalid_request_error", "not_found_error", "not_found_error"]
     assert "out of memory" in out[8][1]["error"]["message"]
+    assert out[9][1]["error"]["message"] == "the body is not a JSON object"
+    assert out[11][1]["error"]["message"] == f"video job {job['id']!r}: not completed"
+    assert out[12][1]["error"]["message"] == "video job 'video_nope': unknown"
+    assert raw[0] == (400, '{"error": {"message": "the body is not JSON", "type": "invalid_request_error"}}')
+    assert raw[1][0] == 413 and raw[1][1].startswith("Maximum request body size 4096 exceeded")  # aiohttp's
     assert job["status"] == "failed" and "out of memory" in job["error"]["message"]
+    assert counts == ({"reason": {"bad_field": 7, "unknown_model": 1, "bad_json": 2, "body_too_large": 1},
+                       "outcome": {"failed": 1}},
+                      {"reason": {"bad_field": 1, "job_not_completed": 1, "unknown_job": 1},
+                       "outcome": {"failed": 1}})
     failed = memory.get_finished_spans()
     assert len(failed) == 2 and all(s.attributes["error.type"] == "RuntimeError" for s in failed)
     assert all("gen_ai.output.type" not in s.attributes for s in failed)
@@ -306,10 +379,14 @@ def test_image_to_video_takes_an_image_and_refuses_a_bad_one(spans, monkeypatch)
 
     try:
         refused, status, job = asyncio.run(calls())
+        counts = counted(i2v.url, "i2v-standin"), counted(video.url, "video-standin")
     finally:
         i2v.stop()
         video.stop()
     assert [s for s, _ in refused] == [400] * 6
+    assert counts == ({"reason": {"missing_image": 2, "bad_image": 1, "image_too_large": 2},
+                       "outcome": {"completed": 1}},
+                      {"reason": {"unexpected_image": 1}, "outcome": {}})
     messages = [b["error"]["message"] for _, b in refused]
     assert "send input_reference, an image file" in messages[0] and "send input_reference" in messages[4]
     assert "not an image Pillow decodes" in messages[1]

@@ -20,7 +20,8 @@ Routes (the OpenAI images API and asynchronous video-jobs API, as `jouletrace lo
   vLLM's gauges, which the load generator reads for the mean running batch and the exporter's engine
   scrape for settlement; the requests refused, by reason, and those accepted, by outcome.
 A refused request raises Refused with one of metrics.REFUSALS' reasons, which sets its status: a
-malformed request (an image that is missing, too large or not decodable included) is 400, another
+malformed request (a multipart form aiohttp cannot read, an image that is missing, too large or not
+decodable included) is 400, another
 model than the one served or an unknown video job 404, both in OpenAI's error shape; a body over
 MAX_BODY_BYTES is aiohttp's 413. Each is counted by its reason, and starts no span.
 
@@ -54,7 +55,7 @@ import random
 import time
 import uuid
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -253,8 +254,7 @@ class DiffusionServer:
         return web.json_response({"created": int(work.arrived), "data": data})
 
     async def _create_video(self, request: web.Request) -> web.Response:
-        body = dict(await request.post()) if request.content_type == "multipart/form-data" else \
-            await _json(request)
+        body = await (_form(request) if request.content_type == "multipart/form-data" else _json(request))
         reference = body.pop("input_reference", None)
         if self.kind == "video" and reference is not None:
             raise Refused("unexpected_image", "this server generates from text only: no input_reference")
@@ -356,6 +356,15 @@ async def _json(request: web.Request) -> dict:
     if not isinstance(body, dict):
         raise Refused("bad_json", "the body is not a JSON object")
     return body
+
+
+async def _form(request: web.Request) -> dict:
+    """A multipart/form-data body's fields (files as web.FileField); Refused when aiohttp cannot read
+    it (no boundary, a malformed part, a nested multipart, an unknown transfer encoding)."""
+    try:
+        return dict(await request.post())
+    except (ValueError, RuntimeError, http_exceptions.HttpProcessingError) as exc:
+        raise Refused("bad_form", f"the body is not a multipart/form-data form aiohttp reads: {exc}"[:300]) from None
 
 
 def _whole(value, what: str, low: int = 1, high: int | None = None) -> int:

@@ -22,6 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 #: reason -> the HTTP status of its answer; the adapter refuses a request for these reasons only.
 REFUSALS = {
     "bad_json": 400,          # the body is not JSON, or not a JSON object
+    "bad_form": 400,          # a multipart/form-data body aiohttp cannot read
     "bad_field": 400,         # a field missing, malformed or out of range (prompt, size, n, seed, ...)
     "missing_image": 400,     # image-to-video without an `input_reference` image file
     "unexpected_image": 400,  # an `input_reference` sent to a text-to-video server

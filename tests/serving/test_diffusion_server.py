@@ -271,8 +271,8 @@ def test_finished_jobs_are_forgotten_beyond_max_jobs(spans, monkeypatch):
     assert counts == {"reason": {"unknown_job": 2, "video_expired": 1}, "outcome": {"completed": 4}}
 
 
-async def _post_raw(url: str, data: bytes) -> tuple[int, str]:
-    async with ClientSession() as s, s.post(url, data=data, headers={"Content-Type": "application/json"}) as r:
+async def _post_raw(url: str, data: bytes, content_type: str = "application/json") -> tuple[int, str]:
+    async with ClientSession() as s, s.post(url, data=data, headers={"Content-Type": content_type}) as r:
         return r.status, await r.text()
 
 
@@ -359,8 +359,9 @@ async def _post_form(url: str, fields: dict, image: bytes | None) -> tuple[int, 
 
 def test_image_to_video_takes_an_image_and_refuses_a_bad_one(spans, monkeypatch):
     """An image-to-video server decodes `input_reference` and resizes it to the request's size; a
-    missing, undecodable, too large (pixels in its header, or bytes) or text-only image is 400 with
-    no span; a text-to-video server refuses `input_reference` as before. The span is a video's."""
+    missing, undecodable, too large (pixels in its header, or bytes) or text-only image, or a form
+    aiohttp cannot read, is 400 with no span; a text-to-video server refuses `input_reference` as
+    before. Each is counted by its reason. The span is a video's."""
     monkeypatch.setattr("jouletrace.serving.diffusion.MAX_IMAGE_BYTES", 64 * 1024)
     memory, provider = spans
     gen = SlowNoise()
@@ -372,19 +373,28 @@ def test_image_to_video_takes_an_image_and_refuses_a_bad_one(spans, monkeypatch)
                    for image in (None, b"not an image", _png(8, 8, claims=(5000, 5000)), _png(200, 200))]
         refused.append(await _post(i2v.url + "/v1/videos", ok))  # JSON: no file
         refused.append(await _post_form(video.url + "/v1/videos", {**ok, "model": "video-standin"}, _png(8, 8)))
+        part = b'--zz\r\nContent-Disposition: form-data; name="prompt"\r\n'
+        forms = [await _post_raw(i2v.url + "/v1/videos", body, "multipart/form-data" + boundary)
+                 for body, boundary in ((part + b"\r\nx\r\n--zz--\r\n", ""), (b"not a form", "; boundary=zz"),
+                                        (b"--zz\r\nno header\r\n\r\nx\r\n--zz--\r\n", "; boundary=zz"),
+                                        (part + b"Content-Transfer-Encoding: rot13\r\n\r\nx\r\n--zz--\r\n",
+                                         "; boundary=zz"))]
         status, job = await _post_form(i2v.url + "/v1/videos", ok, _png(64, 48))
         while len(memory.get_finished_spans()) < 1:
             await asyncio.sleep(0.05)
-        return refused, status, job
+        return refused, forms, status, job
 
     try:
-        refused, status, job = asyncio.run(calls())
+        refused, forms, status, job = asyncio.run(calls())
         counts = counted(i2v.url, "i2v-standin"), counted(video.url, "video-standin")
     finally:
         i2v.stop()
         video.stop()
     assert [s for s, _ in refused] == [400] * 6
-    assert counts == ({"reason": {"missing_image": 2, "bad_image": 1, "image_too_large": 2},
+    assert [s for s, _ in forms] == [400] * 4  # no boundary, none found, a part without headers, an encoding
+    assert all(t.startswith('{"error": {"message": "the body is not a multipart/form-data form aiohttp reads: ')
+               and t.endswith('"type": "invalid_request_error"}}') for _, t in forms)
+    assert counts == ({"reason": {"missing_image": 2, "bad_image": 1, "image_too_large": 2, "bad_form": 4},
                        "outcome": {"completed": 1}},
                       {"reason": {"unexpected_image": 1}, "outcome": {}})
     messages = [b["error"]["message"] for _, b in refused]

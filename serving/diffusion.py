@@ -243,7 +243,7 @@ class DiffusionServer:
             images = await work.done
             data = await asyncio.to_thread(lambda: [{"b64_json": base64.b64encode(pipelines.png(im)).decode()}
                                                     for im in images])
-        except asyncio.CancelledError as exc:  # the client went away
+        except asyncio.CancelledError as exc:  # the server is stopping
             self._finish(work, exc)
             raise
         except Exception as exc:  # the generation failed: 500, in OpenAI's error shape

@@ -35,7 +35,8 @@ REFUSALS = {
     "video_expired": 404,     # the content of a completed video job no longer kept
 }
 #: how an accepted request ended: its outputs produced; the generation (or the encoding of its
-#: outputs) raised; the request was cancelled (the client went away) before its outputs were sent.
+#: outputs) raised; its handler was cancelled before its outputs were sent (an image request still
+#: running when the server stops).
 OUTCOMES = ("completed", "failed", "cancelled")
 
 

@@ -21,8 +21,7 @@ Routes (the OpenAI images API and asynchronous video-jobs API, as `jouletrace lo
   scrape for settlement; the requests refused, by reason, and those accepted, by outcome.
 A refused request raises Refused with one of metrics.REFUSALS' reasons, which sets its status: a
 malformed request (a multipart form aiohttp cannot read, an image that is missing, too large or not
-decodable included) is 400, another
-model than the one served or an unknown video job 404, both in OpenAI's error shape; a body over
+decodable, a size off the pipeline's step, `pipeline.size_multiple`, included) is 400, another model than the one served or an unknown video job 404, both in OpenAI's error shape; a body over
 MAX_BODY_BYTES is aiohttp's 413. Each is counted by its reason, and starts no span.
 
 Batching: requests of the same shape (kind, size, steps, `n`, frames) run in one pipeline call, up to
@@ -131,6 +130,7 @@ class DiffusionServer:
         self.max_batch, self.batch_wait_s, self.steps, self.fps = max_batch, batch_wait_s, steps, fps
         self.keep_videos = keep_videos
         self.generate = generate
+        self.size_multiple = pipelines.size_multiple(pipe)
         self.tracer = tracer_provider.get_tracer("jouletrace.serving")
         self.pending: collections.deque[_Work] = collections.deque()
         self.jobs: dict[str, _Job] = {}
@@ -196,6 +196,9 @@ class DiffusionServer:
         w, sep, h = str(body.get("size") or "").partition("x")
         if not (sep and w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
             raise Refused("bad_field", f"size {body.get('size')!r}: use WIDTHxHEIGHT")
+        if int(w) % self.size_multiple or int(h) % self.size_multiple:
+            raise Refused("bad_field", f"size {body['size']!r}: this pipeline makes widths and heights that are "
+                                       f"multiples of {self.size_multiple} px")
         steps = body.get("num_inference_steps", self.steps)
         if steps is not None:
             steps = _whole(steps, "num_inference_steps")

@@ -77,6 +77,19 @@ def takes_image(pipe) -> bool:
     return image is not None and image.default is inspect.Parameter.empty
 
 
+def size_multiple(pipe) -> int:
+    """Pixels a width and a height must be a multiple of: the VAE's spatial downscaling
+    (`vae_scale_factor_spatial`, else `vae_scale_factor`) times the denoiser's spatial patch
+    (`transformer.config.patch_size`, its last entry for a (t, h, w) patch; 1 for a UNet). A size
+    off it fails inside the pipeline (CogVideoX: 360 px is 45 latent columns, not whole patches).
+    1 for a callable with neither attribute."""
+    vae = getattr(pipe, "vae_scale_factor_spatial", None) or getattr(pipe, "vae_scale_factor", None) or 1
+    patch = getattr(getattr(getattr(pipe, "transformer", None), "config", None), "patch_size", None) or 1
+    if isinstance(patch, (tuple, list)):
+        patch = patch[-1]
+    return int(vae) * int(patch)
+
+
 def generate(pipe, shape: Shape, prompts: list[str], seeds: list[int], images: list | None = None
              ) -> list[list[np.ndarray]]:
     """Runs one batch: for each prompt, its `shape.per_prompt` images (H, W, 3 uint8) or its one

@@ -18,9 +18,11 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from PIL import Image
 from servers import ExporterProcess, free_port, http_get, sum_samples, wait_for
 from serving_checks import attributed, loadgen
@@ -91,6 +93,11 @@ def test_tiny_diffusers_pipelines_on_the_cpu(vllm_venv, tmp_path):
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as r:
             direct = json.load(r)
+        # CogVideoX: 8x VAE, 2x2 patches; 24 px is 3 latent columns, which the pipeline would fail on
+        off = urllib.request.Request(video.url + "/v1/videos", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"prompt": "x", "size": "24x16", "seconds": "1"}).encode())
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(off, timeout=60)
 
         text = attributed(exporter, ("tiny_image", 6), ("tiny_video", 2), ("tiny_i2v", 2))
     finally:
@@ -105,6 +112,8 @@ def test_tiny_diffusers_pipelines_on_the_cpu(vllm_venv, tmp_path):
     assert [(p.format, p.size) for p in pngs] == [("PNG", (32, 16))] * 2
     assert sum_samples(text, "jouletrace_model_requests_total", model="tiny_image") == 5  # 4 + the direct one
     assert img["energy_per_image_j"] > 0 and vid["energy_per_video_j"] > 0
+    assert refused.value.code == 400 and json.load(refused.value)["error"]["message"] == \
+        "size '24x16': this pipeline makes widths and heights that are multiples of 16 px"
 
 
 def test_an_image_to_video_pipeline_is_not_served_as_text_to_video(vllm_venv, tmp_path):

@@ -37,7 +37,7 @@ from jouletrace.loadgen.media import encode_png
 from jouletrace.loadgen.tracing import tracer_provider
 from jouletrace.serving.diffusion import DiffusionServer
 from jouletrace.serving.metrics import OUTCOMES, REFUSALS, ServingMetrics
-from jouletrace.serving.pipeline import Shape
+from jouletrace.serving.pipeline import Shape, size_multiple
 
 GEN_S = 0.3
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -414,3 +414,13 @@ def test_without_torch_the_command_names_the_extra(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "torch", None)  # as if not installed
     assert main(["serve", "diffusion", "--pipeline", "x.py:f", "--kind", "image"]) == 2
     assert capsys.readouterr().err == "jouletrace serve: needs torch: pip install 'jouletrace[diffusion]'\n"
+
+
+def test_the_size_step_is_the_vae_downscaling_times_the_patch():
+    """STAND-IN pipelines with only the attributes read (the real CogVideoX one: 16 px,
+    test_diffusers_cpu_vllm_venv.py): a (t, h, w) patch counts by its last entry, a UNet's by 1."""
+    from types import SimpleNamespace as NS
+
+    assert size_multiple(NS(vae_scale_factor_spatial=8, transformer=NS(config=NS(patch_size=(1, 2, 2))))) == 16
+    assert size_multiple(NS(vae_scale_factor=8, unet=object())) == 8
+    assert size_multiple(None) == 1

@@ -5,12 +5,14 @@ study's shapes (benchmarks/diffusion_models.py) behind `jouletrace serve diffusi
 loadgen` runs a closed loop at each batch size. Changes no GPU setting.
 
     python benchmarks/diffusion_gpu.py --out DIR [--image-batches 1,4] [--video-batches 1,2] [--i2v-batches 1]
+        [--video-model wan21_t2v_1_3b --video-size 832x480 --seconds 5 --fps 16]
 
 Per (task, batch): one server with `--max-batch` = batch (a batch starts once that many requests
 wait, up to 10 s), warmed up by one batch at 2 steps, then batch x `--rounds` (`--video-rounds` for
 either kind of video) requests at the full step count; image-to-video (`--i2v-batches`, CogVideoX-5b-I2V's
 shapes) sends the load generator's synthetic image with each job. `--models tiny` runs the same
-pipelines a few channels wide. Three figures of energy per image (video):
+pipelines a few channels wide; `--video-model` names another text-to-video factory of
+benchmarks/diffusion_models.py (Wan2.1-T2V-1.3B's shapes: 832x480, 81 frames at 16 fps). Three figures of energy per image (video):
 - `jouletrace_j`: the exporter's attribution, the rise of `jouletrace_model_energy_joules_total`
   over the run's requests divided by the rise of `jouletrace_model_images_total` (videos);
 - `loadgen_j`: the load generator's, the exporter's window energy over the run / items in it;
@@ -22,7 +24,7 @@ Writes DIR/<task>-b<batch>.json (the load generator's result) and DIR/summary.js
     python benchmarks/diffusion_gpu.py --plot RESULTS_DIR
 
 draws RESULTS_DIR/diffusion.png from the summary*.json files under RESULTS_DIR (each settlement's
-runs) beside the study's figures (STUDY_B200_J)."""
+runs), one panel per model and shape, beside the study's figures (STUDY_B200_J)."""
 
 from __future__ import annotations
 
@@ -72,7 +74,7 @@ def loadgen(args: list[str], out: pathlib.Path) -> dict:
 
 def measure(kind: str, batch: int, a: argparse.Namespace, edges: Edges, out: pathlib.Path) -> dict:
     task, counter = TASKS[kind]
-    factory = MODELS[a.models][kind]
+    factory = a.video_model if kind == "video" and a.video_model else MODELS[a.models][kind]
     steps, size = {"image": (a.image_steps, a.image_size), "video": (a.video_steps, a.video_size),
                    "image-to-video": (a.i2v_steps, a.i2v_size)}[kind]
     log = open(out / f"server-{kind}-b{batch}.log", "w")
@@ -84,6 +86,7 @@ def measure(kind: str, batch: int, a: argparse.Namespace, edges: Edges, out: pat
     try:
         wait(SERVER + "/health", 600, server)
         entry = {"task": task, "kind": kind, "model": factory, "batch": batch, "steps": steps, "size": size,
+                 "frames": None if kind == "image" else round(a.seconds * a.fps) + 1,
                  "server_ready_s": time.time() - t0}
         common = ["--task", task, "--size", size, "--seconds", str(a.seconds), "--poll-interval", "0.2",
                   "--concurrency", str(batch), "--energy-wait", "120"]
@@ -115,37 +118,45 @@ def measure(kind: str, batch: int, a: argparse.Namespace, edges: Edges, out: pat
         log.close()
 
 
-#: The study's minimum-energy configurations on B200 (the ML.ENERGY Leaderboard v3.0 post's
-#: "Energy per image/video" figure): SD 3.5 Medium ~1.6 kJ per image, CogVideoX 2B 26 kJ per video.
-STUDY_B200_J = {"image": 1620.0, "video": 26000.0}
+#: The study's minimum-energy configurations on B200, J per image or video, at each model's default
+#: shape (the ML.ENERGY Leaderboard v3.0 post's "Energy per image/video" figure, bar labels and
+#: heights): SD 3.5 Medium ~1.6 kJ per image, CogVideoX 2B 26 kJ and Wan 2.1 1.3B 61 kJ per video.
+#: Image-to-video was a task of the leaderboard's previous version: no v3.0 figure.
+STUDY_B200_J = {"sd35_medium": 1620.0, "cogvideox_2b": 26000.0, "wan21_t2v_1_3b": 61000.0}
+SERIES = (("jouletrace, --engine-metrics", "engine", "jouletrace_j", "C0"),
+          ("jouletrace, adaptive delay only", "adaptive", "jouletrace_j", "C1"),
+          ("NVML reference", "engine", "reference_j", "0.4"))
 
 
 def plot(folder: pathlib.Path) -> pathlib.Path:
-    """Energy per image and per video by batch: jouletrace under each settlement, the NVML reference."""
+    """Energy per image or video by batch, one panel per (model, size, steps): jouletrace under each
+    settlement, the NVML reference and the study's figure for the model."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     runs = [dict(r, settlement=s.get("settlement") or "adaptive") for f in sorted(folder.rglob("summary*.json"))
             for s in [json.loads(f.read_text())] for r in s["runs"] if r.get("jouletrace_j")]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, kind, unit in ((axes[0], "image", "image"), (axes[1], "video", "video")):
-        mine = sorted((r for r in runs if r["kind"] == kind), key=lambda r: r["batch"])
+    panels = sorted({(r["kind"] != "image", r["model"], r["size"], r["steps"]) for r in runs})
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    for ax, (video, model, size, steps) in zip(axes.flat, panels):
+        mine = [r for r in runs if (r["model"], r["size"], r["steps"]) == (model, size, steps)]
         batches = sorted({r["batch"] for r in mine})
-        series = [("jouletrace, --engine-metrics", "engine", "jouletrace_j", "C0"),
-                  ("jouletrace, adaptive delay only", "adaptive", "jouletrace_j", "C1"),
-                  ("NVML reference", "engine", "reference_j", "0.4")]
-        for i, (label, settlement, key, color) in enumerate(series):
+        for i, (label, settlement, key, color) in enumerate(SERIES):
             values = [next((r[key] / 1000 for r in mine if r["batch"] == b and r["settlement"] == settlement), 0.0)
                       for b in batches]
             ax.bar([j + (i - 1) * 0.27 for j in range(len(batches))], values, 0.27, label=label, color=color)
-        ax.axhline(STUDY_B200_J[kind] / 1000, color="k", ls="--", lw=1, label="study, B200 minimum")
+        if model in STUDY_B200_J:
+            ax.axhline(STUDY_B200_J[model] / 1000, color="k", ls="--", lw=1, label="study, B200 minimum")
         ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
-        model = "SD 3.5 Medium shape, 1024x1024, 28 steps" if kind == "image" else \
-            "CogVideoX-2b shape, 720x480x49, 50 steps"
-        ax.set_title(model, fontsize=9)
-        ax.set_ylabel(f"kJ per {unit}")
-    axes[0].legend(fontsize=7, loc="lower right")
+        frames = next((f"x{r['frames']}" for r in mine if r.get("frames")), "")
+        ax.set_title(f"{model}, {size}{frames}, {steps} steps", fontsize=8)
+        ax.set_ylabel(f"kJ per {'video' if video else 'image'}")
+        ax.legend(fontsize=6, loc="lower right")
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     fig.suptitle("Energy per image and per video, H100, random weights, jouletrace vs NVML", fontsize=10)
     fig.tight_layout()
     out = folder / "diffusion.png"
@@ -166,6 +177,7 @@ def main() -> None:
     ap.add_argument("--image-steps", type=int, default=28)
     ap.add_argument("--video-size", default="720x480")
     ap.add_argument("--video-steps", type=int, default=50)
+    ap.add_argument("--video-model", help="another text-to-video factory of diffusion_models.py, e.g. wan21_t2v_1_3b")
     ap.add_argument("--i2v-batches", default="", help="image-to-video batch sizes (none by default)")
     ap.add_argument("--i2v-size", default="720x480", help="CogVideoX-5b-I2V's learned positions fix its size")
     ap.add_argument("--i2v-steps", type=int, default=50)

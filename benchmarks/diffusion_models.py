@@ -9,6 +9,9 @@ for `jouletrace serve diffusion --pipeline benchmarks/diffusion_models.py:NAME`.
   heads of 64) taking the noise and the image's latents (32 channels in), rotary and learned
   positional embeddings (so 720x480 only, as the published model), its VAE (scaling 0.7) encoding
   the image and decoding the video one at a time, and T5-XXL.
+- `wan21_t2v_1_3b`: Wan2.1-T2V-1.3B's shapes: the 30-layer DiT (12 heads of 128, FFN 8960, (1, 2, 2)
+  patches, RoPE, cross-attention to the text), its causal 3D VAE (4x in time, 8x in space, decoding
+  one video at a time), umT5-XXL (512 tokens), UniPC flow-matching steps (shift 3, its 480p setting).
 - `tiny_image`, `tiny_video`, `tiny_i2v`: the same pipelines a few channels wide, for the CPU test.
 
 Tokenizers are word-level over `t0 t1 ...` (any other word is the unknown token): the compute per
@@ -63,6 +66,14 @@ COGVIDEOX_5B_I2V = dict(
     vae=dict(latent_channels=16, scaling_factor=0.7),
     t5=SD35_MEDIUM["t5"],
 )
+WAN21_T2V_1_3B = dict(
+    transformer=dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                     out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+                     qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
+    vae=dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]),
+    umt5=dict(d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, vocab_size=256384,
+              feed_forward_proj="gated-gelu", relative_attention_num_buckets=32),
+)
 TINY_VIDEO = dict(
     transformer=dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=2,
                      text_embed_dim=32, num_layers=1, sample_width=2, sample_height=2, sample_frames=9, patch_size=2,
@@ -88,10 +99,17 @@ def tokenizer(vocab_size: int, max_length: int):
 
 
 def _built(cls, device, dtype, **config):
+    """`cls(**config)` on `device` in `dtype`, its `_keep_in_fp32_modules` in float32 as
+    `from_pretrained` leaves them (Wan's norms, RoPE and time embedder)."""
     import torch
 
     with torch.device(device):
-        return cls(**config).to(dtype).eval()
+        model = cls(**config).to(dtype).eval()
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, module in model.named_modules():
+        if keep & set(name.split(".")):
+            module.to(torch.float32)
+    return model
 
 
 def _t5(dims, device, dtype):
@@ -142,6 +160,21 @@ def _cogvideox(dims: dict, device, dtype, image: bool = False):
                scheduler=scheduler)
 
 
+def _wan(dims: dict, device, dtype):
+    """Wan2.1's text-to-video pipeline."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    vae = _built(AutoencoderKLWan, device, dtype, **dims["vae"])
+    vae.enable_slicing()
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
+                                        num_train_timesteps=1000)
+    return WanPipeline(tokenizer=tokenizer(dims["umt5"]["vocab_size"], 512),
+                       text_encoder=_built(UMT5EncoderModel, device, dtype, config=UMT5Config(**dims["umt5"])),
+                       vae=vae, transformer=_built(WanTransformer3DModel, device, dtype, **dims["transformer"]),
+                       scheduler=scheduler)
+
+
 def sd35_medium(device, dtype):
     return _sd3(SD35_MEDIUM, device, dtype)
 
@@ -152,6 +185,10 @@ def cogvideox_2b(device, dtype):
 
 def cogvideox_5b_i2v(device, dtype):
     return _cogvideox(COGVIDEOX_5B_I2V, device, dtype, image=True)
+
+
+def wan21_t2v_1_3b(device, dtype):
+    return _wan(WAN21_T2V_1_3B, device, dtype)
 
 
 def tiny_image(device, dtype):

@@ -9,10 +9,11 @@ loadgen` runs a closed loop at each batch size. Changes no GPU setting.
 
 Per (task, batch): one server with `--max-batch` = batch (a batch starts once that many requests
 wait, up to 10 s), warmed up by one batch at 2 steps, then batch x `--rounds` (`--video-rounds` for
-either kind of video) requests at the full step count; image-to-video (`--i2v-batches`, CogVideoX-5b-I2V's
-shapes) sends the load generator's synthetic image with each job. `--models tiny` runs the same
-pipelines a few channels wide; `--video-model` names another text-to-video factory of
-benchmarks/diffusion_models.py (Wan2.1-T2V-1.3B's shapes: 832x480, 81 frames at 16 fps). Three figures of energy per image (video):
+either kind of video) requests at the full step count; image-to-video (`--i2v-batches`,
+CogVideoX-5b-I2V's shapes) sends the load generator's synthetic image with each job. `--models tiny`
+runs the same pipelines a few channels wide; `--video-model` names another text-to-video factory of
+benchmarks/diffusion_models.py (Wan2.1-T2V-1.3B's shapes: 832x480, 81 frames at 16 fps). Three
+figures of energy per image (video):
 - `jouletrace_j`: the exporter's attribution, the rise of `jouletrace_model_energy_joules_total`
   over the run's requests divided by the rise of `jouletrace_model_images_total` (videos);
 - `loadgen_j`: the load generator's, the exporter's window energy over the run / items in it;

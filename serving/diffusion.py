@@ -21,7 +21,8 @@ Routes (the OpenAI images API and asynchronous video-jobs API, as `jouletrace lo
   scrape for settlement; the requests refused, by reason, and those accepted, by outcome.
 A refused request raises Refused with one of metrics.REFUSALS' reasons, which sets its status: a
 malformed request (a multipart form aiohttp cannot read, an image that is missing, too large or not
-decodable, a size off the pipeline's step, `pipeline.size_multiple`, included) is 400, another model than the one served or an unknown video job 404, both in OpenAI's error shape; a body over
+decodable, a size off the pipeline's step, `pipeline.size_multiple`, included) is 400, another model
+than the one served or an unknown video job 404, both in OpenAI's error shape; a body over
 MAX_BODY_BYTES is aiohttp's 413. Each is counted by its reason, and starts no span.
 
 Batching: requests of the same shape (kind, size, steps, `n`, frames) run in one pipeline call, up to

@@ -39,6 +39,8 @@ import time
 import pynvml
 from gpu_validation import METRICS, Edges, get, metric, stop, wait
 
+from jouletrace.serving.pipeline import clip_frames
+
 SERVER = "http://127.0.0.1:8000"
 HERE = pathlib.Path(__file__).resolve().parent
 TASKS = {"image": ("text-to-image", "images"), "video": ("text-to-video", "videos"),
@@ -87,7 +89,7 @@ def measure(kind: str, batch: int, a: argparse.Namespace, edges: Edges, out: pat
     try:
         wait(SERVER + "/health", 600, server)
         entry = {"task": task, "kind": kind, "model": factory, "batch": batch, "steps": steps, "size": size,
-                 "frames": None if kind == "image" else round(a.seconds * a.fps) + 1,
+                 "frames": None if kind == "image" else clip_frames(a.seconds, a.fps),
                  "server_ready_s": time.time() - t0}
         common = ["--task", task, "--size", size, "--seconds", str(a.seconds), "--poll-interval", "0.2",
                   "--concurrency", str(batch), "--energy-wait", "120"]

@@ -52,9 +52,10 @@ def run(args: argparse.Namespace) -> int:
                            else pathlib.Path(args.pipeline).name)
     try:
         pipe = pipeline.load(args.pipeline, args.device, args.dtype)
-        if pipeline.takes_image(pipe) != (args.kind == "image-to-video"):
+        from_image = pipeline.takes_image(pipe)
+        if from_image != (args.kind == "image-to-video"):
             raise ValueError(f"--kind {args.kind}: {type(pipe).__name__} "
-                             + ("generates from an image: use --kind image-to-video" if pipeline.takes_image(pipe)
+                             + ("generates from an image: use --kind image-to-video" if from_image
                                 else "takes no input image"))
         provider = tracer_provider(model, args.otlp_endpoint)
         server = DiffusionServer(pipe, model, args.kind, provider, max_batch=args.max_batch,

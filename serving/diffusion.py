@@ -181,8 +181,7 @@ class DiffusionServer:
         except Refused as exc:
             self.metrics.refused(exc.reason)
             status = REFUSALS[exc.reason]
-            kind = "not_found_error" if status == 404 else "invalid_request_error"
-            return web.json_response({"error": {"message": str(exc), "type": kind}}, status=status)
+            return _error(str(exc), "not_found_error" if status == 404 else "invalid_request_error", status)
         except web.HTTPRequestEntityTooLarge:
             self.metrics.refused("body_too_large")
             raise
@@ -252,8 +251,7 @@ class DiffusionServer:
             raise
         except Exception as exc:  # the generation failed: 500, in OpenAI's error shape
             self._finish(work, exc)
-            return web.json_response({"error": {"message": f"{type(exc).__name__}: {exc}"[:500],
-                                                "type": "server_error"}}, status=500)
+            return _error(f"{type(exc).__name__}: {exc}"[:500], "server_error", 500)
         self._finish(work, None)
         return web.json_response({"created": int(work.arrived), "data": data})
 
@@ -266,7 +264,7 @@ class DiffusionServer:
             raise Refused("missing_image", "this server generates from an image: send input_reference, an image "
                                            "file, as multipart/form-data")
         seconds = _number(body.get("seconds", "4"), "seconds")
-        shape, seed = self._shape(body, 1, round(seconds * self.fps) + 1), _seed(body)
+        shape, seed = self._shape(body, 1, pipelines.clip_frames(seconds, self.fps)), _seed(body)
         image = None if reference is None else \
             await asyncio.to_thread(_image, reference.file, shape.width, shape.height)
         job = _Job(f"video_{uuid.uuid4().hex[:24]}", self.model, f"{shape.width}x{shape.height}",
@@ -350,6 +348,11 @@ class DiffusionServer:
             for w, out in zip(batch, outputs):
                 if not w.done.done():
                     w.done.set_result(out)
+
+
+def _error(message: str, kind: str, status: int) -> web.Response:
+    """An answer in OpenAI's error shape."""
+    return web.json_response({"error": {"message": message, "type": kind}}, status=status)
 
 
 async def _json(request: web.Request) -> dict:

@@ -35,6 +35,11 @@ class Shape:
     frames: int | None = None  # frames per video
 
 
+def clip_frames(seconds: float, fps: float) -> int:
+    """Frames of a clip of `seconds` s at `fps`: both ends included (6 s at 8 fps: CogVideoX's 49)."""
+    return round(seconds * fps) + 1
+
+
 def load(spec: str, device: str, dtype: str):
     """The pipeline `spec` names, on `device`, progress bars off. `spec` is a directory that
     `diffusers.DiffusionPipeline.from_pretrained` reads, or `FILE.py:FUNCTION` / `MODULE:FUNCTION`,

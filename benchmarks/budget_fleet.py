@@ -112,8 +112,9 @@ def main() -> None:
     print("|---|---|---|---|---|" + "---|" * 4)
     for group in sorted(racks):
         rows = [k for k, s in enumerate(measured.servers) if s.group == group]
+        node_power = measured.power[rows].sum(axis=1)  # the group's nodes x ticks
         truth = measured.group_power(group).max()
-        per_window = {w: windowed_peaks(measured.power[rows].sum(axis=1), w).sum(axis=0).max() for w in (1, 5, 15, 30)}
+        per_window = {w: windowed_peaks(node_power, w).sum(axis=0).max() for w in (1, 5, 15, 30)}
         p = plan[group]
         summary["groups"][group] = {"true_peak_w": truth, "sample_peak_w": p["distribution_w"]["peak"],
                                     "bound_peak_w": p["bound_peak_w"], "bound_by_window_w": per_window}

@@ -92,11 +92,16 @@ def pod_name(text: str) -> str:
 TOPOLOGY_RESERVED = ("node",)  # label names the topology series carries already
 
 
+def label_name(key: str) -> bool:
+    """Whether `key` is a Prometheus label name a user may set (none of the reserved `__` ones)."""
+    return re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", key) is not None and not key.startswith("__")
+
+
 def topology_pair(text: str) -> tuple[str, str]:
     """`key=value`: where the node sits, as a Prometheus label (`rack=r12`)."""
     key, sep, value = text.strip().partition("=")
     key, value = key.strip(), value.strip()
-    if not sep or not value or not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", key) or key.startswith("__"):
+    if not sep or not value or not label_name(key):
         raise argparse.ArgumentTypeError(f"expected key=value with key a label name (rack=r12), got {text!r}")
     if key in TOPOLOGY_RESERVED:
         raise argparse.ArgumentTypeError(f"{key!r} is the node's own label, not a topology key")

@@ -27,6 +27,7 @@ from typing import Sequence, TextIO
 
 import numpy as np
 
+from jouletrace.exporter.gpu.nodepower import BUCKET_FRACTIONS
 from jouletrace.loadgen.arrivals import arrival_offsets
 from jouletrace.loadgen.plan import Sampling, plan
 from jouletrace.loadgen.tasks import task
@@ -38,8 +39,6 @@ from .perf import PerfModel
 from .profiles import gpu_profile, model_shape
 
 TICK_S = 0.1
-#: the node histogram's buckets, as fractions of the node's nameplate (its GPUs' maximum limits summed)
-BUCKET_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -177,7 +177,7 @@ def samples(family: Metric) -> list[tuple[str, dict, float]]:
 
 def test_the_collector_exports_the_peaks_the_histogram_and_the_topology(clock):
     node = Node(clock, [0.2, 0.6], window_s=10.0)
-    collector = BudgetCollector(node.samplers, node.power, "gpu-node-7", {"rack": "r12", "pdu": "b12-1"}, clock)
+    collector = BudgetCollector(node.power, "gpu-node-7", {"rack": "r12", "pdu": "b12-1"}, clock)
     gpu_max, node_max, histogram, topology = collector.collect()
     assert (samples(gpu_max), samples(node_max)) == ([], [])  # nothing sampled yet
     assert samples(topology) == [("jouletrace_node_topology_info", {"node": "gpu-node-7", "rack": "r12",
@@ -199,5 +199,5 @@ def test_the_collector_exports_the_peaks_the_histogram_and_the_topology(clock):
 
 def test_without_gpus_only_the_topology_is_exported(clock):
     """The GPU selection failed closed: no node power, whose buckets would all be 0 W."""
-    collector = BudgetCollector([], NodePower([]), "gpu-node-7", {"rack": "r12"}, clock)
+    collector = BudgetCollector(NodePower([]), "gpu-node-7", {"rack": "r12"}, clock)
     assert [len(family.samples) for family in collector.collect()] == [0, 0, 0, 1]

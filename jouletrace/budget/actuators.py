@@ -22,7 +22,6 @@ from jouletrace.exporter.powercap.actuation import Policy
 from .plan import GroupPlan
 
 ANNOTATION = "dynamo.nvidia.com/gpu-power-limit"
-TOKEN = "$(cat /var/run/secrets/jouletrace/admin-token)"
 
 
 def steps_down(current_w: float, cap_w: float, max_step_w: float) -> list[float]:
@@ -35,9 +34,9 @@ def steps_down(current_w: float, cap_w: float, max_step_w: float) -> list[float]
     return out
 
 
-def admin_api(plans: list[GroupPlan], label: str, token: str = TOKEN, policy: Policy = Policy(),
-              scheme: str = "http") -> list[str]:
-    """Shell lines: the curl requests that set each group's cap through the exporters' admin API."""
+def admin_api(plans: list[GroupPlan], label: str, token: str, policy: Policy = Policy()) -> list[str]:
+    """Shell lines: the curl requests that set each group's cap through the exporters' admin API,
+    authorized by `token` (a shell word: the CLI passes `$(cat FILE)`)."""
     lines = [f"# jouletrace admin API (docs/powercap.md#actuation): steps of at most {policy.max_step_w:g} W, "
              f"{policy.cooldown_s:g} s apart (--powercap-max-step, --powercap-cooldown)"]
     for p in plans:
@@ -55,7 +54,7 @@ def admin_api(plans: list[GroupPlan], label: str, token: str = TOKEN, policy: Po
                                        "reason": f"power budget {label}={p.group}: {p.budget_w:g} W for "
                                                  f"{p.servers_fit} servers"})
                     rounds[k].append(f"curl -fsS -H \"Authorization: Bearer {token}\" -d {shlex.quote(body)} "
-                                     f"{scheme}://{instance}/api/v1/powercap")
+                                     f"http://{instance}/api/v1/powercap")
         if rounds:
             lines.append(f"# {label}={p.group}: {cap} W per GPU")
         for k in sorted(rounds):
@@ -73,7 +72,7 @@ def dynamo(plans: list[GroupPlan], label: str) -> list[str]:
         if p.cap_w is None or not math.isfinite(p.cap_w):
             continue
         cap = math.floor(p.cap_w)
-        pods = sorted(set(p.pods.values()))
+        pods = sorted(p.pods)
         lines.append(f"# {label}={p.group}: {cap} W per GPU" + ("" if pods else
                      " (no jouletrace_gpu_pod_info: annotate the pods on its nodes " + ", ".join(p.nodes) + ")"))
         for namespace, pod in pods:

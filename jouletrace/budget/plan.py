@@ -17,17 +17,16 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-import re
 from typing import Sequence
 
 import numpy as np
 
+from jouletrace.exporter.config import TOPOLOGY_RESERVED, label_name
 from jouletrace.planning import Deadline, OperatingPoint, Recommendation, at_limit
 
 from .analysis import CapSearch, distribution, risk_level, servers_fit
 from .prometheus import Prometheus, QueryError, promql_duration
 
-LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*$")
 NO_DEADLINE = Deadline("median_itl", math.inf)
 
 
@@ -36,7 +35,6 @@ class Gpu:
     node: str
     instance: str     # the exporter that measures it (its metrics port serves the admin API)
     index: str        # the exporter's `gpu` label
-    uuid: str
     limit_w: float    # the highest limit in force over the history: what it is provisioned at
     current_w: float  # the limit in force at the end
 
@@ -64,7 +62,7 @@ class GroupPlan:
     cap_at: float | None = None       # the step whose water level sets the cap (Unix s)
     cost: list[Recommendation] = dataclasses.field(default_factory=list)
     advised: list[tuple[str, str, str, float]] = dataclasses.field(default_factory=list)  # model, basis, ms, W
-    pods: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)   # uuid -> (namespace, pod)
+    pods: set[tuple[str, str]] = dataclasses.field(default_factory=set)   # (namespace, pod) holding its GPUs
 
     @property
     def servers(self) -> int:
@@ -127,7 +125,7 @@ class Question:
     points: Sequence[OperatingPoint] = ()   # operating points for the latency a cap costs
 
     def __post_init__(self):
-        if not LABEL.match(self.group_label) or self.group_label == "node":
+        if not label_name(self.group_label) or self.group_label in TOPOLOGY_RESERVED:
             raise ValueError(f"--group-label {self.group_label!r}: give a topology label name such as rack, row, pdu")
         if not 0.0 <= self.risk < 1.0:
             raise ValueError(f"--risk {self.risk:g}: give a share of the 100 ms intervals, 0 <= risk < 1")
@@ -165,19 +163,17 @@ def plan(prom: Prometheus, q: Question) -> tuple[list[GroupPlan], list[str]]:
 
     gpus_of = _gpus(at_end, R, group_of)
     sums = _node_sums(at_end, R)
-    pods = collections.defaultdict(dict)
+    pods = collections.defaultdict(set)
     for labels, _ in at_end(f"max by (node, uuid, k8s_namespace, k8s_pod) "
                             f"(last_over_time(jouletrace_gpu_pod_info[{R}]))"):
         if labels.get("node") in group_of and labels.get("k8s_pod"):
-            pods[group_of[labels["node"]]][labels.get("uuid", "")] = (labels.get("k8s_namespace", ""),
-                                                                      labels["k8s_pod"])
+            pods[group_of[labels["node"]]].add((labels.get("k8s_namespace", ""), labels["k8s_pod"]))
     advised = [(labels.get("model", ""), labels.get("basis", ""), labels.get("deadline_ms", ""), w) for labels, w in
                at_end(f"max by (model, basis, deadline_ms) "
                       f"(last_over_time(jouletrace_powercap_recommended_watts[{R}]))")]
     if q.deadline is not None:
         advised = [a for a in advised if a[1] == q.deadline.basis and _same_ms(a[2], q.deadline.ms)]
 
-    S = promql_duration(q.step_s)
     join = f"* on (node) group_left ({L}) max by (node, {L}) (jouletrace_node_topology_info))"
     sample = _group_series(prom, q, len(nodes_of),
                            f"sum by ({L}) (sum by (node) (jouletrace_gpu_power_watts) {join}")
@@ -195,8 +191,8 @@ def plan(prom: Prometheus, q: Question) -> tuple[list[GroupPlan], list[str]]:
         level = risk_level(power, q.risk)
         p = GroupPlan(group, budget, nodes, gpus, times, power, distribution(power), level, *bound[group],
                       nameplate,
-                      math.floor(len(nodes) * budget / nameplate + 1e-9) if nameplate else 0,
-                      servers_fit(len(nodes), budget, level), advised=advised, pods=pods.get(group, {}))
+                      servers_fit(len(nodes), budget, nameplate) if nameplate else 0,
+                      servers_fit(len(nodes), budget, level), advised=advised, pods=pods.get(group, set()))
         if not gpus:
             notes.append(f"{L}={group}: no jouletrace_gpu_power_limit_watts with a `node` label: no nameplate")
         if all(n in sums for n in nodes):
@@ -225,7 +221,7 @@ def _gpus(at_end, R: str, group_of: dict[str, str]) -> dict[str, list[Gpu]]:
     for l, w in at_end(f"{by} (max_over_time(jouletrace_gpu_power_limit_watts[{R}]))"):
         key = (l.get("node"), l.get("instance"), l.get("gpu"), l.get("uuid"))
         if key[0] in group_of:
-            out[group_of[key[0]]].append(Gpu(key[0], key[1] or "", key[2] or "", key[3] or "", w, current.get(key, w)))
+            out[group_of[key[0]]].append(Gpu(key[0], key[1] or "", key[2] or "", w, current.get(key, w)))
     for gpus in out.values():
         gpus.sort(key=lambda g: (g.node, g.instance, g.index))
     return out

@@ -165,6 +165,8 @@ def test_errors_are_one_line_exit_2(fleet):
             (("--prometheus-url", url, *window, "--budget-w", "r1=lots"), "--budget-w: expected W or GROUP=W"),
             (("--prometheus-url", url, *window, "--budget-w", "r1=9000"), "no budget for rack=r2"),
             (("--prometheus-url", url, *window, "--group-label", "a-b"), "--group-label 'a-b'"),
+            (("--prometheus-url", url, *window, "--group-label", "__rack"), "--group-label '__rack'"),
+            (("--prometheus-url", url, *window, "--group-label", "node"), "--group-label 'node'"),
             (("--prometheus-url", url, *window, "--deadline", "fast"), "--deadline: expected [basis:]ms"),
             (("--budget-w",), "expected one argument"),
         ]

@@ -15,16 +15,16 @@ from typing import Callable, Mapping
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 
 from jouletrace.exporter.gpu.nodepower import NodePower
-from jouletrace.exporter.gpu.sampler import GPUSampler
 from jouletrace.exporter.sinks.prometheus.families import FamilyCollector, cumulative_buckets
 from jouletrace.exporter.sinks.prometheus.labels import GPU_LABELS, gpu_label_values
 
 
 class BudgetCollector(FamilyCollector):
-    def __init__(self, samplers: list[GPUSampler], node_power: NodePower, node_name: str,
-                 topology: Mapping[str, str], clock: Callable[[], float] = time.time):
-        """`node_name`: the `node` label. `topology`: topology key -> value (rack, row, pdu, ...)."""
-        self.samplers = samplers
+    def __init__(self, node_power: NodePower, node_name: str, topology: Mapping[str, str],
+                 clock: Callable[[], float] = time.time):
+        """`node_power` over the exporter's GPUs (its samplers give the per-GPU peaks). `node_name`:
+        the `node` label. `topology`: topology key -> value (rack, row, pdu, ...)."""
+        self.samplers = node_power.samplers
         self.node_power = node_power
         self.node_name = node_name
         self.topology = dict(topology)

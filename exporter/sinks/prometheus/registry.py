@@ -53,7 +53,7 @@ def collectors(samplers: list[GPUSampler], ledger: Ledger, intake_snapshot: Call
     if grid is not None:
         out.append(GridCollector(grid, samplers, ledger))
     if node_power is not None:
-        out.append(BudgetCollector(samplers, node_power, node_name, topology or {}, clock))
+        out.append(BudgetCollector(node_power, node_name, topology or {}, clock))
     return out
 
 

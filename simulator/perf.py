@@ -129,6 +129,20 @@ class StepCost:
     comm_fraction: float     # share of the step spent in tensor-parallel all-reduces
 
 
+@dataclasses.dataclass(frozen=True)
+class _Kernels:
+    """A step's kernels per GPU, what the clock does not change: per matrix product (count, FLOPs,
+    efficiency at the tensor peak, HBM bytes), attention's FLOPs and KV bytes, the element-wise
+    bytes, and the FLOPs and HBM bytes of all of them."""
+
+    gemms: list[tuple[int, float, float, float]]
+    attention_flops: float
+    kv_bytes: float
+    activation_bytes: float
+    flops: float
+    nbytes: float
+
+
 class PerfModel:
     """Step time and power of `model` on `tp` GPUs of profile `gpu`. With `communication` False
     the all-reduces are left out: one GPU's share of the work alone, as a single GPU running one
@@ -162,22 +176,29 @@ class PerfModel:
         cal = self.cal
         return cal.gemm_efficiency * rows / (rows + cal.gemm_half_rows) * depth / (depth + cal.gemm_half_depth)
 
-    def _work(self, w: StepWork, f: float) -> tuple[float, float, float]:
-        """Per-GPU (kernel seconds, FLOPs, HBM bytes) of the step's kernels at clock ratio `f`."""
+    def _kernels(self, w: StepWork) -> _Kernels:
+        """The step's kernels, per GPU, as far as they do not depend on the clock."""
         m, tp, cal = self.model, self.tp, self.cal
-        peak, mem = self.gpu.peak_flops * f, self._bandwidth(f)
-        t = flops = nbytes = 0.0
+        gemms, flops, nbytes = [], 0.0, 0.0
         products = [(w.tokens, k, n, m.layers) for k, n in m.layer_gemms(tp)] + [(w.sampled, *m.lm_head_gemm(tp), 1)]
         for rows, k, n, count in products:
             if rows <= 0:
                 continue
             f_g, b_g = 2.0 * rows * k * n, (k * n + rows * (k + n)) * m.dtype_bytes
-            t += count * self._roofline(f_g / (peak * self.gemm_efficiency(rows, k)), b_g / mem)
+            gemms.append((count, f_g, self.gemm_efficiency(rows, k), b_g))
             flops, nbytes = flops + count * f_g, nbytes + count * b_g
         f_attn, b_kv = m.attention_flops(w.attended) / tp, m.kv_bytes_per_token_per_gpu(tp) * w.kv_read
         b_act = w.tokens * m.layers * m.elementwise_elements(tp) * m.dtype_bytes + w.sequences * cal.sequence_bytes
-        t += self._roofline(f_attn / (peak * cal.gemm_efficiency), b_kv / mem) + b_act / mem
-        return t, flops + f_attn, nbytes + b_kv + b_act
+        return _Kernels(gemms, f_attn, b_kv, b_act, flops + f_attn, nbytes + b_kv + b_act)
+
+    def _kernel_s(self, k: _Kernels, f: float) -> float:
+        """Seconds of `k`'s kernels at clock ratio `f`, each at its roofline."""
+        peak, mem = self.gpu.peak_flops * f, self._bandwidth(f)
+        t = 0.0
+        for count, f_g, efficiency, b_g in k.gemms:
+            t += count * self._roofline(f_g / (peak * efficiency), b_g / mem)
+        return t + (self._roofline(k.attention_flops / (peak * self.cal.gemm_efficiency), k.kv_bytes / mem)
+                    + k.activation_bytes / mem)
 
     def _bandwidth(self, f: float) -> float:
         """HBM bytes/s the kernels reach at clock ratio `f`."""
@@ -186,11 +207,11 @@ class PerfModel:
     def _roofline(self, compute_s: float, memory_s: float) -> float:
         return max(compute_s, memory_s) + self.cal.overlap_loss * min(compute_s, memory_s)
 
-    def _at(self, w: StepWork, f: float, comm: float) -> StepCost:
-        kernels, flops, nbytes = self._work(w, f)
+    def _at(self, k: _Kernels, f: float, comm: float) -> StepCost:
+        kernels = self._kernel_s(k, f)
         t = self.cal.host_overhead_s + self.model.layers * self.cal.layer_overhead_s + kernels + comm
-        a_c = min(1.0, flops / (self.gpu.peak_flops * f * t))
-        a_m = min(1.0, nbytes / (self._bandwidth(1.0) * t))
+        a_c = min(1.0, k.flops / (self.gpu.peak_flops * f * t))
+        a_m = min(1.0, k.nbytes / (self._bandwidth(1.0) * t))
         k_c, k_m = self.gpu.compute_power_scale, self.gpu.memory_power_scale
         power = (self.gpu.idle_w + k_c * self.cal.clock_power_w * f**3 + k_m * self.cal.memory_power_w * a_m
                  + k_c * self.cal.compute_power_w * a_c * f**2)
@@ -199,20 +220,21 @@ class PerfModel:
     def step(self, w: StepWork, power_limit_w: float) -> StepCost:
         """The step's duration and power under `power_limit_w` (W per GPU): never above the limit."""
         comm = self.comm_s(w)  # NVLink does not slow with the SM clock
-        full = self._at(w, 1.0, comm)
+        k = self._kernels(w)   # the clock changes only their times: built once for the search
+        full = self._at(k, 1.0, comm)
         if full.power_w <= power_limit_w:
             return full
         lo, hi = MIN_CLOCK_RATIO, 1.0
-        lowest = self._at(w, lo, comm)
+        lowest = self._at(k, lo, comm)
         if lowest.power_w > power_limit_w:
             return self._stretched(lowest, power_limit_w)
         for _ in range(40):  # P(f) is increasing in f: bisect to P(f) = limit
             mid = (lo + hi) / 2
-            if self._at(w, mid, comm).power_w > power_limit_w:
+            if self._at(k, mid, comm).power_w > power_limit_w:
                 hi = mid
             else:
                 lo = mid
-        return self._at(w, lo, comm)
+        return self._at(k, lo, comm)
 
     def _stretched(self, cost: StepCost, power_limit_w: float) -> StepCost:
         """`cost` at the lowest clock, still above the limit, gated to it: the work's energy above

@@ -118,7 +118,8 @@ class Shard:
 
 def configurations(shard: Shard, sweep: str) -> Iterator[tuple[dict, Callable, tuple]]:
     """Each configuration of `sweep` (SWEEPS): its row's head, the step method and its inputs, allocated
-    for it and dropped before the next one's."""
+    for it. The generator drops its reference before allocating the next one's; the caller must drop
+    its own (`del inputs`) too, or two configurations' KV caches are held at once."""
     batches, contexts, prefills = SWEEPS[sweep]
     for ctx in contexts:
         for b in batches:

@@ -65,6 +65,7 @@ benchmarks/tp_run_compare.py puts the rows beside the simulator."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import json
 import os
@@ -75,11 +76,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from tp_model import TINY, Replay, Shard, Step, configurations
 
+from jouletrace.loadgen.energy import exporter_energy
 from jouletrace.simulator.profiles import LLAMA_3_1_70B
 
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -244,16 +247,14 @@ class Exporter:
                 raise TimeoutError(f"{self.url}: energy not final up to {until:.1f} after {self.timeout_s:g} s")
             time.sleep(SETTLE_POLL_S)
 
-    def window(self, t0: float, t1: float) -> dict[str, float]:
-        """Joules jouletrace measured on each GPU (by uuid) between t0 and t1 (Unix s)."""
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            status, text = self._get(f"/api/v1/energy?start={t0:.6f}&end={t1:.6f}")
-            if status == 200:
-                return {g["uuid"]: g["joules"] for g in json.loads(text)["gpus"]}
-            if status != 503 or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.url}/api/v1/energy [{t0}, {t1}] answered {status}: {text[:200]}")
-            time.sleep(SETTLE_POLL_S)
+    def windows(self, spans: list[tuple[float, float]]) -> list[dict[str, float]]:
+        """Per (t0, t1) (Unix s): the joules jouletrace measured on each GPU (by uuid) over it, from the
+        window energy API (the load generator's client, which waits out 503s)."""
+        async def answers() -> list[dict]:
+            async with aiohttp.ClientSession() as session:
+                return [await exporter_energy(session, self.url, t0, t1, self.timeout_s) for t0, t1 in spans]
+
+        return [{g["uuid"]: g["joules"] for g in answer["gpus"]} for answer in asyncio.run(answers())]
 
 
 def phase(replay: Replay, reps: int, power, device: torch.device) -> dict:
@@ -418,9 +419,10 @@ def jouletrace_line(exporter: Exporter, before: dict, rows: list[dict], t0: floa
         gpus.append({"index": g["index"], "uuid": uuid,
                      **{k: g.get(k, 0.0) - b.get(k, 0.0) for k in ("measured_j", "attributed_j", "idle_j")}})
     model = {k: v - before["model"][k] for k, v in after["model"].items()}
-    spans = [{"id": r["id"], "t0": r["t0"], "t1": r["t1"], "gpus": exporter.window(r["t0"], r["t1"])} for r in rows]
+    *per_span, run_window = exporter.windows([(r["t0"], r["t1"]) for r in rows] + [(t0, t1)])
+    spans = [{"id": r["id"], "t0": r["t0"], "t1": r["t1"], "gpus": g} for r, g in zip(rows, per_span)]
     return {"kind": "jouletrace", "exporter": exporter.url, "model_name": exporter.model, "t0": t0, "t1": t1,
-            "gpus": sorted(gpus, key=lambda g: g["index"]), "run_window": exporter.window(t0, t1),
+            "gpus": sorted(gpus, key=lambda g: g["index"]), "run_window": run_window,
             "spans_late": after["spans_late"] - before["spans_late"],
             "model": model, "spans": spans, "nvml_run": nvml_run}
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from tp_shard_compare import PROFILES, gpu_work_only, work
+from tp_shard_compare import PROFILES, gpu_work_only, profile_key, work
 
 from jouletrace.simulator.perf import Calibration, PerfModel
 from jouletrace.simulator.profiles import GPUProfile, ModelShape
@@ -106,7 +106,7 @@ def main() -> None:
     run = next(x for x in lines if x["kind"] == "run")
     rows = [x for x in lines if x["kind"] == "config"]
     device = run["devices"][0]
-    key = args.gpu or next((k for k in PROFILES if k in device["name"]), None)
+    key = args.gpu or profile_key(device["name"])
     if key is None:
         ap.error(f"no GPU profile for the run's device {device['name']!r}: give --gpu")
     gpu = PROFILES[key]

@@ -89,6 +89,7 @@ def main() -> None:
             shard = Shard(LLAMA_3_1_70B, tp, args.distinct_layers, torch.device("cuda"))
             for config, step, inputs in configurations(shard, "quick" if args.quick else "full"):
                 run(write, config, functools.partial(step, *inputs), power, args.seconds)
+                del inputs
             del shard
             torch.cuda.empty_cache()
 

@@ -50,10 +50,15 @@ def measured_steps(path) -> tuple[dict, list[dict]]:
     return head, [r for r in rows if "error" not in r]
 
 
+def profile_key(device_name: str) -> str | None:
+    """The PROFILES key of a device, by its NVML name ("NVIDIA H100 80GB HBM3": H100); None if none."""
+    return next((key for key in PROFILES if key in device_name), None)
+
+
 def predicted_step(head: dict, row: dict, calibration: Calibration) -> StepCost:
     """The simulator's cost of the measured step `row`: its GPU's work alone at the measured limit."""
     device = head["device"]
-    gpu = next(p for key, p in PROFILES.items() if key in device["name"])
+    gpu = PROFILES[profile_key(device["name"])]
     perf = PerfModel(LLAMA_3_1_70B, gpu, row["tp"], gpu_work_only(calibration), communication=False)
     return perf.step(work(row), device["power_limit_w"])
 
@@ -64,7 +69,7 @@ def main() -> None:
     args = ap.parse_args()
     head, rows = measured_steps(args.jsonl)
     device = head["device"]
-    gpu = next(p for key, p in PROFILES.items() if key in device["name"])
+    gpu = PROFILES[profile_key(device["name"])]
     print(f"{device['name']} (profile {gpu.name}), limit {device['power_limit_w']:g} W; idle measured "
           f"{head['idle_counter_w']:.0f} W, profile {gpu.idle_w:g} W\n")
     print("| TP | step | batch | context | ms measured | sim | error | W measured | sim | error "

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from jouletrace.loadgen.report import MIN_BATCH_FRACTION, MIN_WINDOW_S
+from jouletrace.loadgen.report import stability_note
 from jouletrace.loadgen.sweep import BATCH_LADDER, parse_list
 from jouletrace.loadgen.tasks import task
 
@@ -137,8 +137,9 @@ def plan_main(args: argparse.Namespace) -> int:
         if any(not gpu.min_power_limit_w <= w <= gpu.max_power_limit_w for w in limits):
             raise ValueError(f"--power-limits: {gpu.name} accepts {gpu.min_power_limit_w:g}-"
                              f"{gpu.max_power_limit_w:g} W")
-        points = [run_point(model, gpu, args.tp, spec, b, w, lengths, args.num_requests)[0]
-                  for w in limits for b in batches]
+        runs = [run_point(model, gpu, args.tp, spec, b, w, lengths, args.num_requests)
+                for w in limits for b in batches]
+        points = [p for p, _ in runs]
     except ValueError as e:
         print(f"jouletrace simulate plan: {e}", file=sys.stderr)
         return 2
@@ -164,9 +165,9 @@ def plan_main(args: argparse.Namespace) -> int:
     print(f"least energy within {args.itl_deadline_ms:g} ms median ITL: {_choice(best)}")
     if not best.stable:
         steady = min_energy([p for p in points if p.stable], args.itl_deadline_ms)
-        print(f"warning: that point is unstable (its running batch stayed below {MIN_BATCH_FRACTION} x max_num_seqs, "
-              f"or its steady window was shorter than {MIN_WINDOW_S:g} s), so its figures are not a steady "
-              "server's: rerun with more requests (-n)" + (f"; the least energy among stable points: {_choice(steady)}" if steady else ""))
+        result = next(r for p, r in runs if p is best)
+        print(f"warning: that point is {stability_note(result)}, so its figures are not a steady server's: rerun "
+              "with more requests (-n)" + (f"; the least energy among stable points: {_choice(steady)}" if steady else ""))
     if args.budget_kw:
         plan = provision(points, args.tp, args.budget_kw * 1000, args.itl_deadline_ms)
         if plan.replicas == 0:

@@ -29,20 +29,15 @@ class ModelShape:
 
     @property
     def layer_params(self) -> int:
-        """Parameters of one layer: attention projections and the gated MLP (norms are negligible)."""
-        attn = self.hidden * self.heads * self.head_dim * 2 + self.hidden * self.kv_heads * self.head_dim * 2
-        return attn + 3 * self.hidden * self.intermediate
+        """Parameters of one layer: its matrix products' weights on one GPU, the attention
+        projections and the gated MLP (norms are negligible)."""
+        return sum(k * n for k, n in self.layer_gemms(1))
 
     @property
     def params(self) -> int:
         """All parameters: layers, token embedding and (untied) LM head."""
         embeddings = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
         return self.layers * self.layer_params + embeddings
-
-    @property
-    def weight_bytes_per_step(self) -> float:
-        """Weights read by one forward step: every layer and the LM head (embedding lookups are rows)."""
-        return (self.layers * self.layer_params + self.vocab * self.hidden) * self.dtype_bytes
 
     @property
     def kv_bytes_per_token(self) -> int:

@@ -23,7 +23,7 @@ from jouletrace.exporter.gpu import backends, simulated
 from jouletrace.exporter.gpu.device import UNRESOLVED, GPUDevice, Selection
 from jouletrace.exporter.gpu.nodepower import NodePower
 from jouletrace.exporter.gpu.sampler import GPUSampler
-from jouletrace.exporter.grid import Grid, attributed_energy
+from jouletrace.exporter.grid import Grid
 from jouletrace.exporter.intake.core import IntakeStats, Receiver
 from jouletrace.exporter.intake.otlp_grpc import GrpcIntake
 from jouletrace.exporter.intake.otlp_http import HttpIntake
@@ -141,7 +141,7 @@ class Exporter:
             self.placement = PodPlacement(self.ledger, self.gpu_uuids, cfg.pod_resources_socket, cfg.pod_refresh)
         self.grid = None
         if cfg.grid_configured:
-            self.grid = Grid(cfg.grid, cfg.grid_file, lambda: attributed_energy(self.ledger))
+            self.grid = Grid(cfg.grid, cfg.grid_file, self.ledger.model_energy)
         self.registry = build_registry(collectors(
             self.samplers, self.ledger, self.intake_stats.snapshot, engine_states=lambda: self.engines.states,
             powercap=self.powercap, forward_snapshot=self.forwarder.snapshot if self.forwarder else None,

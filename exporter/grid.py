@@ -123,11 +123,6 @@ def read_grid_file(path: str, under: GridValues) -> GridValues:
         raise GridFileError("invalid", str(exc)) from None
 
 
-def attributed_energy(ledger) -> list[tuple[str, float]]:
-    """(model, J attributed to its requests) of every model of `ledger` (a Ledger): what a Grid prices."""
-    return [(name, m.energy_j) for name, m in ledger.snapshot_models()]
-
-
 class Grid:
     """The grid values in effect, the grid file's errors, and each model's cost and emissions totals.
     `energy()` gives (model, attributed J) for every model, monotonic; the totals are keyed by model

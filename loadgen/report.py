@@ -110,19 +110,16 @@ def diffusion_figures(kind: str, window: Window | None, energy: dict | None, res
 
 
 def grid_figures(grid: GridValues, res: dict) -> dict:
-    """Cost (`cost_per_*`, in the currency of the run's `currency` key) and grams CO2e (`co2e_per_*_g`) per million output tokens
-    and, for diffusion tasks, per image or video, from `res`'s energy figures: only the keys of what
-    `grid` gives, None where the energy figure is."""
+    """Cost (`cost_per_*`, in the currency of the run's `currency` key) and grams CO2e
+    (`co2e_per_*_g`) per million output tokens or, for diffusion tasks, per image or video, from
+    `res`'s energy figures: only the keys of what `grid` gives, None where the energy figure is."""
     kind = res.get("item_kind")
-    per = {"million_output_tokens": (res.get("energy_per_token_j"), PER_MILLION)}
-    if kind:
-        per = {kind: (res.get(f"energy_per_{kind}_j"), 1)}
+    what, joules, scale = ((kind, res.get(f"energy_per_{kind}_j"), 1) if kind else
+                           ("million_output_tokens", res.get("energy_per_token_j"), PER_MILLION))
     out: dict = {}
-    for what, (joules, scale) in per.items():
-        for key, rate in ((f"cost_per_{what}", grid.electricity_price),
-                          (f"co2e_per_{what}_g", grid.grid_carbon_intensity)):
-            if rate is not None:
-                out[key] = None if joules is None else per_kwh(joules * scale, rate)
+    for key, rate in ((f"cost_per_{what}", grid.electricity_price), (f"co2e_per_{what}_g", grid.grid_carbon_intensity)):
+        if rate is not None:
+            out[key] = None if joules is None else per_kwh(joules * scale, rate)
     return out
 
 

@@ -11,7 +11,7 @@ from jouletrace.exporter.ledger.records import RequestBatch, RequestRecord
 from jouletrace.exporter.gpu.nodepower import NodePower
 from jouletrace.exporter.gpu.sampler import GPUSampler
 from jouletrace.exporter.gpu.simulated import SimulatedGPU, wave_load
-from jouletrace.exporter.grid import Grid, GridValues, attributed_energy
+from jouletrace.exporter.grid import Grid, GridValues
 from jouletrace.exporter.powercap.advisor import PowerCap, PowerCapConfig
 from jouletrace.exporter.sinks.forward import Forwarder
 from jouletrace.exporter.sinks.prometheus.registry import collectors
@@ -114,7 +114,7 @@ def every_collector(rig: Rig, grid_file: str = "/run/jouletrace/grid.json") -> l
     engine = EngineState("http://127.0.0.1:8000/metrics", state=UP, scrapes=1, last_success=rig.clock(),
                          values={"m": {"requests_running": 1.0, "requests_waiting": 0.0, "kv_cache_usage_ratio": 0.5,
                                        "prompt_tokens": 100.0, "generation_tokens": 200.0}})
-    grid = Grid(GridValues(0.12, "USD", 350.0), grid_file, lambda: attributed_energy(rig.ledger), clock=rig.clock)
+    grid = Grid(GridValues(0.12, "USD", 350.0), grid_file, rig.ledger.model_energy, clock=rig.clock)
     grid.reload()
     forwarder = Forwarder("grpc://127.0.0.1:9", gpu_uuids=list, hold_s=30.0, buffer_bytes=1 << 20,
                           timeout_s=2.0, retry_max_s=30.0)

@@ -10,7 +10,7 @@ from prometheus_client import generate_latest
 from rig import Rig
 
 from jouletrace.exporter.config import ExporterConfig, add_arguments
-from jouletrace.exporter.grid import Grid, GridValues, attributed_energy, per_kwh
+from jouletrace.exporter.grid import Grid, GridValues, per_kwh
 from jouletrace.exporter.sinks.prometheus.registry import build_registry, collectors
 from jouletrace.exporter.intake.core import IntakeStats
 from servers import samples
@@ -131,7 +131,7 @@ def test_gauges_price_the_window_of_the_energy_gauges(clock, tmp_path):
                 rig.request(0.6, 1.0, model="sd", completion=0, output_kind="image", output_count=2),
                 rig.request(0.7, 1.0, model="wan", completion=0, output_kind="video", output_count=1)])
     rig.run(8.0)
-    grid = Grid(GridValues(0.12, "USD", 350.0), "", lambda: attributed_energy(rig.ledger))
+    grid = Grid(GridValues(0.12, "USD", 350.0), "", rig.ledger.model_energy)
     text = generate_latest(build_registry(collectors(rig.samplers, rig.ledger, IntakeStats().snapshot,
                                                      grid=grid))).decode()
     value = {(s.name, s.labels.get("model"), s.labels.get("currency")): s.value for s in samples(text)}
@@ -162,7 +162,7 @@ def test_nothing_is_exported_without_a_price_an_intensity_or_a_file(clock):
     bare = generate_latest(build_registry(collectors(rig.samplers, rig.ledger, IntakeStats().snapshot))).decode()
     assert "jouletrace_model_energy_per_output_token_joules{" in bare
     assert not [name for name in PRICED if name in bare]  # not even a HELP line
-    only_carbon = Grid(GridValues(None, "", 50.0), "", lambda: attributed_energy(rig.ledger))
+    only_carbon = Grid(GridValues(None, "", 50.0), "", rig.ledger.model_energy)
     text = generate_latest(build_registry(collectors(rig.samplers, rig.ledger, IntakeStats().snapshot,
                                                      grid=only_carbon))).decode()
     assert "jouletrace_model_co2e_grams_total{" in text

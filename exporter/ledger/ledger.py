@@ -683,6 +683,11 @@ class Ledger:
         with self._lock:
             return [(name, float(self._p_energy[i])) for i, name in enumerate(self._pods.names) if name]
 
+    def model_energy(self) -> list[tuple[str, float]]:
+        """Energy attributed to each model's requests (J, monotonic): what a Grid prices."""
+        with self._lock:
+            return [(name, float(self._m_energy[m])) for m, name in enumerate(self.model_names)]
+
     def settlement_figures(self) -> Figures:
         """Settlement's exported state, a copy (Settlement.figures)."""
         with self._lock:

@@ -560,13 +560,11 @@ class Forwarder:
                                           timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                 body = await resp.read()
                 status, retry_after = resp.status, resp.headers.get("Retry-After")
-        except aiohttp.ClientResponseError as exc:
-            if _answers_http2(exc):  # a misconfiguration that no retry mends
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            if isinstance(exc, aiohttp.ClientResponseError) and _answers_http2(exc):  # no retry mends it
                 return _Outcome(False, why=f"the upstream answers in HTTP/2, as an OTLP/gRPC receiver does (port "
                                            f"{OTLP_GRPC_PORT} by convention): forward to grpc://{self._host_port()} "
                                            "instead")
-            return _Outcome(False, retry=True, why=f"{type(exc).__name__}: {exc}".rstrip(": "))
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             return _Outcome(False, retry=True, why=f"{type(exc).__name__}: {exc}".rstrip(": "))
         if 200 <= status < 300:
             try:

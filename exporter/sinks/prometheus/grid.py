@@ -26,14 +26,14 @@ class GridCollector(FamilyCollector):
         self.grid = grid
         self.samplers = samplers  # their backend labels the energy
         self.ledger = ledger
-
-    def families(self):
-        grid = self.grid
-        shown = tuple(prefix for prefix, given in (
+        # the flags and the path never change: what is declared is decided once
+        self._shown = tuple(prefix for prefix, given in (
             ("jouletrace_model_cost", grid.flags.electricity_price is not None or bool(grid.path)),
             ("jouletrace_model_co2e", grid.flags.grid_carbon_intensity is not None or bool(grid.path)),
             ("jouletrace_grid_file", bool(grid.path))) if given)
-        return tuple(f for f in self._every_family() if f.name.startswith(shown))
+
+    def families(self):
+        return tuple(f for f in self._every_family() if f.name.startswith(self._shown))
 
     @staticmethod
     def _every_family():
